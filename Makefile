@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh machine: `make serve` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONFIG ?= cluster/presets/local-mock.yaml
+PYTEST_ARGS ?=
+
+.PHONY: serve test test-fast bench lint render clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## Local Ray cluster + mock engine + gateway on 127.0.0.1:8000 (Ctrl-C stops it)
+serve: $(STAMP)
+	$(VENV)/bin/gpt-oss-cluster serve --config $(CONFIG)
+
+## The whole suite: lint, unit, integration (local Ray)
+test: $(STAMP) lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Inner loop: unit tests only (no Ray cluster)
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+## Gateway overhead and stream throughput, measured side by side
+bench: $(STAMP)
+	$(VENV)/bin/gpt-oss-cluster bench
+
+render: $(STAMP)
+	$(VENV)/bin/gpt-oss-cluster render --config $(CONFIG)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""gpt-oss-cluster: serving gpt-oss on Ray Serve with vLLM, harmony and effort-aware routing."""

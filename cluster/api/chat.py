@@ -1,0 +1,240 @@
+"""`/v1/chat/completions`: OpenAI messages -> harmony tokens -> engine -> channels -> OpenAI replies.
+
+Field names follow vLLM so existing clients work unchanged: the analysis channel is `reasoning`
+(`delta.reasoning` when streaming), the final channel is `content`, commentary addressed to a
+function is `tool_calls`, and `usage.completion_tokens_details.reasoning_tokens` counts analysis.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionMessage,
+    ChatCompletionMessageFunctionToolCall,
+)
+from openai.types.chat import chat_completion as cc
+from openai.types.chat import chat_completion_chunk as ck
+from openai.types.chat.chat_completion_message_function_tool_call import Function
+from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage
+
+from cluster.api.errors import OpenAIError
+from cluster.api.generation import (
+    EngineClient,
+    StopMatcher,
+    check_model,
+    engine_request,
+    first_and_rest,
+    new_id,
+    resolve_max_tokens,
+)
+from cluster.api.protocol import ChatCompletionRequest, ChatMessage
+from cluster.config import ClusterConfig
+from cluster.engine.base import EngineOutput, EngineRequest
+from cluster.harmony import ChannelDelta, ChannelParser, Harmony, ToolCall, ToolSpec, Turn
+
+
+def to_turns(messages: list[ChatMessage]) -> tuple[str | None, list[Turn]]:
+    """System and developer messages become harmony developer instructions; the rest, turns."""
+    instructions: list[str] = []
+    turns: list[Turn] = []
+    tool_names: dict[str, str] = {}
+    for i, m in enumerate(messages):
+        if m.role in ("system", "developer"):
+            instructions.append(m.text or "")
+        elif m.role == "user":
+            turns.append(Turn("user", m.text))
+        elif m.role == "assistant":
+            calls = tuple(
+                ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls or ()
+            )
+            tool_names.update((c.id, c.name) for c in calls)
+            turns.append(Turn("assistant", m.text, m.reasoning or m.reasoning_content, calls))
+        else:
+            name = tool_names.get(m.tool_call_id or "")
+            if name is None:
+                raise OpenAIError(
+                    400,
+                    f"messages.{i}.tool_call_id `{m.tool_call_id}` answers no earlier tool call",
+                    param=f"messages.{i}.tool_call_id",
+                )
+            turns.append(Turn("tool", m.text, tool_name=name))
+    return ("\n\n".join(instructions) or None), turns
+
+
+@dataclass
+class _Run:
+    """One request's progress through the engine stream."""
+
+    request: EngineRequest
+    parser: ChannelParser
+    stop: StopMatcher
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.request.prompt_token_ids)
+
+    def openai_finish_reason(self) -> str:
+        if self.parser.tool_calls and self.finish_reason == "stop":
+            return "tool_calls"
+        return self.finish_reason or "stop"
+
+    def usage(self) -> CompletionUsage:
+        return CompletionUsage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=self.prompt_tokens + self.completion_tokens,
+            completion_tokens_details=CompletionTokensDetails(
+                reasoning_tokens=self.parser.reasoning_tokens
+            ),
+        )
+
+
+class ChatService:
+    def __init__(self, config: ClusterConfig, harmony: Harmony, engine: EngineClient) -> None:
+        self._config = config
+        self._harmony = harmony
+        self._engine = engine
+
+    def _prepare(self, body: ChatCompletionRequest) -> _Run:
+        check_model(self._config, body.model)
+        effort = body.reasoning_effort or self._config.default_effort
+        instructions, turns = to_turns(body.messages)
+        tools = [
+            ToolSpec(t.function.name, t.function.description, t.function.parameters)
+            for t in (body.tools or ())
+        ]
+        if body.tool_choice == "none":
+            tools = []
+        prompt = self._harmony.render(turns, effort, instructions, tools)
+        requested = body.max_completion_tokens or body.max_tokens
+        param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        max_tokens = resolve_max_tokens(self._config, effort, requested, len(prompt), param)
+        request = engine_request(
+            self._config,
+            prompt,
+            effort,
+            max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop_token_ids=self._harmony.stop_token_ids,
+            request_id=new_id("chatcmpl"),
+        )
+        return _Run(request, self._harmony.parser(), StopMatcher(body.stop))
+
+    async def create(self, body: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[str]:
+        run = self._prepare(body)
+        first, rest = await first_and_rest(self._engine.generate(run.request))
+        deltas = self._deltas(run, first, rest)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return self._stream(run, body.model, deltas, include_usage)
+        return await self._complete(run, body.model, deltas)
+
+    async def _deltas(
+        self, run: _Run, first: EngineOutput, rest: AsyncIterator[EngineOutput]
+    ) -> AsyncIterator[ChannelDelta]:
+        """Channel deltas with stop strings applied; closing it aborts the engine request."""
+        output: EngineOutput | None = first
+        try:
+            while output is not None:
+                run.completion_tokens += len(output.token_ids)
+                run.finish_reason = output.finish_reason or run.finish_reason
+                for delta in run.parser.feed(output.token_ids):
+                    if delta.kind == "content":
+                        delta.text = run.stop.feed(delta.text)
+                    if delta.text or delta.new_tool_call:
+                        yield delta
+                    if run.stop.stopped:
+                        run.finish_reason = "stop"
+                        return
+                if output.finish_reason is not None:
+                    break
+                output = await anext(rest, None)
+            if tail := run.stop.flush():
+                yield ChannelDelta("content", tail)
+        finally:
+            await rest.aclose()
+
+    async def _complete(
+        self, run: _Run, model: str, deltas: AsyncIterator[ChannelDelta]
+    ) -> ChatCompletion:
+        async for delta in deltas:
+            if delta.kind == "content":
+                run.content.append(delta.text)
+            elif delta.kind == "reasoning":
+                run.reasoning.append(delta.text)
+        tool_calls = [
+            ChatCompletionMessageFunctionToolCall(
+                id=c.id, type="function", function=Function(name=c.name, arguments=c.arguments)
+            )
+            for c in run.parser.tool_calls
+        ]
+        message = ChatCompletionMessage(
+            role="assistant",
+            content="".join(run.content) or None,
+            reasoning="".join(run.reasoning) or None,
+            tool_calls=tool_calls or None,
+        )
+        return ChatCompletion(
+            id=run.request.request_id,
+            object="chat.completion",
+            created=int(time.time()),
+            model=model,
+            choices=[cc.Choice(index=0, message=message, finish_reason=run.openai_finish_reason())],
+            usage=run.usage(),
+        )
+
+    async def _stream(
+        self, run: _Run, model: str, deltas: AsyncIterator[ChannelDelta], include_usage: bool
+    ) -> AsyncIterator[str]:
+        created = int(time.time())
+
+        def chunk(delta: ck.ChoiceDelta | None, finish: str | None = None, usage=None) -> str:
+            choices = (
+                [] if delta is None else [ck.Choice(index=0, delta=delta, finish_reason=finish)]
+            )
+            return ChatCompletionChunk(
+                id=run.request.request_id,
+                object="chat.completion.chunk",
+                created=created,
+                model=model,
+                choices=choices,
+                usage=usage,
+            ).model_dump_json(exclude_none=True)
+
+        yield chunk(ck.ChoiceDelta(role="assistant", content=""))
+        async for d in deltas:
+            if d.kind == "reasoning":
+                yield chunk(ck.ChoiceDelta(reasoning=d.text))
+            elif d.kind == "content":
+                yield chunk(ck.ChoiceDelta(content=d.text))
+            else:
+                call = run.parser.tool_calls[d.tool_index]
+                yield chunk(
+                    ck.ChoiceDelta(
+                        tool_calls=[
+                            ck.ChoiceDeltaToolCall(
+                                index=d.tool_index,
+                                id=call.id if d.new_tool_call else None,
+                                type="function" if d.new_tool_call else None,
+                                function=ck.ChoiceDeltaToolCallFunction(
+                                    name=d.tool_name if d.new_tool_call else None,
+                                    arguments=d.text,
+                                ),
+                            )
+                        ]
+                    )
+                )
+        yield chunk(ck.ChoiceDelta(), run.openai_finish_reason())
+        if include_usage:
+            yield chunk(None, usage=run.usage())

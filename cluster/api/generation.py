@@ -1,0 +1,167 @@
+"""What chat and completions share: limits, sampling, stop strings, and the engine call itself."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from cluster.api.errors import OpenAIError
+from cluster.config import ClusterConfig, Effort
+from cluster.engine.base import Engine, EngineOutput, EngineRequest, SamplingParams
+
+
+class EngineClient(Protocol):
+    """How the gateway reaches engines: a Serve handle in the cluster, an engine object in tests."""
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]: ...
+
+    async def ready(self) -> bool: ...
+
+
+class Overloaded(Exception):
+    """The router holds too many requests already; the gateway answers 429."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"overloaded, retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def check_model(config: ClusterConfig, model: str) -> None:
+    if model not in (config.model.served_name, config.model.name):
+        raise OpenAIError(
+            404,
+            f"The model `{model}` does not exist. Serving `{config.model.served_name}`.",
+            param="model",
+            code="model_not_found",
+        )
+
+
+def resolve_max_tokens(
+    config: ClusterConfig, effort: Effort, requested: int | None, prompt_tokens: int, param: str
+) -> int:
+    """The output budget: requested or the effort's default, within the effort cap and context."""
+    profile = config.efforts[effort]
+    context = config.model.max_model_len
+    room = context - prompt_tokens
+    if room <= 0:
+        raise OpenAIError(
+            400,
+            f"The prompt has {prompt_tokens} tokens, beyond the model's context length of "
+            f"{context} tokens.",
+            param="messages" if param == "max_completion_tokens" else "prompt",
+            code="context_length_exceeded",
+        )
+    if requested is None:
+        return min(profile.default_max_tokens, room)
+    if requested > profile.max_tokens:
+        raise OpenAIError(
+            400,
+            f"{param} is {requested}, above the limit of {profile.max_tokens} for "
+            f"reasoning effort {effort.value}.",
+            param=param,
+        )
+    if requested > room:
+        raise OpenAIError(
+            400,
+            f"This model's maximum context length is {context} tokens. You asked for "
+            f"{prompt_tokens + requested} tokens ({prompt_tokens} in the prompt, {requested} "
+            f"for the output).",
+            param=param,
+            code="context_length_exceeded",
+        )
+    return requested
+
+
+def engine_request(
+    config: ClusterConfig,
+    prompt: list[int],
+    effort: Effort,
+    max_tokens: int,
+    *,
+    temperature: float | None,
+    top_p: float | None,
+    seed: int | None,
+    stop_token_ids: Sequence[int],
+    request_id: str,
+) -> EngineRequest:
+    prior = config.efforts[effort].output_tokens
+    return EngineRequest(
+        request_id=request_id,
+        prompt_token_ids=prompt,
+        sampling=SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if temperature is None else temperature,
+            top_p=1.0 if top_p is None else top_p,
+            seed=seed,
+            stop_token_ids=tuple(stop_token_ids),
+        ),
+        effort=effort,
+        expected_output_tokens=min(max_tokens, math.ceil(prior.mean_tokens)),
+    )
+
+
+class StopMatcher:
+    """Finds client stop strings in streamed text, holding back only what could start one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._stops = list(stops)
+        self._hold = max((len(s) for s in stops), default=1) - 1
+        self._pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        """Text safe to emit now; after a stop string is seen, nothing more."""
+        if not self._stops:
+            return text
+        if self.stopped:
+            return ""
+        self._pending += text
+        hits = [i for i in (self._pending.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            out, self._pending = self._pending[: min(hits)], ""
+            return out
+        cut = max(len(self._pending) - self._hold, 0)
+        out, self._pending = self._pending[:cut], self._pending[cut:]
+        return out
+
+    def flush(self) -> str:
+        out, self._pending = ("" if self.stopped else self._pending), ""
+        return out
+
+
+async def first_and_rest(
+    outputs: AsyncIterator[EngineOutput],
+) -> tuple[EngineOutput, AsyncIterator[EngineOutput]]:
+    """Wait for the first output, so placement errors (429) still get a proper HTTP status."""
+    try:
+        first = await anext(outputs)
+    except Overloaded as err:
+        raise OpenAIError(
+            429,
+            "The cluster is at capacity; retry after the Retry-After delay.",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(err.retry_after_s)},
+        ) from None
+    except StopAsyncIteration:
+        raise OpenAIError(503, "the engine ended the request without output") from None
+    return first, outputs
+
+
+class InProcessEngine:
+    """EngineClient over an engine object in this process (unit tests, benchmarks)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        return self.engine.generate(request)
+
+    async def ready(self) -> bool:
+        return True

@@ -1,0 +1,100 @@
+"""`gpt-oss-cluster serve | render | schema | bench`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+from cluster.config import ClusterConfig, ConfigError, load_config, serve_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config; GPT_OSS_CLUSTER_* variables override it."),
+]
+
+
+def _load(path: Path | None) -> ClusterConfig:
+    try:
+        return load_config(path)
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(config: ConfigOption = None) -> None:
+    """Run a local Ray cluster with the Serve app until Ctrl-C."""
+    from cluster.serve.local import local_cluster, wait_forever
+    from cluster.vocab import VocabError, ensure_vocab
+
+    cfg = _load(config)
+    try:
+        ensure_vocab(cfg.harmony.vocab_dir)
+    except VocabError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"starting Ray and Serve ({cfg.engine.kind} engine) ...")
+    try:
+        with local_cluster(cfg, progress=lambda s: typer.echo(f"  replicas: {s}")) as cluster:
+            typer.echo(_ready_banner(cfg, cluster.url, cluster.rss_bytes()))
+            wait_forever()
+    except KeyboardInterrupt:
+        typer.echo("\nstopped: Serve and Ray shut down")
+
+
+def _ready_banner(cfg: ClusterConfig, url: str, rss: int) -> str:
+    model = cfg.model.served_name
+    key = cfg.auth.api_keys[0].get_secret_value() if cfg.auth.api_keys else "none"
+    scale = cfg.engine.mock.time_scale
+    engine = (
+        f"mock engine at time scale {scale:g} ({1 / scale:g}x an H100)"
+        if (cfg.engine.kind == "mock")
+        else "vLLM engine"
+    )
+    return f"""
+READY  {url}/v1  model={model}  {engine}  memory={rss / 2**30:.2f} GiB RSS
+  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{model}", "reasoning_effort": "low", "messages": [{{"role": "user", "content": "Why is the sky blue?"}}]}}'
+  python -c "from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='{key}'); \\
+r = c.chat.completions.create(model='{model}', reasoning_effort='high', \\
+messages=[{{'role': 'user', 'content': 'Why is the sky blue?'}}]); \\
+print(r.choices[0].message.reasoning[:200], '...'); print(r.choices[0].message.content)"
+Ctrl-C stops it."""
+
+
+@app.command()
+def render(config: ConfigOption = None) -> None:
+    """Print the Ray Serve config (`serve deploy` format) built from the config."""
+    typer.echo(yaml.safe_dump(serve_config(_load(config)), sort_keys=False), nl=False)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of the config (the source of the Helm values schema)."""
+    json.dump(ClusterConfig.model_json_schema(), sys.stdout, indent=2)
+    typer.echo()
+
+
+@app.command()
+def bench(
+    requests: Annotated[int, typer.Option(help="Sequential 1-token requests per path.")] = 200,
+) -> None:
+    """Gateway overhead: full path vs bare FastAPI, stream tokens/s vs the engine alone."""
+    from cluster.bench.gateway_overhead import run
+
+    run(requests)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""The one configuration schema: local runs, the Ray Serve application and (later) the Helm values.
+
+Every setting lives here once. `load_config` reads a YAML file and `GPT_OSS_CLUSTER_*` environment
+overrides; `serve_config` turns a validated config into the document `serve deploy` takes, whose
+application `args` are this schema again, so replicas validate exactly what the operator wrote.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "GPT_OSS_CLUSTER_"
+APP_IMPORT_PATH = "cluster.serve.app:build_app"
+
+
+class Effort(StrEnum):
+    """Harmony reasoning effort; it lives in the system message and scales output length ~10-20x."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LengthPrior(_Strict):
+    """Lognormal output-length distribution: the router's prior and the mock engine's sampler."""
+
+    median_tokens: PositiveFloat
+    sigma: float = Field(0.8, ge=0.0, le=3.0, description="Log-space standard deviation.")
+
+    @property
+    def mean_tokens(self) -> float:
+        import math
+
+        return self.median_tokens * math.exp(self.sigma**2 / 2)
+
+
+class EffortProfile(_Strict):
+    """What one reasoning-effort class costs and what it is promised."""
+
+    output_tokens: LengthPrior
+    default_max_tokens: PositiveInt
+    max_tokens: PositiveInt
+    ttft_slo_s: PositiveFloat
+    itl_slo_s: PositiveFloat
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> EffortProfile:
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError("default_max_tokens must not exceed max_tokens")
+        return self
+
+
+def _default_efforts() -> dict[Effort, EffortProfile]:
+    # Chat-traffic medians (250 / 1,200 / 5,000 output tokens) and SLOs (TTFT 1 / 2 / 5 s, 60 ms
+    # inter-token) from the project's reference workload; high effort is ~20x low (ANCHORS.md).
+    def profile(median: float, default_max: int, ttft: float) -> EffortProfile:
+        return EffortProfile(
+            output_tokens=LengthPrior(median_tokens=median),
+            default_max_tokens=default_max,
+            max_tokens=131_072,
+            ttft_slo_s=ttft,
+            itl_slo_s=0.06,
+        )
+
+    return {
+        Effort.LOW: profile(250, 8_192, 1.0),
+        Effort.MEDIUM: profile(1_200, 16_384, 2.0),
+        Effort.HIGH: profile(5_000, 32_768, 5.0),
+    }
+
+
+class ModelConfig(_Strict):
+    name: str = Field("openai/gpt-oss-120b", description="Model identity (Hugging Face id).")
+    served_name: str = Field("gpt-oss-120b", description="The `model` clients send.")
+    path: str | None = Field(None, description="Local weights directory (vLLM engine only).")
+    max_model_len: PositiveInt = Field(131_072, description="Context length: prompt + output.")
+
+
+class EngineKind(StrEnum):
+    MOCK = "mock"
+    VLLM = "vllm"
+
+
+class ParallelismConfig(_Strict):
+    tensor_parallel_size: PositiveInt = 1
+    pipeline_parallel_size: PositiveInt = 1
+
+
+class PerfProfile(_Strict):
+    """Roofline timing of a continuous-batching gpt-oss engine (defaults: gpt-oss-120b on H100).
+
+    Decode is memory-bound: every step reads the dense weights plus the experts the batch touches
+    (top-k of E per token), plus the KV cache; prefill is compute-bound on active parameters.
+    With full efficiency this reproduces the card-derived floors in ANCHORS.md (batch 8: 5 ms,
+    batch 64: 16.7 ms, batch >= 128: ~19 ms at TP1).
+    """
+
+    hbm_bandwidth_bytes_s: PositiveFloat = 3.35e12
+    peak_flops: PositiveFloat = 989e12
+    memory_efficiency: float = Field(0.8, gt=0, le=1)
+    compute_efficiency: float = Field(0.3, gt=0, le=1)
+    dense_weight_bytes: PositiveFloat = 3.06e9
+    expert_weight_bytes: PositiveFloat = 62.2e9
+    num_experts: PositiveInt = 128
+    experts_per_token: PositiveInt = 4
+    active_params: PositiveFloat = 5.13e9
+    kv_bytes_per_token: PositiveFloat = 36 * 1024
+    step_overhead_s: float = Field(0.002, ge=0)
+    tp_allreduce_s: float = Field(0.0007, ge=0, description="Per-step all-reduce cost when TP > 1.")
+
+
+class MockEngineConfig(_Strict):
+    """The CPU stand-in: real harmony tokens, modelled timing, no GPU."""
+
+    time_scale: PositiveFloat = Field(
+        1.0, description="Wall seconds per modelled second (0.05 runs 20x faster than an H100)."
+    )
+    perf: PerfProfile = PerfProfile()
+    kv_capacity_tokens: PositiveInt = 400_000
+    max_num_seqs: PositiveInt = 256
+    max_num_batched_tokens: PositiveInt = 8_192
+    seed: int = 0
+    final_share: float = Field(
+        0.2, gt=0, lt=1, description="Share of the output spent on the final answer."
+    )
+
+
+class EngineConfig(_Strict):
+    kind: EngineKind = EngineKind.MOCK
+    parallelism: ParallelismConfig = ParallelismConfig()
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vLLM AsyncEngineArgs, passed through unchanged."
+    )
+    mock: MockEngineConfig = MockEngineConfig()
+
+
+class ReplicaConfig(_Strict):
+    """Ray Serve replica settings of one deployment."""
+
+    num_replicas: PositiveInt = 1
+    num_cpus: float = Field(0.0, ge=0, description="Logical CPUs per replica (0 for local runs).")
+    max_ongoing_requests: PositiveInt = 256
+
+
+class RouterConfig(_Strict):
+    policy: Literal["least_outstanding_tokens"] = "least_outstanding_tokens"
+    load_report_period_s: PositiveFloat = Field(
+        0.5, description="How often engine replicas report running/waiting/KV to routers."
+    )
+    max_queued_requests: int = Field(
+        1_024, ge=-1, description="Requests a gateway holds for placement before 429 (-1: no cap)."
+    )
+    retry_after_s: PositiveInt = Field(1, description="Retry-After sent with a 429.")
+
+
+class GatewayConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65_535)
+    replicas: ReplicaConfig = ReplicaConfig(max_ongoing_requests=1_000)
+    max_request_body_bytes: PositiveInt = 4 * 1024 * 1024
+
+
+class AuthConfig(_Strict):
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="Bearer keys; empty means open (local use only)."
+    )
+
+
+class HarmonyConfig(_Strict):
+    vocab_dir: str | None = Field(
+        None, description="Directory holding o200k_base.tiktoken (built from quicktok if unset)."
+    )
+    conversation_start_date: dt.date | None = Field(
+        None, description="Pin the date in the system message (stable prefix cache keys)."
+    )
+
+
+class ClusterConfig(_Strict):
+    model: ModelConfig = ModelConfig()
+    engine: EngineConfig = EngineConfig()
+    engine_replicas: ReplicaConfig = ReplicaConfig()
+    router: RouterConfig = RouterConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    auth: AuthConfig = AuthConfig()
+    harmony: HarmonyConfig = HarmonyConfig()
+    efforts: dict[Effort, EffortProfile] = Field(default_factory=_default_efforts)
+    default_effort: Effort = Effort.MEDIUM
+
+    @model_validator(mode="after")
+    def _check(self) -> ClusterConfig:
+        missing = set(Effort) - set(self.efforts)
+        if missing:
+            raise ValueError(f"efforts: missing profiles for {sorted(missing)}")
+        for effort, profile in self.efforts.items():
+            if profile.max_tokens > self.model.max_model_len:
+                raise ValueError(
+                    f"efforts.{effort}.max_tokens ({profile.max_tokens}) exceeds "
+                    f"model.max_model_len ({self.model.max_model_len})"
+                )
+        if self.engine.kind is EngineKind.VLLM and not self.model.path:
+            raise ValueError("model.path: required when engine.kind is vllm (no hub downloads)")
+        return self
+
+    def to_args(self) -> dict[str, Any]:
+        """JSON-safe dict that round-trips through `ClusterConfig.model_validate` (secrets kept)."""
+        data = self.model_dump(mode="json")
+        data["auth"]["api_keys"] = [k.get_secret_value() for k in self.auth.api_keys]
+        return data
+
+
+class ConfigError(ValueError):
+    """Invalid configuration, with every offending field named."""
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(root)"
+        lines.append(f"  {where}: {e['msg']}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def validate_config(data: dict[str, Any]) -> ClusterConfig:
+    try:
+        return ClusterConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err)) from None
+
+
+def load_config(path: str | Path | None = None) -> ClusterConfig:
+    """YAML file (optional) overridden by `GPT_OSS_CLUSTER_<SECTION>__<FIELD>` variables."""
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
+
+    class _Settings(ClusterConfig, BaseSettings):
+        model_config = SettingsConfigDict(
+            env_prefix=ENV_PREFIX,
+            env_nested_delimiter="__",
+            yaml_file=str(path) if path else None,
+            extra="forbid",
+            frozen=True,
+        )
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (env_settings, YamlConfigSettingsSource(settings_cls))
+
+    try:
+        settings = _Settings()
+    except ValidationError as err:
+        raise ConfigError(describe_validation_error(err)) from None
+    return ClusterConfig.model_validate(settings.model_dump())
+
+
+def serve_config(cfg: ClusterConfig, app_name: str = "gpt-oss") -> dict[str, Any]:
+    """The Ray Serve config file (`serve deploy` format) for this cluster config."""
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": cfg.gateway.host, "port": cfg.gateway.port},
+        "applications": [
+            {
+                "name": app_name,
+                "route_prefix": "/",
+                "import_path": APP_IMPORT_PATH,
+                "args": cfg.to_args(),
+            }
+        ],
+    }

@@ -1,0 +1,1 @@
+"""Engine replicas: one interface, a CPU mock and (later) vLLM."""

@@ -1,0 +1,16 @@
+"""Build the engine a config asks for."""
+
+from __future__ import annotations
+
+from cluster.config import ClusterConfig, ConfigError, EngineKind
+from cluster.engine.base import Engine
+
+
+def build_engine(config: ClusterConfig) -> Engine:
+    if config.engine.kind is EngineKind.MOCK:
+        from cluster.engine.mock import MockEngine
+
+        return MockEngine(config)
+    raise ConfigError(
+        "engine.kind: 'vllm' engine replicas are not part of this release yet; use 'mock'"
+    )

@@ -1,0 +1,128 @@
+"""The CPU mock engine: a `BatchingModel` run against the wall clock, speaking real harmony tokens.
+
+One asyncio task steps the model. Steps are cheap to compute, so the loop runs them ahead until the
+modelled clock (scaled by `time_scale`) passes the wall clock, then sleeps; tokens a stream
+produced meanwhile are handed over together, as one Ray message instead of one per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from cluster.config import ClusterConfig
+from cluster.engine.base import Engine, EngineOutput, EngineRequest, LoadReport
+from cluster.engine.batching import BatchingModel
+from cluster.engine.mock_replies import ReplyWriter
+from cluster.harmony import Harmony
+
+_MIN_SLEEP_S = 0.002
+_MAX_STEPS_AHEAD = 64  # yield to the streams at least this often when the loop runs behind
+
+
+@dataclass
+class _Stream:
+    script: list[int]
+    produced: int = 0
+    done: bool = False
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class MockEngine(Engine):
+    def __init__(self, config: ClusterConfig, harmony: Harmony | None = None) -> None:
+        mock = config.engine.mock
+        self._harmony = harmony or Harmony(
+            config.harmony.vocab_dir, config.harmony.conversation_start_date
+        )
+        self._time_scale = mock.time_scale
+        self._model = BatchingModel(
+            perf=mock.perf,
+            tensor_parallel_size=config.engine.parallelism.tensor_parallel_size,
+            max_num_seqs=mock.max_num_seqs,
+            max_num_batched_tokens=mock.max_num_batched_tokens,
+            kv_capacity_tokens=mock.kv_capacity_tokens,
+        )
+        self._writer = ReplyWriter(self._harmony, config.efforts, mock.final_share, mock.seed)
+        self._streams: dict[str, _Stream] = {}
+        self._work = asyncio.Event()
+        self._loop_task: asyncio.Task | None = None
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        if request.request_id in self._streams:
+            raise ValueError(f"duplicate request id {request.request_id}")
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._run(), name="mock-engine-loop")
+        script = self._writer.write(
+            request.prompt_token_ids, request.sampling.seed, request.request_id
+        )
+        stops = set(request.sampling.stop_token_ids)
+        cut = next((i + 1 for i, t in enumerate(script) if t in stops), len(script))
+        finish = "stop" if cut <= request.sampling.max_tokens else "length"
+        script = script[: min(cut, request.sampling.max_tokens)]
+        stream = _Stream(script)
+        self._streams[request.request_id] = stream
+        self._model.add(
+            request.request_id,
+            len(request.prompt_token_ids),
+            len(script),
+            request.expected_output_tokens,
+        )
+        self._work.set()
+        sent = 0
+        try:
+            while True:
+                await stream.wake.wait()
+                stream.wake.clear()
+                produced = stream.produced
+                if produced > sent or stream.done:
+                    yield EngineOutput(script[sent:produced], finish if stream.done else None)
+                    sent = produced
+                if stream.done:
+                    return
+        finally:
+            if not stream.done:
+                self._model.abort(request.request_id)
+            del self._streams[request.request_id]
+
+    def load_report(self) -> LoadReport:
+        return LoadReport(
+            running=self._model.running,
+            waiting=self._model.waiting,
+            kv_used_tokens=self._model.kv_used_tokens,
+            kv_capacity_tokens=self._model.kv_capacity_tokens,
+            outstanding_tokens=self._model.outstanding_tokens,
+            reported_at=time.time(),
+        )
+
+    async def shutdown(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        anchor_wall, anchor_model = loop.time(), self._model.now
+        steps_without_sleep = 0
+        while True:
+            if self._model.idle:
+                self._work.clear()
+                await self._work.wait()
+                # Anchor modelled time to the wall clock when work arrives after idling.
+                anchor_wall, anchor_model = loop.time(), self._model.now
+            result = self._model.step()
+            for request_id, count in result.emitted.items():
+                stream = self._streams.get(request_id)
+                if stream is not None:
+                    stream.produced += count
+                    stream.wake.set()
+            for request_id in result.finished:
+                stream = self._streams.get(request_id)
+                if stream is not None:
+                    stream.done = True
+                    stream.wake.set()
+            ahead = anchor_wall + (self._model.now - anchor_model) * self._time_scale - loop.time()
+            steps_without_sleep += 1
+            if ahead > _MIN_SLEEP_S or steps_without_sleep >= _MAX_STEPS_AHEAD:
+                await asyncio.sleep(max(ahead, 0))
+                steps_without_sleep = 0

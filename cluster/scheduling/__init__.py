@@ -1,0 +1,1 @@
+"""Pure scheduling core: no Ray, no asyncio, an injected clock."""

@@ -1,0 +1,1 @@
+"""Ray Serve wiring: deployments, the request router and the application builder."""

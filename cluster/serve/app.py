@@ -1,0 +1,44 @@
+"""The Serve application builder: `import_path: cluster.serve.app:build_app`, args = the config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
+
+from cluster.config import ClusterConfig, ReplicaConfig, validate_config
+from cluster.serve.deployments import EngineServer, Gateway
+
+ROUTER_CLASS = "cluster.serve.request_router:TokenAwareRequestRouter"
+
+
+def _replica_options(replicas: ReplicaConfig) -> dict[str, Any]:
+    return {
+        "num_replicas": replicas.num_replicas,
+        "max_ongoing_requests": replicas.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": replicas.num_cpus},
+    }
+
+
+def build(config: ClusterConfig) -> Application:
+    args = config.to_args()
+    engine = serve.deployment(EngineServer, name="engine").options(
+        **_replica_options(config.engine_replicas),
+        max_queued_requests=config.router.max_queued_requests,
+        request_router_config=RequestRouterConfig(
+            request_router_class=ROUTER_CLASS,
+            request_routing_stats_period_s=config.router.load_report_period_s,
+        ),
+        health_check_period_s=5,
+    )
+    gateway = serve.deployment(Gateway, name="gateway").options(
+        **_replica_options(config.gateway.replicas)
+    )
+    return gateway.bind(args, engine.bind(args))
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Entry point for `serve run` / `serve deploy` / KubeRay's serveConfigV2."""
+    return build(validate_config(args))

@@ -1,0 +1,97 @@
+"""A local Ray cluster running the Serve app: `make serve`, the integration tests and the benchmarks."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psutil
+
+from cluster.config import ClusterConfig
+
+APP_NAME = "gpt-oss"
+
+# Loopback only, no token auth file, no usage reporting (ANCHORS/NOTES-ENV recipes).
+RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DEDUP_LOGS": "0",
+}
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    url: str
+    config: ClusterConfig
+
+    def rss_bytes(self) -> int:
+        """Resident memory of this process and every Ray process it started."""
+        me = psutil.Process()
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                continue
+        return total
+
+
+def _replica_states() -> str:
+    from ray import serve
+
+    app = serve.status().applications.get(APP_NAME)
+    if app is None:
+        return "starting Serve"
+    parts = []
+    for name, deployment in app.deployments.items():
+        states = ", ".join(f"{n} {s.lower()}" for s, n in deployment.replica_states.items())
+        parts.append(f"{name}: {states or deployment.status.lower()}")
+    return "; ".join(parts)
+
+
+@contextmanager
+def local_cluster(
+    config: ClusterConfig, progress: Callable[[str], None] | None = None
+) -> Iterator[LocalCluster]:
+    """Start Ray + Serve + the app on 127.0.0.1:<gateway.port>; tear everything down on exit."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
+    import ray
+    from ray import serve
+
+    from cluster.serve.app import build
+
+    temp_dir = tempfile.mkdtemp(prefix="gpt-oss-ray-")
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
+    try:
+        serve.start(http_options={"host": config.gateway.host, "port": config.gateway.port})
+        # serve.run blocks until every replica is up: report replica states meanwhile.
+        with ThreadPoolExecutor(1) as pool:
+            deployed = pool.submit(serve.run, build(config), name=APP_NAME, route_prefix="/")
+            last = ""
+            while not deployed.done():
+                time.sleep(0.5)
+                if progress is not None and (state := _replica_states()) != last:
+                    progress(state)
+                    last = state
+            deployed.result()
+        yield LocalCluster(f"http://{config.gateway.host}:{config.gateway.port}", config)
+    finally:
+        ray.shutdown()
+
+
+def wait_forever() -> None:
+    while True:
+        time.sleep(3600)

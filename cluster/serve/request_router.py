@@ -1,0 +1,68 @@
+"""Ray Serve `RequestRouter` that hosts the pure placement core on every gateway's engine handle.
+
+Ray Serve keeps the queue (FIFO, bounded by `max_queued_requests`) and only dispatches to a replica
+below `max_ongoing_requests`; this class decides the order in which replicas are tried. Engine load
+reports arrive as Serve routing stats (`record_routing_stats` on the engine replica).
+"""
+
+from __future__ import annotations
+
+import time
+
+from ray.serve.request_router import (
+    FIFOMixin,
+    PendingRequest,
+    ReplicaID,
+    ReplicaResult,
+    RequestRouter,
+    RunningReplica,
+)
+
+from cluster.engine.base import EngineRequest, LoadReport
+from cluster.scheduling.placement import LeastOutstandingTokens, PlacementLedger, PlacementPolicy
+
+
+def _engine_request(pending: PendingRequest | None) -> EngineRequest | None:
+    if pending is None:
+        return None
+    return next((a for a in pending.args if isinstance(a, EngineRequest)), None)
+
+
+def _report(replica: RunningReplica) -> LoadReport | None:
+    stats = replica.routing_stats
+    return LoadReport.from_dict(stats) if stats else None
+
+
+class TokenAwareRequestRouter(FIFOMixin, RequestRouter):
+    def initialize_state(self, **kwargs) -> None:
+        self._policy: PlacementPolicy = LeastOutstandingTokens()
+        self._ledger = PlacementLedger()
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        if not candidate_replicas:
+            return []
+        request = _engine_request(pending_request)
+        by_id = {r.replica_id: r for r in candidate_replicas}
+        self._ledger.forget_replicas(self.curr_replicas)
+        estimates = self._ledger.estimates({rid: _report(r) for rid, r in by_id.items()})
+        cost = request.expected_cost_tokens if request else 0
+        return [[by_id[rid]] for rid in self._policy.rank(cost, estimates)]
+
+    def on_request_routed(
+        self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult
+    ) -> None:
+        request = _engine_request(pending_request)
+        if request is not None:
+            self._ledger.placed(
+                replica_id,
+                pending_request.metadata.internal_request_id,
+                request.expected_cost_tokens,
+                time.time(),
+            )
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        self._ledger.completed(internal_request_id)

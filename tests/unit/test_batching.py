@@ -1,0 +1,108 @@
+import pytest
+
+from cluster.config import PerfProfile
+from cluster.engine.batching import BatchingModel, step_seconds
+
+ROOFLINE = PerfProfile(memory_efficiency=1.0, step_overhead_s=0.0)
+
+
+@pytest.mark.parametrize(("batch", "floor_ms"), [(8, 5.0), (64, 16.7), (128, 19.0)])
+def test_decode_step_reproduces_the_h100_roofline_floors(batch, floor_ms):
+    # ANCHORS.md: decode step floors for gpt-oss-120b on one H100 derived from the model card.
+    ms = step_seconds(ROOFLINE, 1, batch, 0, 0) * 1000
+    assert ms == pytest.approx(floor_ms, rel=0.1)
+
+
+def test_batch_one_is_about_670_tokens_per_second():
+    assert 1 / step_seconds(ROOFLINE, 1, 1, 0, 0) == pytest.approx(670, rel=0.1)
+
+
+def test_tensor_parallel_splits_the_reads_and_adds_all_reduce():
+    perf = PerfProfile()
+    tp1, tp2 = step_seconds(perf, 1, 64, 0, 0), step_seconds(perf, 2, 64, 0, 0)
+    assert tp2 < tp1 < 2 * tp2 + perf.tp_allreduce_s
+
+
+def test_prefill_is_compute_bound_and_kv_reads_cost_time():
+    perf = PerfProfile()
+    assert step_seconds(perf, 1, 0, 8192, 0) > 4 * step_seconds(perf, 1, 0, 512, 0)
+    assert step_seconds(perf, 1, 64, 0, 500_000) > step_seconds(perf, 1, 64, 0, 0)
+
+
+def model(**kw) -> BatchingModel:
+    args = {
+        "perf": PerfProfile(),
+        "tensor_parallel_size": 1,
+        "max_num_seqs": 256,
+        "max_num_batched_tokens": 8192,
+        "kv_capacity_tokens": 1_000_000,
+    }
+    return BatchingModel(**(args | kw))
+
+
+def run_to_idle(m: BatchingModel) -> tuple[dict[str, int], dict[str, float]]:
+    tokens: dict[str, int] = {}
+    first: dict[str, float] = {}
+    for _ in range(100_000):
+        if m.idle:
+            return tokens, first
+        result = m.step()
+        for rid, n in result.emitted.items():
+            tokens[rid] = tokens.get(rid, 0) + n
+            first.setdefault(rid, m.now)
+    raise AssertionError("model never went idle")
+
+
+def test_single_request_closed_form():
+    m = model()
+    m.add("a", prompt_tokens=1000, output_tokens=50, expected_output_tokens=50)
+    tokens, first = run_to_idle(m)
+    assert tokens == {"a": 50}
+    perf = PerfProfile()
+    assert first["a"] == pytest.approx(step_seconds(perf, 1, 0, 1000, 0))
+    decode = sum(step_seconds(perf, 1, 1, 0, 1000 + i) for i in range(1, 50))
+    assert m.now == pytest.approx(first["a"] + decode)
+
+
+def test_token_conservation_and_concurrency_bounds():
+    m = model(max_num_seqs=8, max_num_batched_tokens=2048, kv_capacity_tokens=20_000)
+    want = {f"r{i}": 20 + 7 * i for i in range(40)}
+    for rid, n in want.items():
+        m.add(rid, prompt_tokens=300, output_tokens=n, expected_output_tokens=100)
+    peak_running, peak_kv = 0, 0
+    tokens: dict[str, int] = {}
+    while not m.idle:
+        result = m.step()
+        peak_running = max(peak_running, m.running)
+        peak_kv = max(peak_kv, m.kv_used_tokens)
+        for rid, n in result.emitted.items():
+            tokens[rid] = tokens.get(rid, 0) + n
+    assert tokens == want
+    assert peak_running <= 8
+    assert peak_kv <= 20_000
+
+
+def test_kv_pressure_preempts_and_recomputes_without_losing_tokens():
+    m = model(kv_capacity_tokens=3_000)
+    for i in range(4):
+        m.add(f"r{i}", prompt_tokens=500, output_tokens=600, expected_output_tokens=600)
+    saw_waiting_again = False
+    tokens: dict[str, int] = {}
+    while not m.idle:
+        result = m.step()
+        assert m.kv_used_tokens <= 3_000
+        saw_waiting_again |= m.waiting > 0 and m.running > 0 and m.now > 0.5
+        for rid, n in result.emitted.items():
+            tokens[rid] = tokens.get(rid, 0) + n
+    assert tokens == {f"r{i}": 600 for i in range(4)}
+    assert saw_waiting_again
+
+
+def test_abort_frees_the_seat_and_outstanding_work():
+    m = model()
+    m.add("a", 100, 1000, expected_output_tokens=400)
+    m.add("b", 100, 1000, expected_output_tokens=400)
+    m.step()
+    assert m.running == 2 and m.outstanding_tokens == 2 * 399
+    m.abort("a")
+    assert m.running == 1 and m.outstanding_tokens == 399

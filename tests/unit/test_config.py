@@ -1,0 +1,86 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from cluster.config import (
+    ClusterConfig,
+    ConfigError,
+    Effort,
+    load_config,
+    serve_config,
+    validate_config,
+)
+
+
+def test_defaults_are_valid_and_cover_every_effort():
+    cfg = ClusterConfig()
+    assert set(cfg.efforts) == set(Effort)
+    lows, highs = cfg.efforts[Effort.LOW], cfg.efforts[Effort.HIGH]
+    assert 10 <= highs.output_tokens.median_tokens / lows.output_tokens.median_tokens <= 25
+
+
+def test_yaml_then_environment_overrides(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        yaml.safe_dump({"model": {"served_name": "oss"}, "engine": {"mock": {"time_scale": 0.5}}})
+    )
+    monkeypatch.setenv("GPT_OSS_CLUSTER_ENGINE__MOCK__TIME_SCALE", "0.25")
+    monkeypatch.setenv("GPT_OSS_CLUSTER_AUTH__API_KEYS", '["k1"]')
+    cfg = load_config(path)
+    assert cfg.model.served_name == "oss"
+    assert cfg.engine.mock.time_scale == 0.25
+    assert cfg.auth.api_keys[0].get_secret_value() == "k1"
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        ({"engine": {"kind": "tpu"}}, "engine.kind"),
+        ({"engine": {"mock": {"time_scale": 0}}}, "engine.mock.time_scale"),
+        ({"gateway": {"port": 70000}}, "gateway.port"),
+        ({"router": {"polcy": "x"}}, "router.polcy"),
+        ({"engine": {"kind": "vllm"}}, "model.path"),
+        ({"model": {"max_model_len": 4096}}, "max_tokens"),
+        ({"efforts": {"low": {"default_max_tokens": 10}}}, "efforts.low"),
+    ],
+)
+def test_invalid_config_names_the_field(data, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        validate_config(data)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_serve_config_args_round_trip_with_secrets():
+    cfg = validate_config({"auth": {"api_keys": ["s3cret"]}, "gateway": {"port": 9000}})
+    doc = serve_config(cfg)
+    app = doc["applications"][0]
+    assert app["import_path"] == "cluster.serve.app:build_app"
+    assert doc["http_options"]["port"] == 9000
+    assert validate_config(app["args"]) == cfg
+
+
+def test_render_cli_prints_a_serve_config(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "render"], capture_output=True, text=True, check=True
+    )
+    doc = yaml.safe_load(out.stdout)
+    assert validate_config(doc["applications"][0]["args"]) == ClusterConfig()
+
+
+def test_cli_reports_bad_config_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("engine: {replicas: 3}\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "render", "-c", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 2
+    assert "engine.replicas" in out.stderr

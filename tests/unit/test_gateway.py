@@ -1,0 +1,297 @@
+"""The gateway's HTTP behaviour in-process (FastAPI app + mock engine, no Ray)."""
+
+import json
+
+import httpx
+import pytest
+
+from cluster.api.gateway import create_app
+from cluster.api.generation import InProcessEngine, Overloaded, StopMatcher
+from cluster.engine.mock import MockEngine
+from tests.helpers import fast_config
+
+MODEL = "gpt-oss-120b"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def client_for(app) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw")
+
+
+@pytest.fixture
+def engine(harmony):
+    return MockEngine(fast_config(), harmony)
+
+
+@pytest.fixture
+async def client(harmony, engine):
+    async with client_for(create_app(fast_config(), harmony, InProcessEngine(engine))) as c:
+        yield c
+
+
+def chat(**kw):
+    return {"model": MODEL, "messages": [{"role": "user", "content": "Why is the sky blue?"}]} | kw
+
+
+def sse_chunks(text: str) -> list[dict]:
+    data = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    return [json.loads(d) for d in data[:-1]]
+
+
+@pytest.mark.parametrize("effort", ["low", "medium", "high"])
+async def test_chat_stream_and_non_stream_agree(client, effort):
+    body = chat(reasoning_effort=effort, seed=11)
+    full = (await client.post("/v1/chat/completions", json=body)).json()
+    message = full["choices"][0]["message"]
+    assert message["reasoning"] and message["content"]
+    assert full["choices"][0]["finish_reason"] == "stop"
+    usage = full["usage"]
+    assert 0 < usage["completion_tokens_details"]["reasoning_tokens"] < usage["completion_tokens"]
+
+    stream = await client.post(
+        "/v1/chat/completions",
+        json=body | {"stream": True, "stream_options": {"include_usage": True}},
+    )
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    chunks = sse_chunks(stream.text)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("reasoning", "") for d in deltas) == message["reasoning"]
+    assert "".join(d.get("content", "") for d in deltas) == message["content"]
+    assert chunks[-1]["usage"] == usage and chunks[-1]["choices"] == []
+
+
+async def test_effort_scales_output(client):
+    async def tokens(effort):
+        total = 0
+        for seed in range(8):
+            r = await client.post(
+                "/v1/chat/completions", json=chat(reasoning_effort=effort, seed=seed)
+            )
+            total += r.json()["usage"]["completion_tokens"]
+        return total
+
+    assert await tokens("high") > 5 * await tokens("low")
+
+
+async def test_max_tokens_and_max_completion_tokens(client):
+    r = await client.post("/v1/chat/completions", json=chat(max_tokens=5))
+    assert r.json()["usage"]["completion_tokens"] == 5
+    assert r.json()["choices"][0]["finish_reason"] == "length"
+    r = await client.post("/v1/chat/completions", json=chat(max_completion_tokens=9))
+    assert r.json()["usage"]["completion_tokens"] == 9
+
+
+async def test_stop_string_cuts_the_answer(client):
+    base = (await client.post("/v1/chat/completions", json=chat(seed=5))).json()
+    content = base["choices"][0]["message"]["content"]
+    word = content.split()[3]
+    cut = (await client.post("/v1/chat/completions", json=chat(seed=5, stop=[word]))).json()
+    assert cut["choices"][0]["message"]["content"] == content[: content.index(word)]
+    assert cut["choices"][0]["finish_reason"] == "stop"
+
+
+async def test_tool_call_non_stream_and_stream(client):
+    body = chat(
+        messages=[{"role": "user", "content": "Call get_weather for Paris"}],
+        tools=[WEATHER],
+        tool_choice="auto",
+    )
+    r = (await client.post("/v1/chat/completions", json=body)).json()
+    choice = r["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert "city" in json.loads(call["function"]["arguments"])
+
+    chunks = sse_chunks(
+        (await client.post("/v1/chat/completions", json=body | {"stream": True})).text
+    )
+    calls = [
+        d["tool_calls"][0] for c in chunks for d in [c["choices"][0]["delta"]] if "tool_calls" in d
+    ]
+    assert calls[0]["id"].startswith("call_") and calls[0]["function"]["name"] == "get_weather"
+    assert json.loads("".join(c["function"]["arguments"] for c in calls))["city"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+    # The round trip: the tool result goes back and the model answers.
+    follow = chat(
+        messages=body["messages"]
+        + [choice["message"], {"role": "tool", "tool_call_id": call["id"], "content": "21C"}],
+        tools=[WEATHER],
+    )
+    r = await client.post("/v1/chat/completions", json=follow)
+    assert r.status_code == 200
+
+
+async def test_completions(client):
+    r = (
+        await client.post(
+            "/v1/completions", json={"model": MODEL, "prompt": "Once", "max_tokens": 12}
+        )
+    ).json()
+    assert r["object"] == "text_completion" and r["usage"]["completion_tokens"] == 12
+    assert r["choices"][0]["text"]
+    r = await client.post(
+        "/v1/completions",
+        json={"model": MODEL, "prompt": [1, 2, 3], "max_tokens": 4, "stream": True},
+    )
+    chunks = sse_chunks(r.text)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+async def test_models_health_ready(client):
+    models = (await client.get("/v1/models")).json()
+    assert [m["id"] for m in models["data"]] == [MODEL]
+    assert (await client.get("/health")).status_code == 200
+    assert (await client.get("/ready")).json() == {"status": "ready"}
+
+
+BAD = [
+    ("/v1/chat/completions", chat(model="gpt-5"), 404, "model", "model_not_found"),
+    ("/v1/chat/completions", chat(reasoning_effort="max"), 400, "reasoning_effort", None),
+    ("/v1/chat/completions", chat(max_tokens=0), 400, "max_tokens", None),
+    ("/v1/chat/completions", chat(max_tokens=10**6), 400, "max_tokens", None),
+    ("/v1/chat/completions", chat(n=2), 400, "n", None),
+    ("/v1/chat/completions", chat(logprobs=True), 400, "logprobs", None),
+    (
+        "/v1/chat/completions",
+        chat(response_format={"type": "json_object"}),
+        400,
+        "response_format",
+        None,
+    ),
+    ("/v1/chat/completions", chat(messages=[]), 400, "messages", None),
+    (
+        "/v1/chat/completions",
+        chat(messages=[{"role": "wizard", "content": "x"}]),
+        400,
+        "messages.0.role",
+        None,
+    ),
+    ("/v1/chat/completions", chat(messages=[{"role": "user"}]), 400, "messages.0", None),
+    (
+        "/v1/chat/completions",
+        chat(messages=[{"role": "tool", "content": "x", "tool_call_id": "nope"}]),
+        400,
+        "messages.0.tool_call_id",
+        None,
+    ),
+    (
+        "/v1/chat/completions",
+        chat(tool_choice="required", tools=[WEATHER]),
+        400,
+        "tool_choice",
+        None,
+    ),
+    ("/v1/chat/completions", chat(temperature=3), 400, "temperature", None),
+    ("/v1/chat/completions", chat(stop=["a"] * 5), 400, "stop", None),
+    ("/v1/chat/completions", chat(stream_options={"include_usage": True}), 400, None, None),
+    ("/v1/chat/completions", {"messages": []}, 400, "model", None),
+    ("/v1/completions", {"model": MODEL, "prompt": ["a", "b"]}, 400, "prompt", None),
+    ("/v1/completions", {"model": MODEL, "prompt": "a", "echo": True}, 400, "echo", None),
+    ("/v1/completions", {"model": MODEL, "prompt": [300000]}, 400, "prompt", None),
+    (
+        "/v1/completions",
+        {"model": MODEL, "prompt": "hi " * 140_000},
+        400,
+        "prompt",
+        "context_length_exceeded",
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "param", "code"), BAD)
+async def test_bad_requests_get_openai_errors(client, path, body, status, param, code):
+    r = await client.post(path, json=body)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["message"] and error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    if code:
+        assert error["code"] == code
+
+
+async def test_malformed_and_oversized_bodies(harmony, engine):
+    app = create_app(
+        fast_config(gateway={"max_request_body_bytes": 1000}), harmony, InProcessEngine(engine)
+    )
+    async with client_for(app) as c:
+        r = await c.post(
+            "/v1/chat/completions",
+            content=b"{not json",
+            headers={"content-type": "application/json"},
+        )
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+        r = await c.post("/v1/chat/completions", json=[1, 2])
+        assert r.status_code == 400
+        r = await c.post(
+            "/v1/chat/completions", json=chat(messages=[{"role": "user", "content": "x" * 2000}])
+        )
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+        async def chunked():
+            for _ in range(5):
+                yield b"x" * 400
+
+        r = await c.post("/v1/chat/completions", content=chunked())
+        assert r.status_code == 413
+        r = await c.get("/v2/nothing")
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+        r = await c.get("/v1/chat/completions")
+        assert r.status_code == 405 and "error" in r.json()
+
+
+async def test_api_keys(harmony, engine):
+    app = create_app(
+        fast_config(auth={"api_keys": ["k-1", "k-2"]}), harmony, InProcessEngine(engine)
+    )
+    async with client_for(app) as c:
+        assert (await c.get("/v1/models")).status_code == 401
+        bad = await c.get("/v1/models", headers={"Authorization": "Bearer nope"})
+        assert bad.status_code == 401 and bad.json()["error"]["code"] == "invalid_api_key"
+        assert (
+            await c.get("/v1/models", headers={"Authorization": "Bearer k-2"})
+        ).status_code == 200
+        assert (await c.get("/health")).status_code == 200
+
+
+class _Full:
+    def generate(self, request):
+        async def refuse():
+            raise Overloaded(retry_after_s=3)
+            yield
+
+        return refuse()
+
+    async def ready(self):
+        return False
+
+
+async def test_router_overload_is_429_with_retry_after(harmony):
+    async with client_for(create_app(fast_config(), harmony, _Full())) as c:
+        r = await c.post("/v1/chat/completions", json=chat(stream=True))
+        assert r.status_code == 429 and r.headers["retry-after"] == "3"
+        assert r.json()["error"]["code"] == "rate_limit_exceeded"
+        assert (await c.get("/ready")).status_code == 503
+
+
+def test_stop_matcher_across_deltas():
+    m = StopMatcher(["STOP"])
+    assert m.feed("abc ST") == "abc"
+    assert m.feed("O") == " "  # only what could still start "STOP" is held back
+    assert m.feed("P and more") == "" and m.stopped
+    assert m.flush() == ""
+    m = StopMatcher(["xyz"])
+    assert m.feed("ab") + m.feed("cx") + m.flush() == "abcx"

@@ -1,0 +1,100 @@
+import asyncio
+import statistics
+
+import pytest
+
+from cluster.config import Effort
+from cluster.engine.base import EngineRequest, SamplingParams
+from cluster.engine.mock import MockEngine
+from cluster.engine.mock_replies import ReplyWriter
+from cluster.harmony import Turn
+from tests.helpers import fast_config
+
+
+@pytest.fixture
+def engine(harmony):
+    return MockEngine(fast_config(), harmony)
+
+
+def request(harmony, rid, effort=Effort.LOW, max_tokens=100_000, seed=None, text="Explain tides"):
+    prompt = harmony.render([Turn("user", text)], effort)
+    sampling = SamplingParams(max_tokens, seed=seed, stop_token_ids=harmony.stop_token_ids)
+    return EngineRequest(rid, prompt, sampling, effort, expected_output_tokens=300)
+
+
+@pytest.mark.parametrize("effort", list(Effort))
+def test_output_lengths_follow_the_effort_prior(harmony, effort):
+    cfg = fast_config()
+    writer = ReplyWriter(harmony, cfg.efforts, 0.2, seed=0)
+    prompt = harmony.render([Turn("user", "q")], effort)
+    lengths = [len(writer.write(prompt, seed=i, request_id="r")) for i in range(300)]
+    want = cfg.efforts[effort].output_tokens.median_tokens
+    assert statistics.median(lengths) == pytest.approx(want, rel=0.15)
+
+
+def test_high_effort_is_an_order_of_magnitude_longer(harmony):
+    writer = ReplyWriter(harmony, fast_config().efforts, 0.2, seed=0)
+    low = harmony.render([Turn("user", "q")], Effort.LOW)
+    high = harmony.render([Turn("user", "q")], Effort.HIGH)
+
+    def mean(prompt):
+        return statistics.fmean(len(writer.write(prompt, i, "r")) for i in range(100))
+
+    assert 10 <= mean(high) / mean(low) <= 30
+
+
+async def collect(engine, req):
+    tokens, finish = [], None
+    async for out in engine.generate(req):
+        tokens += out.token_ids
+        finish = out.finish_reason
+    return tokens, finish
+
+
+async def test_same_seed_same_reply(engine, harmony):
+    a, _ = await collect(engine, request(harmony, "a", seed=3))
+    b, _ = await collect(engine, request(harmony, "b", seed=3))
+    assert a == b
+
+
+async def test_max_tokens_truncates_with_length(engine, harmony):
+    tokens, finish = await collect(engine, request(harmony, "a", max_tokens=7))
+    assert len(tokens) == 7 and finish == "length"
+    tokens, finish = await collect(engine, request(harmony, "b", seed=1))
+    assert finish == "stop" and tokens[-1] == harmony.special_id("<|return|>")
+
+
+async def test_streams_batch_tokens_per_message(engine, harmony):
+    messages = 0
+    tokens = 0
+    async for out in engine.generate(request(harmony, "a", effort=Effort.HIGH, seed=2)):
+        messages += 1
+        tokens += len(out.token_ids)
+    assert tokens > 1000
+    assert messages < tokens  # tokens produced between wake-ups travel together
+
+
+async def test_closing_the_stream_aborts_the_request(engine, harmony):
+    streams = [engine.generate(request(harmony, f"r{i}", effort=Effort.HIGH)) for i in range(5)]
+    for s in streams:
+        await anext(s)
+    assert engine.load_report().running == 5
+    for s in streams[:3]:
+        await s.aclose()
+    report = engine.load_report()
+    assert report.running + report.waiting == 2
+    for s in streams[3:]:
+        await s.aclose()
+    report = engine.load_report()
+    assert (report.running, report.waiting, report.kv_used_tokens) == (0, 0, 0)
+
+
+async def test_load_report_counts_outstanding_expected_work(engine, harmony):
+    streams = [engine.generate(request(harmony, f"r{i}", effort=Effort.HIGH)) for i in range(3)]
+    await asyncio.gather(*(anext(s) for s in streams))
+    report = engine.load_report()
+    assert report.running == 3
+    assert 0 < report.outstanding_tokens <= 3 * 300
+    assert report.kv_used_tokens > 0
+    for s in streams:
+        await s.aclose()

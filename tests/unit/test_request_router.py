@@ -1,0 +1,51 @@
+"""The Serve adapter over the placement core, with fake replicas (no Ray cluster)."""
+
+from types import SimpleNamespace
+
+from ray.serve._private.common import DeploymentHandleSource, DeploymentID, RequestMetadata
+from ray.serve.request_router import PendingRequest
+
+from cluster.config import Effort
+from cluster.engine.base import EngineRequest, LoadReport, SamplingParams
+from cluster.serve.request_router import TokenAwareRequestRouter
+
+
+def replica(name, outstanding, at=0.0):
+    stats = LoadReport(1, 0, 0, 1000, outstanding, at).to_dict()
+    return SimpleNamespace(replica_id=name, routing_stats=stats)
+
+
+def pending(rid, prompt_tokens=100, expected=400):
+    req = EngineRequest(rid, [1] * prompt_tokens, SamplingParams(1000), Effort.LOW, expected)
+    meta = RequestMetadata(request_id=rid, internal_request_id=rid)
+    return PendingRequest(args=[req], kwargs={}, metadata=meta)
+
+
+async def make_router(replicas):
+    router = TokenAwareRequestRouter(
+        deployment_id=DeploymentID(name="engine", app_name="t"),
+        handle_source=DeploymentHandleSource.UNKNOWN,
+    )
+    router.initialize_state()
+    router._replicas = {r.replica_id: r for r in replicas}  # what update_replicas maintains
+    return router
+
+
+async def test_ranks_replicas_by_reported_plus_placed_tokens():
+    a, b = replica("a", 1000), replica("b", 300)
+    router = await make_router([a, b])
+    ranks = await router.choose_replicas([a, b], pending("r1"))
+    assert ranks == [[b], [a]]
+    for i in range(2):  # two 500-token placements land on b after its report
+        router.on_request_routed(pending(f"p{i}"), "b", None)
+    assert await router.choose_replicas([a, b], pending("r2")) == [[a], [b]]
+    router.on_request_completed("b", "p0")
+    router.on_request_completed("b", "p1")
+    assert await router.choose_replicas([a, b], pending("r3")) == [[b], [a]]
+
+
+async def test_calls_without_an_engine_request_still_route():
+    a = replica("a", 0)
+    router = await make_router([a])
+    probe = PendingRequest(args=[], kwargs={}, metadata=RequestMetadata("x", "x"))
+    assert await router.choose_replicas([a], probe) == [[a]]
