@@ -1,0 +1,29 @@
+import socket
+
+import pytest
+from openai import OpenAI
+
+from cluster.serve.local import local_cluster
+from tests.helpers import fast_config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """One local Ray cluster + Serve app for the whole session (cold start ~10 s)."""
+    # High effort made long and steady (~2 s a request) so streams are still running when the
+    # disconnect test closes them; everything runs 20x faster than an H100.
+    high = {"output_tokens": {"median_tokens": 12_000, "sigma": 0.3}}
+    config = fast_config(0.05, gateway={"port": free_port()}, efforts={"high": high})
+    with local_cluster(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def client(cluster) -> OpenAI:
+    return OpenAI(base_url=f"{cluster.url}/v1", api_key="unused", max_retries=0, timeout=60)
