@@ -8,6 +8,7 @@ analysis -> reasoning, final -> content, commentary addressed to `functions.X` -
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -94,10 +95,8 @@ class Harmony:
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.encoding.decode(token_ids)
 
-    def decode_text(self, token_ids: Iterable[int]) -> str:
-        """Decode, dropping special tokens (vLLM's skip_special_tokens)."""
-        is_special = self.encoding.is_special_token
-        return self.encoding.decode([t for t in token_ids if not is_special(t)])
+    def text_stream(self) -> TextStream:
+        return TextStream(self.encoding)
 
     def render(
         self,
@@ -155,6 +154,26 @@ def _turn_messages(turn: Turn) -> list[Message]:
         final = Message.from_role_and_content(Role.ASSISTANT, turn.content)
         messages.append(final.with_channel("final"))
     return messages
+
+
+class TextStream:
+    """Token ids to text in batches, dropping special tokens (vLLM's skip_special_tokens); a
+    character whose bytes straddle two batches comes out whole."""
+
+    def __init__(self, encoding: HarmonyEncoding) -> None:
+        self._encoding = encoding
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, token_ids: Iterable[int]) -> str:
+        ids = [t for t in token_ids if not self._encoding.is_special_token(t)]
+        # surrogateescape round-trips partial UTF-8 sequences back to their bytes.
+        raw = self._encoding.decode(ids, errors="surrogateescape").encode(
+            "utf-8", "surrogateescape"
+        )
+        return self._utf8.decode(raw)
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
 
 
 DeltaKind = Literal["reasoning", "content", "tool_call"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from openai.types.chat import (
     ChatCompletion,
@@ -25,16 +25,13 @@ from openai.types.completion_usage import CompletionTokensDetails, CompletionUsa
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import (
     EngineClient,
+    Generation,
     StopMatcher,
     check_model,
     engine_request,
-    first_and_rest,
-    new_id,
-    resolve_max_tokens,
 )
 from cluster.api.protocol import ChatCompletionRequest, ChatMessage
 from cluster.config import ClusterConfig
-from cluster.engine.base import EngineOutput, EngineRequest
 from cluster.harmony import ChannelDelta, ChannelParser, Harmony, ToolCall, ToolSpec, Turn
 
 
@@ -66,21 +63,11 @@ def to_turns(messages: list[ChatMessage]) -> tuple[str | None, list[Turn]]:
     return ("\n\n".join(instructions) or None), turns
 
 
-@dataclass
-class _Run:
-    """One request's progress through the engine stream."""
+@dataclass(kw_only=True)
+class _Chat(Generation):
+    """A chat generation: the engine stream seen through the harmony channel parser."""
 
-    request: EngineRequest
     parser: ChannelParser
-    stop: StopMatcher
-    completion_tokens: int = 0
-    finish_reason: str | None = None
-    content: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-
-    @property
-    def prompt_tokens(self) -> int:
-        return len(self.request.prompt_token_ids)
 
     def openai_finish_reason(self) -> str:
         if self.parser.tool_calls and self.finish_reason == "stop":
@@ -97,6 +84,19 @@ class _Run:
             ),
         )
 
+    async def deltas(self) -> AsyncIterator[ChannelDelta]:
+        """Channel deltas with client stop strings applied to the answer."""
+        async for token_ids in self.token_batches():
+            for delta in self.parser.feed(token_ids):
+                if delta.kind == "content":
+                    delta.text = self.stop.feed(delta.text)
+                if delta.text or delta.new_tool_call:
+                    yield delta
+                if self.stop.stopped:
+                    break
+        if tail := self.stop.flush():
+            yield ChannelDelta("content", tail)
+
 
 class ChatService:
     def __init__(self, config: ClusterConfig, harmony: Harmony, engine: EngineClient) -> None:
@@ -104,75 +104,44 @@ class ChatService:
         self._harmony = harmony
         self._engine = engine
 
-    def _prepare(self, body: ChatCompletionRequest) -> _Run:
+    def _prepare(self, body: ChatCompletionRequest) -> _Chat:
         check_model(self._config, body.model)
         effort = body.reasoning_effort or self._config.default_effort
         instructions, turns = to_turns(body.messages)
         tools = [
             ToolSpec(t.function.name, t.function.description, t.function.parameters)
             for t in (body.tools or ())
+            if body.tool_choice != "none"
         ]
-        if body.tool_choice == "none":
-            tools = []
         prompt = self._harmony.render(turns, effort, instructions, tools)
-        requested = body.max_completion_tokens or body.max_tokens
-        param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-        max_tokens = resolve_max_tokens(self._config, effort, requested, len(prompt), param)
         request = engine_request(
             self._config,
+            body,
             prompt,
             effort,
-            max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            stop_token_ids=self._harmony.stop_token_ids,
-            request_id=new_id("chatcmpl"),
+            body.max_completion_tokens or body.max_tokens,
+            "max_completion_tokens" if body.max_completion_tokens else "max_tokens",
+            self._harmony.stop_token_ids,
+            "chatcmpl",
         )
-        return _Run(request, self._harmony.parser(), StopMatcher(body.stop))
+        return _Chat(request, StopMatcher(body.stop), parser=self._harmony.parser())
 
     async def create(self, body: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[str]:
-        run = self._prepare(body)
-        first, rest = await first_and_rest(self._engine.generate(run.request))
-        deltas = self._deltas(run, first, rest)
+        chat = self._prepare(body)
+        await chat.start(self._engine)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return self._stream(run, body.model, deltas, include_usage)
-        return await self._complete(run, body.model, deltas)
+            return self._stream(chat, body.model, include_usage)
+        return await self._complete(chat, body.model)
 
-    async def _deltas(
-        self, run: _Run, first: EngineOutput, rest: AsyncIterator[EngineOutput]
-    ) -> AsyncIterator[ChannelDelta]:
-        """Channel deltas with stop strings applied; closing it aborts the engine request."""
-        output: EngineOutput | None = first
-        try:
-            while output is not None:
-                run.completion_tokens += len(output.token_ids)
-                run.finish_reason = output.finish_reason or run.finish_reason
-                for delta in run.parser.feed(output.token_ids):
-                    if delta.kind == "content":
-                        delta.text = run.stop.feed(delta.text)
-                    if delta.text or delta.new_tool_call:
-                        yield delta
-                    if run.stop.stopped:
-                        run.finish_reason = "stop"
-                        return
-                if output.finish_reason is not None:
-                    break
-                output = await anext(rest, None)
-            if tail := run.stop.flush():
-                yield ChannelDelta("content", tail)
-        finally:
-            await rest.aclose()
-
-    async def _complete(
-        self, run: _Run, model: str, deltas: AsyncIterator[ChannelDelta]
-    ) -> ChatCompletion:
-        async for delta in deltas:
+    async def _complete(self, run: _Chat, model: str) -> ChatCompletion:
+        content: list[str] = []
+        reasoning: list[str] = []
+        async for delta in run.deltas():
             if delta.kind == "content":
-                run.content.append(delta.text)
+                content.append(delta.text)
             elif delta.kind == "reasoning":
-                run.reasoning.append(delta.text)
+                reasoning.append(delta.text)
         tool_calls = [
             ChatCompletionMessageFunctionToolCall(
                 id=c.id, type="function", function=Function(name=c.name, arguments=c.arguments)
@@ -181,8 +150,8 @@ class ChatService:
         ]
         message = ChatCompletionMessage(
             role="assistant",
-            content="".join(run.content) or None,
-            reasoning="".join(run.reasoning) or None,
+            content="".join(content) or None,
+            reasoning="".join(reasoning) or None,
             tool_calls=tool_calls or None,
         )
         return ChatCompletion(
@@ -194,9 +163,7 @@ class ChatService:
             usage=run.usage(),
         )
 
-    async def _stream(
-        self, run: _Run, model: str, deltas: AsyncIterator[ChannelDelta], include_usage: bool
-    ) -> AsyncIterator[str]:
+    async def _stream(self, run: _Chat, model: str, include_usage: bool) -> AsyncIterator[str]:
         created = int(time.time())
 
         def chunk(delta: ck.ChoiceDelta | None, finish: str | None = None, usage=None) -> str:
@@ -213,7 +180,7 @@ class ChatService:
             ).model_dump_json(exclude_none=True)
 
         yield chunk(ck.ChoiceDelta(role="assistant", content=""))
-        async for d in deltas:
+        async for d in run.deltas():
             if d.kind == "reasoning":
                 yield chunk(ck.ChoiceDelta(reasoning=d.text))
             elif d.kind == "content":

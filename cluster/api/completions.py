@@ -15,12 +15,10 @@ from openai.types.completion_usage import CompletionUsage
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import (
     EngineClient,
+    Generation,
     StopMatcher,
     check_model,
     engine_request,
-    first_and_rest,
-    new_id,
-    resolve_max_tokens,
 )
 from cluster.api.protocol import CompletionRequest
 from cluster.config import ClusterConfig
@@ -43,82 +41,59 @@ class CompletionService:
             prompt = list(body.prompt)
             if any(not 0 <= t < _VOCAB_SIZE for t in prompt):
                 raise OpenAIError(400, "prompt: token id out of range", param="prompt")
-        effort = self._config.default_effort
-        max_tokens = resolve_max_tokens(
-            self._config, effort, body.max_tokens, len(prompt), "max_tokens"
-        )
         request = engine_request(
             self._config,
+            body,
             prompt,
-            effort,
-            max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            stop_token_ids=(
-                *self._harmony.stop_token_ids,
-                self._harmony.special_id("<|endoftext|>"),
-            ),
-            request_id=new_id("cmpl"),
+            self._config.default_effort,
+            body.max_tokens,
+            "max_tokens",
+            (*self._harmony.stop_token_ids, self._harmony.special_id("<|endoftext|>")),
+            "cmpl",
         )
-        first, rest = await first_and_rest(self._engine.generate(request))
-        stop = StopMatcher(body.stop)
+        run = Generation(request, StopMatcher(body.stop))
+        await run.start(self._engine)
         created = int(time.time())
-        state = {"tokens": 0, "finish": None}
 
-        async def pieces() -> AsyncIterator[str]:
-            output = first
-            try:
-                while output is not None:
-                    state["tokens"] += len(output.token_ids)
-                    state["finish"] = output.finish_reason or state["finish"]
-                    if text := stop.feed(self._harmony.decode_text(output.token_ids)):
-                        yield text
-                    if stop.stopped:
-                        state["finish"] = "stop"
-                        return
-                    if output.finish_reason is not None:
-                        break
-                    output = await anext(rest, None)
-                if tail := stop.flush():
-                    yield tail
-            finally:
-                await rest.aclose()
-
-        def usage() -> CompletionUsage:
-            return CompletionUsage(
-                prompt_tokens=len(prompt),
-                completion_tokens=state["tokens"],
-                total_tokens=len(prompt) + state["tokens"],
+        def completion(choices: list[CompletionChoice], with_usage: bool = False) -> Completion:
+            usage = CompletionUsage(
+                prompt_tokens=run.prompt_tokens,
+                completion_tokens=run.completion_tokens,
+                total_tokens=run.prompt_tokens + run.completion_tokens,
             )
-
-        def completion(
-            choices: list[CompletionChoice], usage: CompletionUsage | None
-        ) -> Completion:
             return Completion(
                 id=request.request_id,
                 object="text_completion",
                 created=created,
                 model=body.model,
                 choices=choices,
-                usage=usage,
+                usage=usage if with_usage else None,
             )
 
         def choice(text: str, finish: str | None) -> CompletionChoice:
             return CompletionChoice.model_construct(index=0, text=text, finish_reason=finish)
 
         if not body.stream:
-            text = "".join([p async for p in pieces()])
-            return completion([choice(text, state["finish"] or "stop")], usage())
+            text = "".join([piece async for piece in self._texts(run)])
+            return completion([choice(text, run.finish_reason or "stop")], with_usage=True)
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         async def events() -> AsyncIterator[str]:
-            async for piece in pieces():
-                yield completion([choice(piece, None)], None).model_dump_json()
-            final = completion([choice("", state["finish"] or "stop")], None)
+            async for piece in self._texts(run):
+                yield completion([choice(piece, None)]).model_dump_json()
+            final = completion([choice("", run.finish_reason or "stop")])
             yield final.model_dump_json(exclude_none=True)
             if include_usage:
-                yield completion([], usage()).model_dump_json(exclude_none=True)
+                yield completion([], with_usage=True).model_dump_json(exclude_none=True)
 
         return events()
+
+    async def _texts(self, run: Generation) -> AsyncIterator[str]:
+        """Decoded text (special tokens dropped) with client stop strings applied."""
+        decoder = self._harmony.text_stream()
+        async for token_ids in run.token_batches():
+            if text := run.stop.feed(decoder.feed(token_ids)):
+                yield text
+        if tail := run.stop.feed(decoder.flush()) + run.stop.flush():
+            yield tail

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from cluster.api.errors import OpenAIError
+from cluster.api.protocol import SamplingRequest
 from cluster.config import ClusterConfig, Effort
 from cluster.engine.base import Engine, EngineOutput, EngineRequest, SamplingParams
 
@@ -80,25 +82,27 @@ def resolve_max_tokens(
 
 def engine_request(
     config: ClusterConfig,
+    body: SamplingRequest,
     prompt: list[int],
     effort: Effort,
-    max_tokens: int,
-    *,
-    temperature: float | None,
-    top_p: float | None,
-    seed: int | None,
+    requested_max_tokens: int | None,
+    max_tokens_param: str,
     stop_token_ids: Sequence[int],
-    request_id: str,
+    id_prefix: str,
 ) -> EngineRequest:
+    """The engine's view of a request: output budget checked, sampling set, cost prior attached."""
+    max_tokens = resolve_max_tokens(
+        config, effort, requested_max_tokens, len(prompt), max_tokens_param
+    )
     prior = config.efforts[effort].output_tokens
     return EngineRequest(
-        request_id=request_id,
+        request_id=new_id(id_prefix),
         prompt_token_ids=prompt,
         sampling=SamplingParams(
             max_tokens=max_tokens,
-            temperature=1.0 if temperature is None else temperature,
-            top_p=1.0 if top_p is None else top_p,
-            seed=seed,
+            temperature=1.0 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            seed=body.seed,
             stop_token_ids=tuple(stop_token_ids),
         ),
         effort=effort,
@@ -136,22 +140,53 @@ class StopMatcher:
         return out
 
 
-async def first_and_rest(
-    outputs: AsyncIterator[EngineOutput],
-) -> tuple[EngineOutput, AsyncIterator[EngineOutput]]:
-    """Wait for the first output, so placement errors (429) still get a proper HTTP status."""
-    try:
-        first = await anext(outputs)
-    except Overloaded as err:
-        raise OpenAIError(
-            429,
-            "The cluster is at capacity; retry after the Retry-After delay.",
-            code="rate_limit_exceeded",
-            headers={"Retry-After": str(err.retry_after_s)},
-        ) from None
-    except StopAsyncIteration:
-        raise OpenAIError(503, "the engine ended the request without output") from None
-    return first, outputs
+@dataclass
+class Generation:
+    """One request's progress through its engine stream, shared by chat and completions."""
+
+    request: EngineRequest
+    stop: StopMatcher
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    _rest: AsyncIterator[EngineOutput] | None = field(default=None, repr=False)
+    _first: EngineOutput | None = field(default=None, repr=False)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.request.prompt_token_ids)
+
+    async def start(self, engine: EngineClient) -> None:
+        """Wait for the first output, so placement errors (429) still get a proper HTTP status."""
+        outputs = engine.generate(self.request)
+        try:
+            self._first = await anext(outputs)
+        except Overloaded as err:
+            raise OpenAIError(
+                429,
+                "The cluster is at capacity; retry after the Retry-After delay.",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(err.retry_after_s)},
+            ) from None
+        except StopAsyncIteration:
+            raise OpenAIError(503, "the engine ended the request without output") from None
+        self._rest = outputs
+
+    async def token_batches(self) -> AsyncIterator[list[int]]:
+        """Token ids as they arrive; stopping early (or a stop string) aborts the engine work."""
+        assert self._rest is not None, "start() first"
+        output = self._first
+        try:
+            while output is not None:
+                self.completion_tokens += len(output.token_ids)
+                self.finish_reason = output.finish_reason or self.finish_reason
+                yield output.token_ids
+                if output.finish_reason is not None or self.stop.stopped:
+                    break
+                output = await anext(self._rest, None)
+        finally:
+            await self._rest.aclose()
+            if self.stop.stopped:
+                self.finish_reason = "stop"
 
 
 class InProcessEngine:

@@ -81,7 +81,9 @@ class StreamOptions(_Request):
     continuous_usage_stats: bool = False
 
 
-class _Sampling(_Request):
+class SamplingRequest(_Request):
+    """Fields chat and completions share."""
+
     model: str
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -109,13 +111,13 @@ class _Sampling(_Request):
         return v
 
     @model_validator(mode="after")
-    def _stream_options(self) -> _Sampling:
+    def _stream_options(self) -> SamplingRequest:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options needs stream=true")
         return self
 
 
-class ChatCompletionRequest(_Sampling):
+class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     reasoning_effort: Effort | None = None
     max_completion_tokens: PositiveInt | None = None
@@ -125,7 +127,7 @@ class ChatCompletionRequest(_Sampling):
     logprobs: Literal[False] | None = None
 
 
-class CompletionRequest(_Sampling):
+class CompletionRequest(SamplingRequest):
     prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: PositiveInt | None = 16
     echo: Literal[False] | None = None

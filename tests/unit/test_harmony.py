@@ -102,3 +102,16 @@ def test_preamble_on_commentary_without_recipient_is_content(harmony):
     tokens = harmony.encode_raw("<|channel|>commentary<|message|>Checking now.<|end|>")
     deltas = harmony.parser().feed(tokens)
     assert [(d.kind, d.text) for d in deltas] == [("content", "Checking now.")]
+
+
+def test_text_stream_keeps_characters_split_across_batches(harmony):
+    tokens = harmony.encode_text("héllo 日本語 🎉!") + [harmony.special_id("<|return|>")]
+    stream = harmony.text_stream()
+    text = "".join(stream.feed([t]) for t in tokens) + stream.flush()
+    assert text == "héllo 日本語 🎉!"
+
+
+def test_channel_parser_keeps_characters_split_across_tokens(harmony):
+    tokens = harmony.encode_raw("<|channel|>final<|message|>héllo 日本語 🎉!<|return|>")
+    parser = harmony.parser()
+    assert "".join(d.text for t in tokens for d in parser.feed([t])) == "héllo 日本語 🎉!"
