@@ -159,11 +159,23 @@ class EngineConfig(_Strict):
 
 
 class ReplicaConfig(_Strict):
-    """Ray Serve replica settings of one deployment."""
+    """Ray Serve replica settings of one deployment.
 
-    num_replicas: PositiveInt = 1
+    With `max_replicas > min_replicas` Serve autoscales between the bounds (for now on ongoing
+    requests per replica, Serve's default policy).
+    """
+
+    min_replicas: PositiveInt = 1
+    max_replicas: PositiveInt = 1
+    target_ongoing_requests: PositiveInt = 64
     num_cpus: float = Field(0.0, ge=0, description="Logical CPUs per replica (0 for local runs).")
     max_ongoing_requests: PositiveInt = 256
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ReplicaConfig:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
 
 
 class RouterConfig(_Strict):
@@ -180,7 +192,7 @@ class RouterConfig(_Strict):
 class GatewayConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65_535)
-    replicas: ReplicaConfig = ReplicaConfig(max_ongoing_requests=1_000)
+    replicas: ReplicaConfig = ReplicaConfig(max_ongoing_requests=1_000, target_ongoing_requests=200)
     max_request_body_bytes: PositiveInt = 4 * 1024 * 1024
 
 

@@ -15,11 +15,20 @@ ROUTER_CLASS = "cluster.serve.request_router:TokenAwareRequestRouter"
 
 
 def _replica_options(replicas: ReplicaConfig) -> dict[str, Any]:
-    return {
-        "num_replicas": replicas.num_replicas,
+    options: dict[str, Any] = {
         "max_ongoing_requests": replicas.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": replicas.num_cpus},
     }
+    if replicas.min_replicas == replicas.max_replicas:
+        options["num_replicas"] = replicas.min_replicas
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": replicas.min_replicas,
+            "initial_replicas": replicas.min_replicas,
+            "max_replicas": replicas.max_replicas,
+            "target_ongoing_requests": replicas.target_ongoing_requests,
+        }
+    return options
 
 
 def build(config: ClusterConfig) -> Application:

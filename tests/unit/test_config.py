@@ -44,6 +44,7 @@ def test_yaml_then_environment_overrides(tmp_path, monkeypatch):
         ({"engine": {"kind": "vllm"}}, "model.path"),
         ({"model": {"max_model_len": 4096}}, "max_tokens"),
         ({"efforts": {"low": {"default_max_tokens": 10}}}, "efforts.low"),
+        ({"engine_replicas": {"min_replicas": 3, "max_replicas": 2}}, "engine_replicas"),
     ],
 )
 def test_invalid_config_names_the_field(data, named):
@@ -84,3 +85,13 @@ def test_cli_reports_bad_config_and_exits_2(tmp_path):
     )
     assert out.returncode == 2
     assert "engine.replicas" in out.stderr
+
+
+def test_replica_bounds_map_to_serve_options():
+    from cluster.serve.app import _replica_options
+
+    fixed = _replica_options(validate_config({}).engine_replicas)
+    assert fixed["num_replicas"] == 1 and "autoscaling_config" not in fixed
+    bounded = validate_config({"engine_replicas": {"min_replicas": 1, "max_replicas": 4}})
+    scaling = _replica_options(bounded.engine_replicas)["autoscaling_config"]
+    assert (scaling["min_replicas"], scaling["max_replicas"]) == (1, 4)
