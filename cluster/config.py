@@ -12,6 +12,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -20,6 +22,7 @@ from pydantic import (
     PositiveInt,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import (
@@ -62,14 +65,14 @@ class EffortProfile(_Strict):
     """What one reasoning-effort class costs and what it is promised."""
 
     output_tokens: LengthPrior
-    default_max_tokens: PositiveInt
-    max_tokens: PositiveInt
+    default_max_tokens: PositiveInt = Field(description="Clipped to the context left.")
+    max_tokens: PositiveInt | None = Field(None, description="Cap; None: the context length.")
     ttft_slo_s: PositiveFloat
     itl_slo_s: PositiveFloat
 
     @model_validator(mode="after")
     def _default_within_max(self) -> EffortProfile:
-        if self.default_max_tokens > self.max_tokens:
+        if self.max_tokens is not None and self.default_max_tokens > self.max_tokens:
             raise ValueError("default_max_tokens must not exceed max_tokens")
         return self
 
@@ -81,7 +84,6 @@ def _default_efforts() -> dict[Effort, EffortProfile]:
         return EffortProfile(
             output_tokens=LengthPrior(median_tokens=median),
             default_max_tokens=default_max,
-            max_tokens=131_072,
             ttft_slo_s=ttft,
             itl_slo_s=0.06,
         )
@@ -149,11 +151,30 @@ class MockEngineConfig(_Strict):
     )
 
 
+class HardwareConfig(_Strict):
+    """What an engine replica runs on; used for placement and the start-up memory check."""
+
+    accelerator: Literal["h100", "h200", "cpu"] = "h100"
+    gpus_per_node: PositiveInt = 8
+    activation_reserve_gib: float = Field(
+        8.0,
+        ge=0,
+        description="Per-GPU memory vLLM keeps for activations and CUDA graphs (estimate).",
+    )
+
+
 class EngineConfig(_Strict):
     kind: EngineKind = EngineKind.MOCK
     parallelism: ParallelismConfig = ParallelismConfig()
+    hardware: HardwareConfig = HardwareConfig()
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM AsyncEngineArgs, passed through unchanged."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment of engine replicas (e.g. VLLM_* knobs)."
+    )
+    drain_timeout_s: PositiveFloat = Field(
+        60.0, description="On scale-down or shutdown, in-flight requests get this long to finish."
     )
     mock: MockEngineConfig = MockEngineConfig()
 
@@ -211,7 +232,27 @@ class HarmonyConfig(_Strict):
     )
 
 
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 class ClusterConfig(_Strict):
+    preset: str | None = Field(
+        None, description="A file of cluster/presets/ under this config (`presets()` lists them)."
+    )
     model: ModelConfig = ModelConfig()
     engine: EngineConfig = EngineConfig()
     engine_replicas: ReplicaConfig = ReplicaConfig()
@@ -222,19 +263,44 @@ class ClusterConfig(_Strict):
     efforts: dict[Effort, EffortProfile] = Field(default_factory=_default_efforts)
     default_effort: Effort = Effort.MEDIUM
 
+    @field_validator("efforts", mode="before")
+    @classmethod
+    def _merge_efforts(cls, value: Any) -> Any:
+        """A partial `efforts` section overrides the defaults field by field."""
+        if not isinstance(value, dict):
+            return value
+        defaults = {k.value: p.model_dump() for k, p in _default_efforts().items()}
+        return _deep_merge(defaults, {str(k): v for k, v in value.items()})
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        name = data.get("preset") if isinstance(data, dict) else None
+        if not name:
+            return data
+        if name not in presets():
+            raise ValueError(f"preset: unknown preset {name!r}; choose one of {presets()}")
+        base = yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text())
+        return _deep_merge(base, data)
+
     @model_validator(mode="after")
     def _check(self) -> ClusterConfig:
-        missing = set(Effort) - set(self.efforts)
-        if missing:
-            raise ValueError(f"efforts: missing profiles for {sorted(missing)}")
-        for effort, profile in self.efforts.items():
-            if profile.max_tokens > self.model.max_model_len:
-                raise ValueError(
-                    f"efforts.{effort}.max_tokens ({profile.max_tokens}) exceeds "
-                    f"model.max_model_len ({self.model.max_model_len})"
-                )
+        from cluster.engine.parallelism import check_parallelism
+
+        errors = []
+        if missing := set(Effort) - set(self.efforts):
+            errors.append(f"efforts: missing profiles for {sorted(missing)}")
+        errors += [
+            f"efforts.{effort}.max_tokens ({profile.max_tokens}) exceeds "
+            f"model.max_model_len ({self.model.max_model_len})"
+            for effort, profile in self.efforts.items()
+            if (profile.max_tokens or 0) > self.model.max_model_len
+        ]
         if self.engine.kind is EngineKind.VLLM and not self.model.path:
-            raise ValueError("model.path: required when engine.kind is vllm (no hub downloads)")
+            errors.append("model.path: required when engine.kind is vllm (no hub downloads)")
+        errors += check_parallelism(self)
+        if errors:
+            raise ValueError("; ".join(errors))
         return self
 
     def to_args(self) -> dict[str, Any]:
@@ -251,8 +317,11 @@ class ConfigError(ValueError):
 def describe_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(root)"
-        lines.append(f"  {where}: {e['msg']}")
+        message = e["msg"].removeprefix("Value error, ")
+        if e["loc"]:
+            lines.append(f"  {'.'.join(str(p) for p in e['loc'])}: {message}")
+        else:  # whole-config checks name their fields themselves
+            lines.extend(f"  {part}" for part in message.split("; "))
     return "invalid configuration:\n" + "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ from openai_harmony import (
     DeveloperContent,
     HarmonyEncoding,
     HarmonyEncodingName,
+    HarmonyError,
     Message,
     ReasoningEffort,
     Role,
@@ -197,16 +198,31 @@ class ChannelParser:
     tool_calls: list[ToolCall] = field(default_factory=list)
     _parser: StreamableParser = field(init=False)
     _tool_key: tuple[int, str] | None = field(default=None, init=False)
+    _raw: TextStream | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self._parser = StreamableParser(self.harmony.encoding, role=Role.ASSISTANT)
+
+    @property
+    def malformed(self) -> bool:
+        """The model broke harmony's grammar; the rest of its output became plain content."""
+        return self._raw is not None
 
     def feed(self, token_ids: Iterable[int]) -> list[ChannelDelta]:
         """Process tokens; consecutive deltas of the same kind are merged."""
         out: list[ChannelDelta] = []
         parser = self._parser
-        for token in token_ids:
-            parser.process(token)
+        token_ids = list(token_ids)
+        for i, token in enumerate(token_ids):
+            if self._raw is not None:
+                if text := self._raw.feed(token_ids[i:]):
+                    _append(out, ChannelDelta("content", text))
+                break
+            try:
+                parser.process(token)
+            except HarmonyError:
+                self._raw = self.harmony.text_stream()
+                continue
             channel = parser.current_channel
             if channel == "analysis":
                 self.reasoning_tokens += 1

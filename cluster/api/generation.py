@@ -61,7 +61,7 @@ def resolve_max_tokens(
         )
     if requested is None:
         return min(profile.default_max_tokens, room)
-    if requested > profile.max_tokens:
+    if profile.max_tokens is not None and requested > profile.max_tokens:
         raise OpenAIError(
             400,
             f"{param} is {requested}, above the limit of {profile.max_tokens} for "

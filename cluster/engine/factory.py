@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cluster.config import ClusterConfig, ConfigError, EngineKind
+from cluster.config import ClusterConfig, EngineKind
 from cluster.engine.base import Engine
 
 
@@ -11,6 +11,6 @@ def build_engine(config: ClusterConfig) -> Engine:
         from cluster.engine.mock import MockEngine
 
         return MockEngine(config)
-    raise ConfigError(
-        "engine.kind: 'vllm' engine replicas are not part of this release yet; use 'mock'"
-    )
+    from cluster.engine.vllm import VLLMEngine
+
+    return VLLMEngine(config)

@@ -8,7 +8,8 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import RequestRouterConfig
 
-from cluster.config import ClusterConfig, ReplicaConfig, validate_config
+from cluster.config import ClusterConfig, EngineKind, ReplicaConfig, validate_config
+from cluster.engine.parallelism import engine_placement
 from cluster.serve.deployments import EngineServer, Gateway
 
 ROUTER_CLASS = "cluster.serve.request_router:TokenAwareRequestRouter"
@@ -33,8 +34,18 @@ def _replica_options(replicas: ReplicaConfig) -> dict[str, Any]:
 
 def build(config: ClusterConfig) -> Application:
     args = config.to_args()
+    engine_options = _replica_options(config.engine_replicas)
+    if config.engine.kind is EngineKind.VLLM:
+        engine_options |= engine_placement(config)
+    # Weights come from model.path: a hub is never contacted (air-gapped clusters).
+    env = {"HF_HUB_OFFLINE": "1"} | config.engine.env
+    engine_options["ray_actor_options"]["runtime_env"] = {"env_vars": env}
     engine = serve.deployment(EngineServer, name="engine").options(
-        **_replica_options(config.engine_replicas),
+        **engine_options,
+        # Scale-down and redeploys wait for in-flight streams, then abort the rest.
+        graceful_shutdown_timeout_s=config.engine.drain_timeout_s,
+        # A replica that cannot start (bad weights path, OOM) fails the deploy quickly and says why.
+        max_constructor_retry_count=3,
         max_queued_requests=config.router.max_queued_requests,
         request_router_config=RequestRouterConfig(
             request_router_class=ROUTER_CLASS,

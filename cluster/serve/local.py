@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import psutil
 
@@ -40,6 +41,26 @@ class LocalCluster:
             except psutil.Error:
                 continue
         return total
+
+
+class DeploymentFailed(RuntimeError):
+    """The app did not start; the message carries each failing deployment's own reason."""
+
+
+def deploy(app: Any, name: str, route_prefix: str) -> None:
+    """`serve.run`, but a failure says why (Serve's own exception only names the deployment)."""
+    from ray import serve
+
+    try:
+        serve.run(app, name=name, route_prefix=route_prefix)
+    except RuntimeError as err:
+        status = serve.status().applications.get(name)
+        reasons = [
+            f"{d_name}: {d.message}"
+            for d_name, d in (status.deployments.items() if status else [])
+            if d.message
+        ]
+        raise DeploymentFailed("\n".join([str(err), *reasons])) from None
 
 
 def _replica_states() -> str:
@@ -79,7 +100,7 @@ def local_cluster(
         serve.start(http_options={"host": config.gateway.host, "port": config.gateway.port})
         # serve.run blocks until every replica is up: report replica states meanwhile.
         with ThreadPoolExecutor(1) as pool:
-            deployed = pool.submit(serve.run, build(config), name=APP_NAME, route_prefix="/")
+            deployed = pool.submit(deploy, build(config), APP_NAME, "/")
             last = ""
             while not deployed.done():
                 time.sleep(0.5)

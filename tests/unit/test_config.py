@@ -42,8 +42,11 @@ def test_yaml_then_environment_overrides(tmp_path, monkeypatch):
         ({"gateway": {"port": 70000}}, "gateway.port"),
         ({"router": {"polcy": "x"}}, "router.polcy"),
         ({"engine": {"kind": "vllm"}}, "model.path"),
-        ({"model": {"max_model_len": 4096}}, "max_tokens"),
-        ({"efforts": {"low": {"default_max_tokens": 10}}}, "efforts.low"),
+        (
+            {"model": {"max_model_len": 4096}, "efforts": {"low": {"max_tokens": 8192}}},
+            "max_tokens",
+        ),
+        ({"efforts": {"low": {"max_tokens": 10}}}, "efforts.low"),
         ({"engine_replicas": {"min_replicas": 3, "max_replicas": 2}}, "engine_replicas"),
     ],
 )
@@ -95,3 +98,12 @@ def test_replica_bounds_map_to_serve_options():
     bounded = validate_config({"engine_replicas": {"min_replicas": 1, "max_replicas": 4}})
     scaling = _replica_options(bounded.engine_replicas)["autoscaling_config"]
     assert (scaling["min_replicas"], scaling["max_replicas"]) == (1, 4)
+
+
+def test_partial_effort_overrides_keep_the_other_defaults():
+    cfg = validate_config({"efforts": {"high": {"ttft_slo_s": 9}}})
+    assert cfg.efforts[Effort.HIGH].ttft_slo_s == 9
+    assert (
+        cfg.efforts[Effort.HIGH].output_tokens == ClusterConfig().efforts[Effort.HIGH].output_tokens
+    )
+    assert cfg.efforts[Effort.LOW] == ClusterConfig().efforts[Effort.LOW]

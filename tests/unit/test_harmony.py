@@ -68,14 +68,15 @@ def test_tool_results_and_calls_render_on_commentary(harmony):
         Turn("assistant", None, reasoning="need the tool", tool_calls=(call,)),
         Turn("tool", '{"temp": 21}', tool_name="get_weather"),
     ]
-    text = harmony.decode(harmony.render(turns, Effort.LOW, tools=[WEATHER]))
-    assert text.split("weather?<|end|>")[1] == (
-        "<|start|>assistant<|channel|>analysis<|message|>need the tool<|end|>"
-        "<|start|>assistant to=functions.get_weather<|channel|>commentary <|constrain|>json"
-        '<|message|>{"city": "Paris"}<|call|>'
-        "<|start|>functions.get_weather to=assistant<|channel|>commentary"
-        '<|message|>{"temp": 21}<|end|><|start|>assistant'
-    )
+    prompt = harmony.render(turns, Effort.LOW, tools=[WEATHER])
+    text = harmony.decode(prompt)
+    # Parse the conversation back (harmony forks differ on where `to=` sits in the header).
+    messages = harmony.encoding.parse_messages_from_completion_tokens(prompt[:-2])
+    call_msg, result_msg = messages[-2], messages[-1]
+    assert (call_msg.channel, call_msg.recipient) == ("commentary", "functions.get_weather")
+    assert call_msg.content[0].text == '{"city": "Paris"}'
+    assert (result_msg.author.name, result_msg.channel) == ("functions.get_weather", "commentary")
+    assert result_msg.content[0].text == '{"temp": 21}'
     assert "need the tool" in text  # chain of thought kept: the turn ended in a tool call
 
 
@@ -115,3 +116,18 @@ def test_channel_parser_keeps_characters_split_across_tokens(harmony):
     tokens = harmony.encode_raw("<|channel|>final<|message|>héllo 日本語 🎉!<|return|>")
     parser = harmony.parser()
     assert "".join(d.text for t in tokens for d in parser.feed([t])) == "héllo 日本語 🎉!"
+
+
+def test_malformed_output_degrades_to_content_instead_of_failing(harmony):
+    import random
+
+    rng = random.Random(0)
+    specials = [harmony.special_id(t) for t in ("<|channel|>", "<|message|>", "<|constrain|>")]
+    tokens = [
+        rng.choice(specials) if rng.random() < 0.2 else rng.randrange(199_998) for _ in range(300)
+    ]
+    parser = harmony.parser()
+    deltas = [d for i in range(0, 300, 7) for d in parser.feed(tokens[i : i + 7])]
+    assert parser.malformed
+    assert {d.kind for d in deltas} <= {"reasoning", "content", "tool_call"}
+    assert any(d.kind == "content" and d.text for d in deltas)

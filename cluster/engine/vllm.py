@@ -1,0 +1,126 @@
+"""An engine replica holding a vLLM `AsyncLLM` (V1), fed harmony token ids by the gateway.
+
+The gateway tokenizes and parses, so vLLM runs with `skip_tokenizer_init`: token ids in, token ids
+out, no detokenizer on the engine's hot path. Load reports come from vLLM's own scheduler stats
+(a stat logger), and vLLM's metrics are exported through Ray under their own names
+(`RayPrometheusStatLogger`, as Ray Serve LLM does). vLLM is imported lazily: the mock-only install
+does not carry it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from collections.abc import AsyncIterator
+from typing import Any
+
+from cluster.config import ClusterConfig
+from cluster.engine.base import Engine, EngineOutput, EngineRequest, LoadReport
+from cluster.engine.parallelism import vllm_engine_args
+
+logger = logging.getLogger(__name__)
+
+
+def _scheduler_stats_logger(sink: dict[str, float]):
+    """A vLLM stat logger class that copies each step's scheduler stats into `sink`."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class SchedulerStatsSink(StatLoggerBase):
+        def __init__(self, vllm_config, engine_index: int = 0) -> None:
+            self._cache = vllm_config.cache_config
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx=0):
+            if scheduler_stats is None:
+                return
+            blocks = self._cache.num_gpu_blocks or 0
+            sink["running"] = scheduler_stats.num_running_reqs
+            sink["waiting"] = scheduler_stats.num_waiting_reqs
+            sink["kv_capacity_tokens"] = blocks * self._cache.block_size
+            sink["kv_used_tokens"] = scheduler_stats.kv_cache_usage * sink["kv_capacity_tokens"]
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return SchedulerStatsSink
+
+
+class VLLMEngine(Engine):
+    def __init__(self, config: ClusterConfig) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+        path = Path(config.model.path or "")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model.path {str(path)!r} holds no model on this node (no config.json): mount "
+                "the weights there (PVC or host path); nothing is downloaded"
+            )
+        self._stats: dict[str, float] = {}
+        self._inflight: dict[str, tuple[int, int]] = {}  # id -> (prompt, expected output) left
+        args = AsyncEngineArgs(**vllm_engine_args(config))
+        logger.info("starting vLLM AsyncLLM: %s", args)
+        self._llm = AsyncLLM.from_engine_args(
+            args,
+            stat_loggers=[_scheduler_stats_logger(self._stats), RayPrometheusStatLogger],
+        )
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        s = request.sampling
+        params = SamplingParams(
+            max_tokens=s.max_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            seed=s.seed,
+            stop_token_ids=list(s.stop_token_ids),
+            output_kind=RequestOutputKind.DELTA,
+            detokenize=False,
+            skip_special_tokens=False,
+        )
+        prompt = {"prompt_token_ids": request.prompt_token_ids}
+        self._inflight[request.request_id] = (
+            len(request.prompt_token_ids),
+            request.expected_output_tokens,
+        )
+        finished = False
+        generated = 0
+        try:
+            async for out in self._llm.generate(prompt, params, request.request_id):
+                completion = out.outputs[0]
+                generated += len(completion.token_ids)
+                self._inflight[request.request_id] = (
+                    0,
+                    max(request.expected_output_tokens - generated, 1),
+                )
+                finished = out.finished
+                reason = _finish_reason(completion.finish_reason) if finished else None
+                yield EngineOutput(list(completion.token_ids), reason)
+        finally:
+            self._inflight.pop(request.request_id, None)
+            if not finished:
+                await self._llm.abort(request.request_id)
+
+    def load_report(self) -> LoadReport:
+        # Scheduler stats arrive with engine steps; once vLLM's front end holds no unfinished
+        # request the engine is idle and takes no more steps, so the last stats are stale.
+        idle = self._llm.output_processor.get_num_unfinished_requests() == 0
+        stats = {} if idle else self._stats
+        return LoadReport(
+            running=int(stats.get("running", 0)),
+            waiting=int(stats.get("waiting", 0)),
+            kv_used_tokens=int(stats.get("kv_used_tokens", 0)),
+            kv_capacity_tokens=int(self._stats.get("kv_capacity_tokens", 0)),
+            outstanding_tokens=sum(p + o for p, o in self._inflight.values()),
+            reported_at=time.time(),
+        )
+
+    async def shutdown(self) -> None:
+        self._llm.shutdown()
+
+
+def _finish_reason(reason: Any) -> str:
+    return "length" if reason == "length" else "stop" if reason == "stop" else "abort"
