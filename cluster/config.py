@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -300,7 +299,7 @@ class ClusterConfig(_Strict):
             errors.append("model.path: required when engine.kind is vllm (no hub downloads)")
         errors += check_parallelism(self)
         if errors:
-            raise ValueError("; ".join(errors))
+            raise ValueError("\n".join(errors))
         return self
 
     def to_args(self) -> dict[str, Any]:
@@ -321,7 +320,7 @@ def describe_validation_error(err: ValidationError) -> str:
         if e["loc"]:
             lines.append(f"  {'.'.join(str(p) for p in e['loc'])}: {message}")
         else:  # whole-config checks name their fields themselves
-            lines.extend(f"  {part}" for part in message.split("; "))
+            lines.extend(f"  {part}" for part in message.split("\n"))
     return "invalid configuration:\n" + "\n".join(lines)
 
 
