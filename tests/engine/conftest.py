@@ -42,12 +42,12 @@ def tiny_model() -> Path:
     return build_tiny_model(CACHE / "tiny-gpt-oss")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def vllm_cluster(tiny_model):
     with local_cluster(vllm_cpu_config(str(tiny_model), free_port())) as running:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def client(vllm_cluster) -> OpenAI:
     return OpenAI(base_url=f"{vllm_cluster.url}/v1", api_key="unused", max_retries=0, timeout=120)

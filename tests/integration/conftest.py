@@ -13,9 +13,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster():
-    """One local Ray cluster + Serve app for the whole session (cold start ~10 s)."""
+    """One local Ray cluster + Serve app for this package (cold start ~10 s); each test tier
+    has its own, one at a time, since a process holds one Ray driver."""
     # High effort made long and steady (~2 s a request) so streams are still running when the
     # disconnect test closes them; everything runs 20x faster than an H100.
     high = {"output_tokens": {"median_tokens": 12_000, "sigma": 0.3}}
@@ -24,6 +25,6 @@ def cluster():
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def client(cluster) -> OpenAI:
     return OpenAI(base_url=f"{cluster.url}/v1", api_key="unused", max_retries=0, timeout=60)
