@@ -72,7 +72,6 @@ async def _stream(client: httpx.AsyncClient, prompt: str) -> tuple[float, int]:
         "stream": True,
         "stream_options": {"include_usage": True},
         "temperature": 1.0,
-        "seed": 0,
     }
     start = time.perf_counter()
     ttft = None
@@ -135,7 +134,7 @@ def _vllm_server(model: Path, port: int, cache: str) -> dict[int, Result]:
         "--model", str(model), "--served-model-name", MODEL,
         "--host", "127.0.0.1", "--port", str(port),
         "--max-model-len", str(ENGINE_ARGS["max_model_len"]),
-        "--dtype", ENGINE_ARGS["dtype"], "--enforce-eager", "--disable-log-requests",
+        "--dtype", ENGINE_ARGS["dtype"], "--enforce-eager",
     ]  # fmt: skip
     env = os.environ | ENGINE_ENV | {"VLLM_CACHE_ROOT": cache}
     with subprocess.Popen(
