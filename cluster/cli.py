@@ -100,6 +100,42 @@ def bench_engine() -> None:
     run()
 
 
+@app.command("bench-sched")
+def bench_sched(
+    duration: Annotated[float, typer.Option(help="Simulated seconds per run.")] = 180.0,
+    regime: Annotated[list[str] | None, typer.Option(help="default, kv_bound, bursty.")] = None,
+) -> None:
+    """Effort-aware scheduling vs the peers' policies, in simulation."""
+    from cluster.bench.scheduling import run
+
+    run(duration, regimes=regime)
+
+
+@app.command()
+def sim(
+    workload: Annotated[Path | None, typer.Option(help="Workload YAML (WorkloadSpec).")] = None,
+    cluster: Annotated[Path | None, typer.Option(help="Cluster YAML (ClusterSpec).")] = None,
+    policy: Annotated[list[str] | None, typer.Option(help="Policies to compare.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Simulate a workload on a modelled cluster; print JSON per policy."""
+    from cluster.sim.policies import BASELINES
+    from cluster.sim.simulator import simulate
+    from cluster.sim.workload import ClusterSpec, WorkloadSpec
+
+    def spec(model, path):
+        return model.model_validate(yaml.safe_load(path.read_text()) or {}) if path else model()
+
+    cfg = _load(config)
+    names = policy or [*BASELINES, "oracle", "effort_aware"]
+    results = [
+        simulate(spec(WorkloadSpec, workload), spec(ClusterSpec, cluster), name, cfg).summary()
+        for name in names
+    ]
+    json.dump(results, sys.stdout, indent=2)
+    typer.echo()
+
+
 def main() -> None:
     app()
 

@@ -96,10 +96,18 @@ class BatchingModel:
             for s in (*self._running, *self._waiting)
         )
 
-    def step(self) -> StepResult:
-        """Run one engine step and advance the clock by its duration."""
-        budget = self.max_num_batched_tokens
+    def step(self, until: float | None = None) -> StepResult:
+        """Run one engine step and advance the clock by its duration.
+
+        With `until`, a batch that only decodes (nothing to prefill or admit) runs as many
+        identical steps as fit before that time or the next sequence finishes, in one call: the
+        simulator's fast path. Token counts and times are the same as stepping one at a time,
+        up to the KV-read term, which uses the batch's mean context over the run.
+        """
         self._preempt_until_kv_fits()
+        if until is not None and (steps := self._pure_decode_steps(until)) > 1:
+            return self._decode_run(steps)
+        budget = self.max_num_batched_tokens
         decoding = [s for s in self._running if s.to_prefill == 0]
         decoding = decoding[:budget]
         budget -= len(decoding)
@@ -132,6 +140,41 @@ class BatchingModel:
             done = set(finished)
             self._running = [s for s in self._running if s.request_id not in done]
         return StepResult(duration, emitted, finished)
+
+    def _pure_decode_steps(self, until: float) -> int:
+        running = self._running
+        if not running or len(running) > self.max_num_batched_tokens:
+            return 1
+        if any(s.to_prefill for s in running):
+            return 1
+        if self._waiting and len(running) < self.max_num_seqs:
+            head = self._waiting[0]
+            if head.to_prefill + 1 <= self.kv_capacity_tokens - self.kv_used_tokens:
+                return 1  # an admission is due: step normally
+        n = len(running)
+        first = step_seconds(self.perf, self.tensor_parallel_size, n, 0, self.kv_used_tokens)
+        by_time = int((until - self.now) / first) if first > 0 else 1
+        by_finish = min(s.output_tokens - s.generated for s in running)
+        by_kv = (self.kv_capacity_tokens - self.kv_used_tokens) // n
+        return max(1, min(by_time, by_finish, by_kv))
+
+    def _decode_run(self, steps: int) -> StepResult:
+        running = self._running
+        n = len(running)
+        mean_context = self.kv_used_tokens + n * (steps - 1) / 2
+        per_step = step_seconds(self.perf, self.tensor_parallel_size, n, 0, int(mean_context))
+        duration = per_step * steps
+        self.now += duration
+        finished = []
+        for seq in running:
+            seq.generated += steps
+            seq.kv += steps
+            if seq.generated >= seq.output_tokens:
+                finished.append(seq.request_id)
+        if finished:
+            done = set(finished)
+            self._running = [s for s in running if s.request_id not in done]
+        return StepResult(duration, {s.request_id: steps for s in running}, finished)
 
     def _prefill_candidates(self) -> list[_Seq]:
         """Running sequences mid-prefill first, then admissions while seats and KV allow."""

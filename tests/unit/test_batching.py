@@ -106,3 +106,25 @@ def test_abort_frees_the_seat_and_outstanding_work():
     assert m.running == 2 and m.outstanding_tokens == 2 * 399
     m.abort("a")
     assert m.running == 1 and m.outstanding_tokens == 399
+
+
+def test_fast_forward_matches_single_steps():
+    def run(fast: bool) -> tuple[dict[str, int], float]:
+        m = model(max_num_seqs=4)
+        for i in range(6):
+            m.add(
+                f"r{i}",
+                prompt_tokens=200 + 50 * i,
+                output_tokens=100 + 37 * i,
+                expected_output_tokens=150,
+            )
+        tokens: dict[str, int] = {}
+        while not m.idle:
+            result = m.step(until=m.now + 10.0) if fast else m.step()
+            for rid, n in result.emitted.items():
+                tokens[rid] = tokens.get(rid, 0) + n
+        return tokens, m.now
+
+    (slow_tokens, slow_end), (fast_tokens, fast_end) = run(False), run(True)
+    assert fast_tokens == slow_tokens
+    assert fast_end == pytest.approx(slow_end, rel=1e-3)

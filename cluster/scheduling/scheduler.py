@@ -1,0 +1,201 @@
+"""The effort-aware scheduler: admission, queue discipline and late-binding placement together.
+
+Late binding is the point: once a request sits in vLLM's own queue it is served first come, first
+served and cannot move, so the scheduler keeps the queue and hands a replica only what it can run
+now. On every load report (and on arrivals) it releases a batch: the best queued request goes to a
+replica with headroom (no engine-side queue, a free seat, KV below the watermark), preferring the
+replica that already holds its harmony prefix unless that one is busier than the least-loaded by a
+margin. Pure: every call takes `now`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field
+
+from cluster.config import Effort, EffortProfile, RouterConfig
+from cluster.engine.base import LoadReport
+from cluster.scheduling.cost import CostModel
+from cluster.scheduling.queue import SchedulingQueue, Ticket
+
+_LOWER = {Effort.HIGH: Effort.MEDIUM, Effort.MEDIUM: Effort.LOW}
+
+
+@dataclass(frozen=True)
+class Admitted:
+    ticket: Ticket
+    degraded_from: Effort | None = None
+
+
+@dataclass(frozen=True)
+class Rejected:
+    retry_after_s: int
+    projected_wait_s: float
+
+
+@dataclass
+class _Replica:
+    report: LoadReport
+    max_num_seqs: int
+    placed: list[tuple[float, Ticket]] = field(default_factory=list)  # since the last report
+    placed_prompt: int = 0
+    placed_cost: int = 0
+
+    def place(self, ticket: Ticket, now: float) -> None:
+        self.placed.append((now, ticket))
+        self.placed_prompt += ticket.prompt_tokens
+        self.placed_cost += ticket.cost_tokens
+
+    def refresh(self, report: LoadReport) -> None:
+        self.report = report
+        self.placed = [(at, t) for at, t in self.placed if at > report.reported_at]
+        self.placed_prompt = sum(t.prompt_tokens for _, t in self.placed)
+        self.placed_cost = sum(t.cost_tokens for _, t in self.placed)
+
+    def headroom(self, ticket: Ticket, config: RouterConfig) -> bool:
+        r = self.report
+        if r.waiting > config.engine_queue_limit:  # the engine already queues: it is full
+            return False
+        if r.running + r.waiting + len(self.placed) >= self.max_num_seqs:
+            return False
+        kv_limit = r.kv_capacity_tokens * config.kv_watermark
+        return r.kv_used_tokens + self.placed_prompt + ticket.prompt_tokens <= kv_limit
+
+    def load_tokens(self) -> int:
+        return self.report.outstanding_tokens + self.placed_cost
+
+
+@dataclass
+class Scheduler:
+    config: RouterConfig
+    efforts: Mapping[Effort, EffortProfile]
+    cost: CostModel = None  # type: ignore[assignment]
+    queue: SchedulingQueue = None  # type: ignore[assignment]
+    _replicas: dict[Hashable, _Replica] = field(default_factory=dict)
+    _prefix_home: dict[str, Hashable] = field(default_factory=dict)
+    _drain_tokens_s: float = 0.0
+    _last_completion: float | None = None
+    admitted: int = 0
+    rejected: int = 0
+    degraded: int = 0
+
+    def __post_init__(self) -> None:
+        self.cost = self.cost or CostModel(self.efforts)
+        self.queue = self.queue or SchedulingQueue(
+            cost_rate_tokens_s=self.config.cost_rate_tokens_s
+        )
+
+    # -- admission -------------------------------------------------------------------------
+
+    def ticket(
+        self,
+        request_id: str,
+        effort: Effort,
+        tenant: str,
+        prompt_tokens: int,
+        max_tokens: int,
+        now: float,
+        prefix_key: str = "",
+        tools: bool = False,
+        payload=None,
+    ) -> Ticket:
+        expected = self.cost.expected_output_tokens(effort, tenant, max_tokens, tools)
+        deadline = now + self.efforts[effort].ttft_slo_s
+        return Ticket(request_id, effort, tenant, prompt_tokens, expected, now, deadline,
+                      prefix_key, payload)  # fmt: skip
+
+    def projected_wait_s(self, ticket: Ticket) -> float:
+        """Time until the tokens queued ahead of `ticket` (and its own prefill) are served."""
+        if self._drain_tokens_s <= 0:
+            return 0.0
+        ahead = self.queue.tokens_ahead(self.queue.key(ticket)) + ticket.prompt_tokens
+        return ahead / self._drain_tokens_s
+
+    def submit(self, ticket: Ticket, now: float) -> Admitted | Rejected:
+        """Queue the request, degrade its effort, or shed it with a Retry-After."""
+        candidate, degraded_from = ticket, None
+        while True:
+            wait = self.projected_wait_s(candidate)
+            budget = self.efforts[candidate.effort].ttft_slo_s * self.config.admission_slack
+            if wait <= budget or len(self.queue) == 0:
+                self.queue.push(candidate)
+                self.admitted += 1
+                self.degraded += degraded_from is not None
+                return Admitted(candidate, degraded_from)
+            lower = _LOWER.get(candidate.effort) if self.config.degrade_effort else None
+            if lower is None:
+                break
+            degraded_from = degraded_from or ticket.effort
+            expected = self.cost.expected_output_tokens(lower, ticket.tenant)
+            candidate = Ticket(ticket.request_id, lower, ticket.tenant, ticket.prompt_tokens,
+                               expected, ticket.arrival,
+                               ticket.arrival + self.efforts[lower].ttft_slo_s,
+                               ticket.prefix_key, ticket.payload)  # fmt: skip
+        self.rejected += 1
+        drain = self.queue.queued_tokens / max(self._drain_tokens_s, 1e-9)
+        return Rejected(min(max(1, math.ceil(drain)), 120), wait)
+
+    # -- placement -------------------------------------------------------------------------
+
+    def report(self, replica: Hashable, report: LoadReport, max_num_seqs: int) -> None:
+        """A fresh load report: what was placed before it is now inside it."""
+        state = self._replicas.get(replica)
+        if state is None:
+            self._replicas[replica] = _Replica(report, max_num_seqs)
+        else:
+            state.refresh(report)
+
+    def remove(self, replica: Hashable) -> None:
+        self._replicas.pop(replica, None)
+
+    def dispatch(self, now: float) -> list[tuple[Ticket, Hashable]]:
+        """Release every queued request some replica can run now, best first."""
+        out = []
+        while (ticket := self.queue.peek(now)) is not None:
+            replica = self._place(ticket)
+            if replica is None:
+                break
+            self.queue.pop(ticket, now)
+            self._replicas[replica].place(ticket, now)
+            if ticket.prefix_key:
+                self._prefix_home[ticket.prefix_key] = replica
+            out.append((ticket, replica))
+        return out
+
+    def _place(self, ticket: Ticket) -> Hashable | None:
+        least, least_load = None, None
+        for replica, state in self._replicas.items():
+            if state.headroom(ticket, self.config):
+                load = state.load_tokens()
+                if least_load is None or load < least_load:
+                    least, least_load = replica, load
+        if least is None:
+            return None
+        home = self._replicas.get(self._prefix_home.get(ticket.prefix_key))
+        if (
+            home is not None
+            and home.headroom(ticket, self.config)
+            and home.load_tokens() - least_load <= self.config.prefix_imbalance_tokens
+        ):
+            return self._prefix_home[ticket.prefix_key]
+        return least
+
+    # -- feedback --------------------------------------------------------------------------
+
+    def completed(
+        self, ticket: Ticket, output_tokens: int, now: float, tools: bool = False
+    ) -> None:
+        """Learn the true length; track the cluster's drain rate (tokens served per second)."""
+        self.cost.observe(ticket.effort, ticket.tenant, tools, output_tokens,
+                          ticket.expected_output_tokens)  # fmt: skip
+        if self._last_completion is not None:
+            gap = max(now - self._last_completion, 1e-6)
+            rate = (ticket.prompt_tokens + output_tokens) / gap
+            alpha = min(1.0, gap / self.config.drain_rate_window_s)
+            self._drain_tokens_s += alpha * (rate - self._drain_tokens_s)
+        self._last_completion = now
+
+    def backlog_tokens(self) -> int:
+        """Projected token backlog: queued work plus work engines still hold (autoscaling)."""
+        return self.queue.queued_tokens + sum(s.load_tokens() for s in self._replicas.values())

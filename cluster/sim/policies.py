@@ -1,0 +1,218 @@
+"""Placement policies the simulator compares: ours (the production `Scheduler`) and the peers'.
+
+Push policies place each request on arrival, where it joins the engine's own first-come queue (Ray
+Serve's power of two, round robin, least outstanding requests, prefix affinity). Late-binding
+policies keep a central queue and hand a replica only what it can run now: ours, and an oracle that
+knows every request's true length and runs shortest-remaining-work first.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cluster.config import ClusterConfig, RouterConfig
+from cluster.engine.base import LoadReport
+from cluster.scheduling.queue import Ticket
+from cluster.scheduling.scheduler import Rejected, Scheduler
+from cluster.sim.workload import SimRequest
+
+Dispatch = list[tuple[SimRequest, int]]
+
+
+class ReplicaView(Protocol):
+    def report(self, now: float) -> LoadReport: ...
+
+    @property
+    def max_num_seqs(self) -> int: ...
+
+
+class Policy(Protocol):
+    name: str
+
+    def arrive(self, request: SimRequest, now: float) -> Dispatch | Rejected: ...
+
+    def tick(self, replica: int, now: float) -> Dispatch: ...
+
+    def done(self, request: SimRequest, now: float) -> None: ...
+
+
+@dataclass
+class _Push:
+    replicas: list[ReplicaView]
+    name: str = "push"
+
+    def tick(self, replica: int, now: float) -> Dispatch:
+        return []
+
+    def done(self, request: SimRequest, now: float) -> None:
+        pass
+
+    def _ongoing(self, k: int, now: float) -> int:
+        r = self.replicas[k].report(now)
+        return r.running + r.waiting
+
+
+@dataclass
+class RoundRobin(_Push):
+    name: str = "round_robin"
+    _next: itertools.count = field(default_factory=itertools.count)
+
+    def arrive(self, request: SimRequest, now: float) -> Dispatch:
+        return [(request, next(self._next) % len(self.replicas))]
+
+
+@dataclass
+class PowerOfTwo(_Push):
+    """Ray Serve's default: two random replicas, the one with fewer ongoing requests (FIFO)."""
+
+    name: str = "power_of_two"
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    def arrive(self, request: SimRequest, now: float) -> Dispatch:
+        pair = self.rng.sample(range(len(self.replicas)), min(2, len(self.replicas)))
+        return [(request, min(pair, key=lambda k: self._ongoing(k, now)))]
+
+
+@dataclass
+class LeastOutstandingRequests(_Push):
+    name: str = "least_outstanding"
+
+    def arrive(self, request: SimRequest, now: float) -> Dispatch:
+        return [(request, min(range(len(self.replicas)), key=lambda k: self._ongoing(k, now)))]
+
+
+@dataclass
+class PrefixAffinity(_Push):
+    """Ray Serve LLM / SGLang style: stick to the replica holding the prefix unless imbalanced."""
+
+    name: str = "prefix_affinity"
+    imbalance: int = 16
+    _home: dict[str, int] = field(default_factory=dict)
+
+    def arrive(self, request: SimRequest, now: float) -> Dispatch:
+        loads = [self._ongoing(k, now) for k in range(len(self.replicas))]
+        least = min(range(len(loads)), key=loads.__getitem__)
+        home = self._home.get(request.prefix_key)
+        if home is None or loads[home] - loads[least] > self.imbalance:
+            home = self._home[request.prefix_key] = least
+        return [(request, home)]
+
+
+@dataclass
+class EffortAware:
+    """Ours: the production scheduler (cost model, queue discipline, admission, late binding)."""
+
+    replicas: list[ReplicaView]
+    config: ClusterConfig
+    name: str = "effort_aware"
+    scheduler: Scheduler = None  # type: ignore[assignment]
+    _tickets: dict[str, Ticket] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.scheduler = Scheduler(self.config.router, self.config.efforts)
+        for k, replica in enumerate(self.replicas):
+            self.scheduler.report(k, replica.report(0.0), replica.max_num_seqs)
+
+    def arrive(self, request: SimRequest, now: float) -> Dispatch | Rejected:
+        ticket = self.scheduler.ticket(
+            request.request_id, request.effort, request.tenant, request.prompt_tokens,
+            request.max_tokens, now, request.prefix_key, payload=request,
+        )  # fmt: skip
+        decision = self.scheduler.submit(ticket, now)
+        if isinstance(decision, Rejected):
+            return decision
+        request.effort = decision.ticket.effort  # degraded requests run at the lower effort
+        return self._dispatch(now)
+
+    def tick(self, replica: int, now: float) -> Dispatch:
+        self.scheduler.report(replica, self.replicas[replica].report(now),
+                              self.replicas[replica].max_num_seqs)  # fmt: skip
+        return self._dispatch(now)
+
+    def _dispatch(self, now: float) -> Dispatch:
+        out = []
+        for ticket, replica in self.scheduler.dispatch(now):
+            self._tickets[ticket.request_id] = ticket
+            out.append((ticket.payload, replica))
+        return out
+
+    def done(self, request: SimRequest, now: float) -> None:
+        ticket = self._tickets.pop(request.request_id)
+        self.scheduler.completed(ticket, request.output_tokens, now)
+
+    def expected_output(self, request: SimRequest) -> int:
+        ticket = self._tickets.get(request.request_id)
+        return ticket.expected_output_tokens if ticket else request.output_tokens
+
+
+@dataclass
+class Oracle:
+    """Knows true lengths: global shortest-remaining-work first with the same late binding.
+    Not an upper bound when KV binds: it still packs by seats, not by true final KV."""
+
+    replicas: list[ReplicaView]
+    router: RouterConfig
+    name: str = "oracle"
+    _queue: list = field(default_factory=list)
+    _seq: itertools.count = field(default_factory=itertools.count)
+
+    def arrive(self, request: SimRequest, now: float) -> Dispatch:
+        work = request.prompt_tokens + request.output_tokens
+        heapq.heappush(self._queue, (work, next(self._seq), request))
+        return self._dispatch(now)
+
+    def tick(self, replica: int, now: float) -> Dispatch:
+        return self._dispatch(now)
+
+    def done(self, request: SimRequest, now: float) -> None:
+        pass
+
+    def _dispatch(self, now: float) -> Dispatch:
+        out = []
+        placed = [0] * len(self.replicas)
+        while self._queue:
+            request = self._queue[0][2]
+            k = self._free_replica(request, placed, now)
+            if k is None:
+                break
+            heapq.heappop(self._queue)
+            placed[k] += 1
+            out.append((request, k))
+        return out
+
+    def _free_replica(self, request: SimRequest, placed: list[int], now: float) -> int | None:
+        best, best_load = None, None
+        for k, replica in enumerate(self.replicas):
+            r = replica.report(now)
+            if r.waiting > self.router.engine_queue_limit:
+                continue
+            if r.running + r.waiting + placed[k] >= replica.max_num_seqs:
+                continue
+            if (
+                r.kv_used_tokens + request.prompt_tokens
+                > r.kv_capacity_tokens * self.router.kv_watermark
+            ):
+                continue
+            if best_load is None or r.outstanding_tokens < best_load:
+                best, best_load = k, r.outstanding_tokens
+        return best
+
+
+BASELINES = {
+    "round_robin": RoundRobin,
+    "power_of_two": PowerOfTwo,
+    "least_outstanding": LeastOutstandingRequests,
+    "prefix_affinity": PrefixAffinity,
+}
+
+
+def make_policy(name: str, replicas: list[ReplicaView], config: ClusterConfig) -> Policy:
+    if name == "effort_aware":
+        return EffortAware(replicas, config)
+    if name == "oracle":
+        return Oracle(replicas, config.router)
+    return BASELINES[name](replicas)

@@ -1,0 +1,98 @@
+"""Workload and cluster descriptions (YAML) and the seeded request streams they generate."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+from cluster.config import Effort, PerfProfile
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Lognormal(_Spec):
+    median: PositiveFloat
+    sigma: float = Field(0.8, ge=0)
+
+    def sample(self, rng: random.Random) -> int:
+        return max(1, round(rng.lognormvariate(math.log(self.median), self.sigma)))
+
+
+class Arrivals(_Spec):
+    kind: Literal["poisson", "onoff"] = "poisson"
+    on_s: PositiveFloat = 20.0  # onoff: bursts at 2x the mean rate, then silence
+    off_s: PositiveFloat = 20.0
+
+
+class WorkloadSpec(_Spec):
+    """The default is the project's reference chat mix (issue 4)."""
+
+    duration_s: PositiveFloat = 300.0
+    rate: PositiveFloat = 10.0  # mean requests per second
+    arrivals: Arrivals = Arrivals()
+    effort_mix: dict[Effort, float] = {Effort.LOW: 0.5, Effort.MEDIUM: 0.35, Effort.HIGH: 0.15}
+    prompt_tokens: Lognormal = Lognormal(median=600)
+    output_tokens: dict[Effort, Lognormal] = {
+        Effort.LOW: Lognormal(median=250),
+        Effort.MEDIUM: Lognormal(median=1_200),
+        Effort.HIGH: Lognormal(median=5_000),
+    }
+    max_tokens: PositiveInt = 32_768
+    tenants: PositiveInt = 10
+    heavy_tenant_share: float = Field(0.4, ge=0, lt=1)
+    final_share: float = Field(0.2, gt=0, lt=1)  # the answer after the reasoning
+    seed: int = 0
+
+
+class ClusterSpec(_Spec):
+    replicas: PositiveInt = 8
+    tensor_parallel_size: PositiveInt = 2
+    max_num_seqs: PositiveInt = 256
+    max_num_batched_tokens: PositiveInt = 8_192
+    kv_capacity_tokens: PositiveInt = 1_800_000  # H100 TP2 (docs/engines.md)
+    perf: PerfProfile = PerfProfile()
+
+
+@dataclass
+class SimRequest:
+    request_id: str
+    arrival: float
+    effort: Effort
+    tenant: str
+    prompt_tokens: int
+    output_tokens: int  # the truth; only the oracle may look
+    max_tokens: int
+    prefix_key: str
+
+
+def generate(spec: WorkloadSpec) -> list[SimRequest]:
+    rng = random.Random(spec.seed)
+    efforts, weights = zip(*spec.effort_mix.items(), strict=True)
+    tenants = [f"t{i}" for i in range(spec.tenants)]
+    rest = (1 - spec.heavy_tenant_share) / max(spec.tenants - 1, 1)
+    tenant_weights = [spec.heavy_tenant_share] + [rest] * (spec.tenants - 1)
+    out, t = [], 0.0
+    period = spec.arrivals.on_s + spec.arrivals.off_s
+    while True:
+        if spec.arrivals.kind == "poisson":
+            t += rng.expovariate(spec.rate)
+        else:  # all the load in the on-phases, so the mean rate is unchanged
+            t += rng.expovariate(spec.rate * period / spec.arrivals.on_s)
+            if t % period > spec.arrivals.on_s:
+                t += period - t % period
+        if t >= spec.duration_s:
+            return out
+        effort = rng.choices(efforts, weights)[0]
+        tenant = rng.choices(tenants, tenant_weights)[0]
+        output = min(spec.output_tokens[effort].sample(rng), spec.max_tokens)
+        prompt = spec.prompt_tokens.sample(rng)
+        prefix = f"{tenant}:{effort.value}"  # developer prompt and effort: the cacheable head
+        out.append(
+            SimRequest(f"r{len(out)}", t, effort, tenant, prompt, output, spec.max_tokens, prefix)
+        )
