@@ -44,8 +44,10 @@ def _attainment(result: SimResult) -> float:
 def _saturation(cluster: ClusterSpec, arrivals: Arrivals, duration: float) -> float:
     """Completed requests per second under far more load than the cluster can serve."""
     result = _run(cluster, arrivals, 200.0, "power_of_two", duration, ClusterConfig())
-    done = [r for r in result.served() if r.finished <= duration]
-    return len(done) / duration
+    done = [
+        r for r in result.all_records if r.finished and result.warmup_s <= r.finished <= duration
+    ]
+    return len(done) / result.window_s
 
 
 def _knee(run: Callable[[float], SimResult], low: float, high: float, steps: int) -> float:
@@ -132,7 +134,7 @@ def run(
                       f"{s['goodput_rps']:.1f} req/s ({s['goodput_rps'] / sat:.2f}x saturation), "
                       f"completed within SLO {within}, rejected {s['rejected'] / s['offered']:.0%}")  # fmt: skip
         best = {}
-        for policy in POLICIES:
+        for policy in ("power_of_two", "least_outstanding", "effort_aware"):
             best[policy] = _knee(
                 lambda r, p=policy: at(r, p), 0.3 * sat, 1.1 * sat, bisection_steps
             )

@@ -64,10 +64,22 @@ class SimReplica:
 
 @dataclass
 class SimResult:
+    """Figures cover requests that arrive after the warm-up (the first quarter of the run), so
+    they describe the steady state, not the empty cluster filling up."""
+
     policy: str
     duration_s: float
-    records: list[Record]
+    all_records: list[Record]
     slo: dict[Effort, tuple[float, float]]  # effort -> (ttft_s, itl_s)
+    warmup_s: float = 0.0
+
+    @property
+    def records(self) -> list[Record]:
+        return [r for r in self.all_records if r.request.arrival >= self.warmup_s]
+
+    @property
+    def window_s(self) -> float:
+        return self.duration_s - self.warmup_s
 
     def served(self) -> list[Record]:
         return [r for r in self.records if r.finished is not None]
@@ -83,8 +95,8 @@ class SimResult:
             "offered": len(self.records),
             "completed": len(served),
             "rejected": sum(r.rejected for r in self.records),
-            "throughput_rps": len(served) / self.duration_s,
-            "goodput_rps": sum(self.meets_slo(r) for r in served) / self.duration_s,
+            "throughput_rps": len(served) / self.window_s,
+            "goodput_rps": sum(self.meets_slo(r) for r in served) / self.window_s,
             "efforts": {},
         }
         for effort in Effort:
@@ -187,7 +199,8 @@ def simulate(
         for k in range(len(replicas)):
             start(k, now, horizon)
     slo = {e: (p.ttft_slo_s, p.itl_slo_s) for e, p in config.efforts.items()}
-    return SimResult(policy_name, workload.duration_s, list(records.values()), slo)
+    return SimResult(policy_name, workload.duration_s, list(records.values()), slo,
+                     warmup_s=workload.duration_s * workload.warmup_share)  # fmt: skip
 
 
 def prefill_seconds(cluster: ClusterSpec, tokens: int) -> float:

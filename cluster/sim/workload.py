@@ -34,6 +34,7 @@ class WorkloadSpec(_Spec):
     """The default is the project's reference chat mix (issue 4)."""
 
     duration_s: PositiveFloat = 300.0
+    warmup_share: float = Field(0.25, ge=0, lt=1)  # excluded from figures
     rate: PositiveFloat = 10.0  # mean requests per second
     arrivals: Arrivals = Arrivals()
     effort_mix: dict[Effort, float] = {Effort.LOW: 0.5, Effort.MEDIUM: 0.35, Effort.HIGH: 0.15}

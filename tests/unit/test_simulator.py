@@ -36,14 +36,14 @@ def test_deterministic_for_a_seed():
 def test_token_conservation(policy):
     spec = WorkloadSpec(rate=8, duration_s=30)
     result = simulate(spec, SMALL, policy, CONFIG)
-    for r in result.records:
+    for r in result.all_records:
         if not r.rejected:
             assert r.generated == r.request.output_tokens
             assert r.request.arrival <= r.first_token <= r.first_final <= r.finished
 
 
 def test_littles_law_at_moderate_load():
-    spec = WorkloadSpec(rate=6, duration_s=400)
+    spec = WorkloadSpec(rate=6, duration_s=400, warmup_share=0)
     served = simulate(spec, SMALL, "power_of_two", CONFIG).served()
     start, end = 100.0, 400.0  # steady state: after the system has filled up
     window = [r for r in served if start <= r.request.arrival < end]
@@ -59,7 +59,11 @@ def test_littles_law_at_moderate_load():
 
 def test_single_request_closed_form_ttft():
     spec = WorkloadSpec(
-        rate=0.01, duration_s=150, prompt_tokens=Lognormal(median=1000, sigma=0), seed=1
+        rate=0.01,
+        duration_s=150,
+        warmup_share=0,
+        prompt_tokens=Lognormal(median=1000, sigma=0),
+        seed=1,
     )
     result = simulate(spec, ClusterSpec(replicas=1), "effort_aware", CONFIG)
     (r,) = result.records
@@ -71,7 +75,7 @@ def test_calibration_h100_tp2_sharegpt_burst():
     """ANCHORS: vLLM on H100 TP2, 1,000 ShareGPT prompts at once: 7,649 output tok/s, TPOT
     51.6 ms. Our stand-in for ShareGPT: prompt and output lognormal, median 200, sigma 0.8."""
     spec = WorkloadSpec(
-        rate=1e6, duration_s=1e-3, effort_mix={Effort.LOW: 1.0}, tenants=2,
+        rate=1e6, duration_s=1e-3, warmup_share=0, effort_mix={Effort.LOW: 1.0}, tenants=2,
         prompt_tokens=Lognormal(median=200, sigma=0.8),
         output_tokens={e: Lognormal(median=200, sigma=0.8) for e in Effort},
     )  # fmt: skip
@@ -83,3 +87,22 @@ def test_calibration_h100_tp2_sharegpt_burst():
     tpot = statistics.median(r.mean_itl for r in served if r.request.output_tokens > 1)
     assert tok_s == pytest.approx(7649, rel=0.25)
     assert tpot * 1000 == pytest.approx(51.6, rel=0.25)
+
+
+def test_sim_cli_prints_json_per_policy(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    workload = tmp_path / "w.yaml"
+    workload.write_text("duration_s: 10\nrate: 3\narrivals: {kind: onoff, on_s: 2, off_s: 2}\n")
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text("replicas: 1\ntensor_parallel_size: 2\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "sim", "--workload", str(workload),
+         "--cluster", str(cluster), "--policy", "power_of_two", "--policy", "effort_aware"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    results = json.loads(out.stdout)
+    assert [r["policy"] for r in results] == ["power_of_two", "effort_aware"]
+    assert all(r["completed"] + r["rejected"] == r["offered"] for r in results)
