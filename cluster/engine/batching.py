@@ -60,15 +60,30 @@ class BatchingModel:
     now: float = 0.0
     _waiting: deque[_Seq] = field(default_factory=deque)
     _running: list[_Seq] = field(default_factory=list)
+    # Kept up to date incrementally: load reports are read after every simulated step.
+    _kv_used: int = 0
+    _outstanding: int = 0
+
+    @staticmethod
+    def _work(seq: _Seq) -> int:
+        """Prefill still to do plus expected decode still to come (at least one token)."""
+        return seq.to_prefill + max(seq.expected_output_tokens - seq.generated, 1)
 
     def add(
         self, request_id: str, prompt_tokens: int, output_tokens: int, expected_output_tokens: int
     ) -> None:
-        self._waiting.append(
-            _Seq(request_id, max(1, prompt_tokens), max(1, output_tokens), expected_output_tokens)
-        )
+        seq = _Seq(request_id, max(1, prompt_tokens), max(1, output_tokens), expected_output_tokens)
+        self._waiting.append(seq)
+        self._outstanding += self._work(seq)
 
     def abort(self, request_id: str) -> None:
+        for seq in self._running:
+            if seq.request_id == request_id:
+                self._kv_used -= seq.kv
+                self._outstanding -= self._work(seq)
+        for seq in self._waiting:
+            if seq.request_id == request_id:
+                self._outstanding -= self._work(seq)
         self._running = [s for s in self._running if s.request_id != request_id]
         self._waiting = deque(s for s in self._waiting if s.request_id != request_id)
 
@@ -86,15 +101,12 @@ class BatchingModel:
 
     @property
     def kv_used_tokens(self) -> int:
-        return sum(s.kv for s in self._running)
+        return self._kv_used
 
     @property
     def outstanding_tokens(self) -> int:
         """Prefill still to do plus expected decode still to come, over all admitted work."""
-        return sum(
-            s.to_prefill + max(s.expected_output_tokens - s.generated, 1)
-            for s in (*self._running, *self._waiting)
-        )
+        return self._outstanding
 
     def step(self, until: float | None = None) -> StepResult:
         """Run one engine step and advance the clock by its duration.
@@ -112,11 +124,13 @@ class BatchingModel:
         decoding = decoding[:budget]
         budget -= len(decoding)
         context = sum(s.kv for s in decoding)
+        candidates = self._prefill_candidates()
+        chunked = self._chunked(candidates, budget)
+        before = self._snapshot(decoding + chunked)
         prefill_tokens = 0
         completed_prefill: list[_Seq] = []
-        for seq in self._prefill_candidates():
-            if budget <= 0:
-                break
+        touched = decoding + chunked
+        for seq in chunked:
             chunk = min(seq.to_prefill, budget)
             seq.to_prefill -= chunk
             seq.kv += chunk
@@ -136,10 +150,32 @@ class BatchingModel:
             emitted[seq.request_id] = 1
             if seq.generated >= seq.output_tokens:
                 finished.append(seq.request_id)
-        if finished:
-            done = set(finished)
-            self._running = [s for s in self._running if s.request_id not in done]
+        self._account(touched, before, finished)
         return StepResult(duration, emitted, finished)
+
+    def _snapshot(self, seqs: list[_Seq]) -> tuple[int, int]:
+        return sum(s.kv for s in seqs), sum(self._work(s) for s in seqs)
+
+    def _account(self, touched: list[_Seq], before: tuple[int, int], finished: list[str]) -> None:
+        """Fold the touched sequences' change into the running sums; drop finished ones."""
+        done = set(finished)
+        kept = [s for s in touched if s.request_id not in done]
+        kv, work = self._snapshot(kept)
+        self._kv_used += kv - before[0]
+        self._outstanding += work - before[1]
+        if done:
+            self._running = [s for s in self._running if s.request_id not in done]
+
+    @staticmethod
+    def _chunked(candidates: list[_Seq], budget: int) -> list[_Seq]:
+        """The prefill candidates this step's token budget reaches."""
+        out = []
+        for seq in candidates:
+            if budget <= 0:
+                break
+            out.append(seq)
+            budget -= seq.to_prefill
+        return out
 
     def _pure_decode_steps(self, until: float) -> int:
         running = self._running
@@ -165,21 +201,22 @@ class BatchingModel:
         per_step = step_seconds(self.perf, self.tensor_parallel_size, n, 0, int(mean_context))
         duration = per_step * steps
         self.now += duration
+        before = self._snapshot(running)
         finished = []
         for seq in running:
             seq.generated += steps
             seq.kv += steps
             if seq.generated >= seq.output_tokens:
                 finished.append(seq.request_id)
-        if finished:
-            done = set(finished)
-            self._running = [s for s in running if s.request_id not in done]
+        self._account(list(running), before, finished)
         return StepResult(duration, {s.request_id: steps for s in running}, finished)
 
     def _prefill_candidates(self) -> list[_Seq]:
         """Running sequences mid-prefill first, then admissions while seats and KV allow."""
         partial = [s for s in self._running if s.to_prefill > 0]
-        kv_free = self.kv_capacity_tokens - self.kv_used_tokens
+        decoding = len(self._running) - len(partial)  # each writes one token's KV this step
+        kv_free = self.kv_capacity_tokens - self.kv_used_tokens - decoding
+        kv_free -= sum(s.to_prefill + 1 for s in partial)  # already admitted, still prefilling
         while self._waiting and len(self._running) < self.max_num_seqs:
             head = self._waiting[0]
             if head.to_prefill + 1 > kv_free:
@@ -195,6 +232,9 @@ class BatchingModel:
             victim = self._running.pop()
             if victim.to_prefill == 0:
                 decoding -= 1
-            victim.to_prefill = victim.kv
+            # Recompute: everything it held in KV becomes prefill work again.
+            self._kv_used -= victim.kv
+            self._outstanding += victim.kv
+            victim.to_prefill += victim.kv
             victim.kv = 0
             self._waiting.appendleft(victim)

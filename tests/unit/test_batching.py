@@ -128,3 +128,25 @@ def test_fast_forward_matches_single_steps():
     (slow_tokens, slow_end), (fast_tokens, fast_end) = run(False), run(True)
     assert fast_tokens == slow_tokens
     assert fast_end == pytest.approx(slow_end, rel=1e-3)
+
+
+def test_running_sums_match_a_full_recount_through_preemption_and_aborts():
+    m = model(max_num_seqs=6, max_num_batched_tokens=512, kv_capacity_tokens=4_000)
+    for i in range(12):
+        m.add(
+            f"r{i}",
+            prompt_tokens=300 + 40 * i,
+            output_tokens=200 + 30 * i,
+            expected_output_tokens=250,
+        )
+    steps = 0
+    while not m.idle:
+        m.step(until=m.now + 0.05 if steps % 3 else None)
+        steps += 1
+        if steps == 40:
+            m.abort("r3")
+            m.abort("r11")
+        seqs = [*m._running, *m._waiting]
+        assert m.kv_used_tokens == sum(s.kv for s in m._running)
+        assert m.outstanding_tokens == sum(m._work(s) for s in seqs)
+        assert m.kv_used_tokens <= 4_000
