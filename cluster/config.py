@@ -226,7 +226,9 @@ class RouterConfig(_Strict):
     prefix_imbalance_tokens: int = Field(
         50_000, ge=0, description="Prefix affinity yields when its replica is this much busier."
     )
-    drain_rate_window_s: PositiveFloat = Field(10.0, description="Drain-rate smoothing window.")
+    drain_rate_window_s: PositiveFloat = Field(
+        10.0, description="Window over which the queue's drain rate (dispatches/s) is measured."
+    )
 
 
 class GatewayConfig(_Strict):

@@ -89,6 +89,10 @@ class SchedulingQueue:
             t: max(0.0, used.get(t, 0.0) / total - fair) * self.fairness_horizon_s for t in active
         }
 
+    def effective_key(self, ticket: Ticket, now: float) -> float:
+        """The key `ticket` competes with now, fairness penalty included."""
+        return self.key(ticket) + self._penalties(now).get(ticket.tenant, 0.0)
+
     def peek(self, now: float) -> Ticket | None:
         penalties = self._penalties(now)
         best, best_key = None, math.inf
@@ -110,6 +114,6 @@ class SchedulingQueue:
         usage.tokens = usage.decayed(now, self.usage_half_life_s) + ticket.cost_tokens
         usage.at = now
 
-    def tokens_ahead(self, key: float) -> int:
-        """Queued tokens whose key is earlier than `key` (fairness penalties ignored)."""
-        return sum(t.cost_tokens for lane in self._lanes.values() for k, _, t in lane if k <= key)
+    def ahead(self, key: float) -> int:
+        """Queued requests whose key is earlier than `key` (fairness penalties ignored)."""
+        return sum(1 for lane in self._lanes.values() for k, _, _ in lane if k <= key)

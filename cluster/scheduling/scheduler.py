@@ -11,6 +11,7 @@ margin. Pure: every call takes `now`.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
@@ -74,8 +75,11 @@ class Scheduler:
     queue: SchedulingQueue = None  # type: ignore[assignment]
     _replicas: dict[Hashable, _Replica] = field(default_factory=dict)
     _prefix_home: dict[str, Hashable] = field(default_factory=dict)
-    _drain_tokens_s: float = 0.0
-    _last_completion: float | None = None
+    _dispatched_at: deque[float] = field(default_factory=deque)
+    # Per effort: recent admissions and the mean key offset (key - arrival), to foresee arrivals
+    # that will sort ahead of a waiting request.
+    _admitted_at: dict[Effort, deque[float]] = field(default_factory=dict)
+    _key_offset: dict[Effort, float] = field(default_factory=dict)
     admitted: int = 0
     rejected: int = 0
     degraded: int = 0
@@ -105,20 +109,49 @@ class Scheduler:
         return Ticket(request_id, effort, tenant, prompt_tokens, expected, now, deadline,
                       prefix_key, payload)  # fmt: skip
 
-    def projected_wait_s(self, ticket: Ticket) -> float:
-        """Time until the tokens queued ahead of `ticket` (and its own prefill) are served."""
-        if self._drain_tokens_s <= 0:
+    def _note_admission(self, ticket: Ticket, now: float) -> None:
+        self._admitted_at.setdefault(ticket.effort, deque()).append(now)
+        offset = self.queue.key(ticket) - ticket.arrival
+        previous = self._key_offset.get(ticket.effort, offset)
+        self._key_offset[ticket.effort] = previous + 0.05 * (offset - previous)
+
+    def dispatch_rate(self, now: float) -> float:
+        """Requests per second the cluster took from the queue over the recent window: what
+        seats, KV and the batch actually let through, whichever binds."""
+        return self._window(self._dispatched_at, now)
+
+    def _window(self, times: deque[float], now: float) -> float:
+        window = self.config.drain_rate_window_s
+        while times and times[0] < now - window:
+            times.popleft()
+        return len(times) / window
+
+    def projected_wait_s(self, ticket: Ticket, now: float) -> float:
+        """Time until the requests that will run before `ticket` leave the queue: those queued
+        with earlier keys now, plus the expected later arrivals whose keys will still be earlier
+        (a low-effort request arriving 3 s from now still precedes a high-effort one queued now)."""
+        if not self.queue:
             return 0.0
-        ahead = self.queue.tokens_ahead(self.queue.key(ticket)) + ticket.prompt_tokens
-        return ahead / self._drain_tokens_s
+        rate = self.dispatch_rate(now)
+        if rate == 0:  # nothing left the queue lately: no evidence yet (a cold start)
+            return 0.0
+        key = self.queue.effective_key(ticket, now)
+        jumpers = sum(
+            self._window(times, now) * max(0.0, key - now - self._key_offset.get(effort, 0.0))
+            for effort, times in self._admitted_at.items()
+            if effort != ticket.effort
+        )
+        return (self.queue.ahead(key) + jumpers + 1) / rate
 
     def submit(self, ticket: Ticket, now: float) -> Admitted | Rejected:
         """Queue the request, degrade its effort, or shed it with a Retry-After."""
         candidate, degraded_from = ticket, None
         while True:
-            wait = self.projected_wait_s(candidate)
+            wait = self.projected_wait_s(candidate, now)
             budget = self.efforts[candidate.effort].ttft_slo_s * self.config.admission_slack
-            if wait <= budget or len(self.queue) == 0:
+            full = 0 <= self.config.max_queued_requests <= len(self.queue)
+            if not full and (wait <= budget or len(self.queue) == 0):
+                self._note_admission(candidate, now)
                 self.queue.push(candidate)
                 self.admitted += 1
                 self.degraded += degraded_from is not None
@@ -133,7 +166,7 @@ class Scheduler:
                                ticket.arrival + self.efforts[lower].ttft_slo_s,
                                ticket.prefix_key, ticket.payload)  # fmt: skip
         self.rejected += 1
-        drain = self.queue.queued_tokens / max(self._drain_tokens_s, 1e-9)
+        drain = len(self.queue) / max(self.dispatch_rate(now), 1e-9)
         return Rejected(min(max(1, math.ceil(drain)), 120), wait)
 
     # -- placement -------------------------------------------------------------------------
@@ -158,6 +191,7 @@ class Scheduler:
                 break
             self.queue.pop(ticket, now)
             self._replicas[replica].place(ticket, now)
+            self._dispatched_at.append(now)
             if ticket.prefix_key:
                 self._prefix_home[ticket.prefix_key] = replica
             out.append((ticket, replica))
@@ -183,18 +217,10 @@ class Scheduler:
 
     # -- feedback --------------------------------------------------------------------------
 
-    def completed(
-        self, ticket: Ticket, output_tokens: int, now: float, tools: bool = False
-    ) -> None:
-        """Learn the true length; track the cluster's drain rate (tokens served per second)."""
+    def completed(self, ticket: Ticket, output_tokens: int, tools: bool = False) -> None:
+        """Learn the true output length of a finished request."""
         self.cost.observe(ticket.effort, ticket.tenant, tools, output_tokens,
                           ticket.expected_output_tokens)  # fmt: skip
-        if self._last_completion is not None:
-            gap = max(now - self._last_completion, 1e-6)
-            rate = (ticket.prompt_tokens + output_tokens) / gap
-            alpha = min(1.0, gap / self.config.drain_rate_window_s)
-            self._drain_tokens_s += alpha * (rate - self._drain_tokens_s)
-        self._last_completion = now
 
     def backlog_tokens(self) -> int:
         """Projected token backlog: queued work plus work engines still hold (autoscaling)."""

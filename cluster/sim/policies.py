@@ -142,7 +142,7 @@ class EffortAware:
 
     def done(self, request: SimRequest, now: float) -> None:
         ticket = self._tickets.pop(request.request_id)
-        self.scheduler.completed(ticket, request.output_tokens, now)
+        self.scheduler.completed(ticket, request.output_tokens)
 
     def expected_output(self, request: SimRequest) -> int:
         ticket = self._tickets.get(request.request_id)

@@ -90,13 +90,16 @@ class SimResult:
 
     def summary(self) -> dict:
         served = self.served()
+        # Rates count only work finished before arrivals stop: the drain afterwards has no
+        # competition and would flatter policies that queue everything.
+        in_run = [r for r in served if r.finished <= self.duration_s]
         out = {
             "policy": self.policy,
             "offered": len(self.records),
             "completed": len(served),
             "rejected": sum(r.rejected for r in self.records),
-            "throughput_rps": len(served) / self.window_s,
-            "goodput_rps": sum(self.meets_slo(r) for r in served) / self.window_s,
+            "throughput_rps": len(in_run) / self.window_s,
+            "goodput_rps": sum(self.meets_slo(r) for r in in_run) / self.window_s,
             "efforts": {},
         }
         for effort in Effort:

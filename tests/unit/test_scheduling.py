@@ -91,11 +91,11 @@ def test_heavy_tenant_yields_to_others_when_contended():
     assert q.peek(2.0).request_id == "light-next"
 
 
-def test_tokens_ahead_counts_only_earlier_keys():
+def test_ahead_counts_only_earlier_keys():
     q = SchedulingQueue(cost_rate_tokens_s=1000)
     q.push(ticket("a", out=100, at=0.0))
     q.push(ticket("b", Effort.HIGH, out=9000, at=0.0))
-    assert q.tokens_ahead(q.key(ticket("c", out=100, at=0.1))) == 200
+    assert q.ahead(q.key(ticket("c", out=100, at=0.1))) == 1
     assert q.queued_tokens == 200 + 9100
 
 
@@ -158,40 +158,49 @@ def test_prefix_affinity_unless_imbalanced():
 # -- admission ----------------------------------------------------------------------------
 
 
-def loaded(degrade=False) -> Scheduler:
-    s = scheduler(degrade_effort=degrade)
-    s._drain_tokens_s = 1000.0  # measured drain rate: 1,000 tokens/s
-    for i in range(5):  # 10,000 tokens of earlier work
-        s.queue.push(ticket(f"q{i}", Effort.LOW, out=1900, at=-10.0))
+def loaded(rate: float, queued: int, degrade=False) -> Scheduler:
+    """A scheduler whose queue drained at `rate` requests/s over the last window and now
+    holds `queued` earlier requests."""
+    s = scheduler(degrade_effort=degrade, drain_rate_window_s=10.0)
+    s._dispatched_at.extend(k / rate for k in range(int(rate * 10)))
+    for i in range(queued):
+        s.queue.push(ticket(f"q{i}", Effort.LOW, out=300, at=-10.0))
     return s
 
 
 def test_admission_sheds_with_retry_after_from_the_drain_time():
-    s = loaded()
-    decision = s.submit(s.ticket("late", Effort.LOW, "t", 100, 1000, now=0.0), 0.0)
+    s = loaded(rate=10.0, queued=30)  # 30 ahead at 10/s: 3.1 s > low's 1 s SLO
+    decision = s.submit(s.ticket("late", Effort.LOW, "t", 100, 1000, now=10.0), 10.0)
     assert isinstance(decision, Rejected)
-    assert decision.projected_wait_s == pytest.approx(10.1)
-    assert decision.retry_after_s == 10  # 10,000 queued tokens at 1,000 tokens/s
+    assert decision.projected_wait_s == pytest.approx(3.1, rel=0.05)
+    assert decision.retry_after_s == 3  # the queue drains in 30 / 10 s
     assert s.rejected == 1
-
-
-def test_effort_degradation_before_shedding():
-    s = loaded(degrade=True)
-    s._drain_tokens_s = 2_200.0  # ~4.6 s of work ahead: within high's 5 s, not medium's 2 s
-    decision = s.submit(s.ticket("h", Effort.HIGH, "t", 100, 30_000, now=0.0), 0.0)
-    assert isinstance(decision, Admitted) and decision.degraded_from is None
-    s._drain_tokens_s = 1_000.0  # now ~10 s ahead: nothing fits, even at low effort
+    ok = loaded(rate=100.0, queued=30)  # the same queue, drained 10x faster: 0.31 s
     assert isinstance(
-        s.submit(s.ticket("h2", Effort.HIGH, "t", 100, 30_000, now=0.0), 0.0), Rejected
+        ok.submit(ok.ticket("x", Effort.LOW, "t", 100, 1000, now=10.0), 10.0), Admitted
     )
 
 
-def test_degradation_announces_the_lower_effort():
-    s = scheduler(degrade_effort=True)
-    s._drain_tokens_s = 1000.0
-    s.queue.push(ticket("q", Effort.LOW, out=4000, at=-10.0))  # its key is early: 4.1 s ahead
-    decision = s.submit(s.ticket("h", Effort.HIGH, "t", 100, 30_000, now=0.0), 0.0)
-    assert isinstance(decision, Admitted) and decision.degraded_from is None  # 4.2 s < 5 s
-    s.queue.push(ticket("q2", Effort.LOW, out=2000, at=-10.0))  # now 6.2 s ahead
-    decision = s.submit(s.ticket("h2", Effort.HIGH, "t", 100, 30_000, now=0.0), 0.0)
-    assert isinstance(decision, Rejected)  # low's SLO is 1 s: degrading cannot help here either
+def test_high_effort_waits_within_its_own_longer_slo():
+    s = loaded(rate=10.0, queued=30)
+    assert isinstance(
+        s.submit(s.ticket("h", Effort.HIGH, "t", 100, 30_000, now=10.0), 10.0), Admitted
+    )
+
+
+def test_effort_degradation_before_shedding():
+    # 70 queued at 10/s: 7 s, beyond high's 5 s SLO; at medium the request keys ahead of most
+    # of them (its deadline is 3 s earlier) and fits medium's 2 s.
+    s = loaded(rate=10.0, queued=0, degrade=True)
+    for i in range(70):
+        s.queue.push(ticket(f"q{i}", Effort.HIGH, out=300, at=9.0))
+    decision = s.submit(s.ticket("h", Effort.HIGH, "t", 100, 30_000, now=10.0), 10.0)
+    assert isinstance(decision, Admitted)
+    assert decision.degraded_from is Effort.HIGH and decision.ticket.effort is not Effort.HIGH
+    assert s.degraded == 1
+    plain = loaded(rate=10.0, queued=0)
+    for i in range(70):
+        plain.queue.push(ticket(f"q{i}", Effort.HIGH, out=300, at=9.0))
+    assert isinstance(
+        plain.submit(plain.ticket("h", Effort.HIGH, "t", 100, 30_000, now=10.0), 10.0), Rejected
+    )
