@@ -204,3 +204,14 @@ def test_effort_degradation_before_shedding():
     assert isinstance(
         plain.submit(plain.ticket("h", Effort.HIGH, "t", 100, 30_000, now=10.0), 10.0), Rejected
     )
+
+
+def test_projected_wait_counts_later_arrivals_that_will_key_ahead():
+    s = loaded(rate=10.0, queued=5)
+    # Low-effort requests have been arriving at 20/s; their keys sit ~1.2 s after arrival.
+    for k in range(200):
+        s._note_admission(ticket(f"l{k}", Effort.LOW, at=k * 0.05), k * 0.05)
+    high = s.ticket("h", Effort.HIGH, "t", 100, 30_000, now=10.0)
+    low = s.ticket("l", Effort.LOW, "t", 100, 1000, now=10.0)
+    # The high one waits for the queue plus ~20/s of lows over its ~7 s of extra key.
+    assert s.projected_wait_s(high, 10.0) > 10 * s.projected_wait_s(low, 10.0)
