@@ -125,7 +125,9 @@ class EffortAware:
         decision = self.scheduler.submit(ticket, now)
         if isinstance(decision, Rejected):
             return decision
-        request.effort = decision.ticket.effort  # degraded requests run at the lower effort
+        if decision.degraded_from is not None:  # it runs, and writes, at the lower effort
+            request.effort = decision.ticket.effort
+            request.output_tokens = request.output_by_effort[request.effort]
         return self._dispatch(now)
 
     def tick(self, replica: int, now: float) -> Dispatch:

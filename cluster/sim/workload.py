@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
@@ -21,7 +21,11 @@ class Lognormal(_Spec):
     sigma: float = Field(0.8, ge=0)
 
     def sample(self, rng: random.Random) -> int:
-        return max(1, round(rng.lognormvariate(math.log(self.median), self.sigma)))
+        return self.at(rng.gauss(0.0, 1.0))
+
+    def at(self, z: float) -> int:
+        """The value at standard-normal quantile `z`."""
+        return max(1, round(math.exp(math.log(self.median) + self.sigma * z)))
 
 
 class Arrivals(_Spec):
@@ -70,6 +74,9 @@ class SimRequest:
     output_tokens: int  # the truth; only the oracle may look
     max_tokens: int
     prefix_key: str
+    # What the same question would produce at each effort (same quantile of each distribution):
+    # a request whose effort is degraded writes the lower effort's length.
+    output_by_effort: dict[Effort, int] = field(default_factory=dict)
 
 
 def generate(spec: WorkloadSpec) -> list[SimRequest]:
@@ -91,9 +98,14 @@ def generate(spec: WorkloadSpec) -> list[SimRequest]:
             return out
         effort = rng.choices(efforts, weights)[0]
         tenant = rng.choices(tenants, tenant_weights)[0]
-        output = min(spec.output_tokens[effort].sample(rng), spec.max_tokens)
+        z = rng.gauss(0.0, 1.0)
+        by_effort = {e: min(d.at(z), spec.max_tokens) for e, d in spec.output_tokens.items()}
+        output = by_effort[effort]
         prompt = spec.prompt_tokens.sample(rng)
         prefix = f"{tenant}:{effort.value}"  # developer prompt and effort: the cacheable head
+        request_id = f"r{len(out)}"
         out.append(
-            SimRequest(f"r{len(out)}", t, effort, tenant, prompt, output, spec.max_tokens, prefix)
+            SimRequest(
+                request_id, t, effort, tenant, prompt, output, spec.max_tokens, prefix, by_effort
+            )
         )
