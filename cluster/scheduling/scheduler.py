@@ -179,9 +179,6 @@ class Scheduler:
         else:
             state.refresh(report)
 
-    def remove(self, replica: Hashable) -> None:
-        self._replicas.pop(replica, None)
-
     def dispatch(self, now: float) -> list[tuple[Ticket, Hashable]]:
         """Release every queued request some replica can run now, best first."""
         out = []

@@ -27,7 +27,6 @@ class Record:
     request: SimRequest
     rejected: bool = False
     retry_after_s: int = 0
-    dispatched: float | None = None
     first_token: float | None = None
     first_final: float | None = None
     finished: float | None = None
@@ -176,7 +175,6 @@ def simulate(
     def apply(dispatch, now: float) -> None:
         for request, k in dispatch:
             rec = records[request.request_id]
-            rec.dispatched = now
             expected = getattr(policy, "expected_output", lambda r: r.output_tokens)(request)
             replicas[k].model.add(request.request_id, request.prompt_tokens,
                                   request.output_tokens, expected)  # fmt: skip

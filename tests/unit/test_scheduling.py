@@ -116,6 +116,8 @@ def test_late_binding_hands_out_only_what_fits_and_batches_on_reports():
     first = s.dispatch(0.0)
     assert [r for _, r in first] == ["a", "a"]  # two free seats
     assert s.dispatch(0.1) == []  # nothing more until the engine reports
+    backlog = s.backlog_tokens()  # queued work plus work placed since the last report
+    assert backlog == sum(t.cost_tokens for t, _ in first) + 3 * first[0][0].cost_tokens
     s.report("a", idle(running=1, at=0.2), max_num_seqs=4)
     assert len(s.dispatch(0.3)) == 3  # one report releases a batch
 
