@@ -126,6 +126,7 @@ class EffortAware:
         if isinstance(decision, Rejected):
             return decision
         if decision.degraded_from is not None:  # it runs, and writes, at the lower effort
+            request.degraded_from = request.effort
             request.effort = decision.ticket.effort
             request.output_tokens = request.output_by_effort[request.effort]
         return self._dispatch(now)

@@ -97,6 +97,7 @@ class SimResult:
             "offered": len(self.records),
             "completed": len(served),
             "rejected": sum(r.rejected for r in self.records),
+            "degraded": sum(r.request.degraded_from is not None for r in self.records),
             "throughput_rps": len(in_run) / self.window_s,
             "goodput_rps": sum(self.meets_slo(r) for r in in_run) / self.window_s,
             "efforts": {},

@@ -77,6 +77,7 @@ class SimRequest:
     # What the same question would produce at each effort (same quantile of each distribution):
     # a request whose effort is degraded writes the lower effort's length.
     output_by_effort: dict[Effort, int] = field(default_factory=dict)
+    degraded_from: Effort | None = None  # set when admission lowered its effort
 
 
 def generate(spec: WorkloadSpec) -> list[SimRequest]:

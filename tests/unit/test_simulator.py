@@ -107,3 +107,15 @@ def test_sim_cli_prints_json_per_policy(tmp_path):
     results = json.loads(out.stdout)
     assert [r["policy"] for r in results] == ["power_of_two", "effort_aware"]
     assert all(r["completed"] + r["rejected"] == r["offered"] for r in results)
+
+
+def test_degradation_in_overload_is_counted_and_shortens_the_reply():
+    config = ClusterConfig.model_validate({"router": {"degrade_effort": True}})
+    spec = WorkloadSpec(rate=30, duration_s=60)
+    result = simulate(spec, ClusterSpec(replicas=1), "effort_aware", config)
+    summary = result.summary()
+    assert summary["degraded"] > 0
+    for r in result.records:
+        if r.request.degraded_from is not None:
+            assert r.request.output_tokens == r.request.output_by_effort[r.request.effort]
+            assert r.request.output_tokens <= r.request.output_by_effort[r.request.degraded_from]
