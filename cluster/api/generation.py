@@ -107,6 +107,7 @@ def engine_request(
         ),
         effort=effort,
         expected_output_tokens=min(max_tokens, math.ceil(prior.mean_tokens)),
+        priority=list(Effort).index(effort),
     )
 
 

@@ -32,6 +32,9 @@ class EngineRequest:
     sampling: SamplingParams
     effort: Effort
     expected_output_tokens: int = 0  # the router's prior for this request's output length
+    # vLLM priority (lower runs first; used with `scheduling_policy: priority`): the effort rank,
+    # so requests that do wait inside an engine keep the router's low-before-high order.
+    priority: int = 0
 
     @property
     def expected_cost_tokens(self) -> int:

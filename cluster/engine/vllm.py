@@ -89,7 +89,9 @@ class VLLMEngine(Engine):
         finished = False
         generated = 0
         try:
-            async for out in self._llm.generate(prompt, params, request.request_id):
+            async for out in self._llm.generate(
+                prompt, params, request.request_id, priority=request.priority
+            ):
                 completion = out.outputs[0]
                 generated += len(completion.token_ids)
                 self._inflight[request.request_id] = (

@@ -26,7 +26,12 @@ def vllm_cpu_config(model_path: str, port: int):
             "engine": {
                 "kind": "vllm",
                 "hardware": {"accelerator": "cpu"},
-                "engine_args": {"enforce_eager": True, "dtype": "bfloat16"},
+                # Priority scheduling: each request carries its effort rank as vLLM priority.
+                "engine_args": {
+                    "enforce_eager": True,
+                    "dtype": "bfloat16",
+                    "scheduling_policy": "priority",
+                },
                 "env": {
                     "VLLM_CPU_KVCACHE_SPACE": "1",
                     "VLLM_ENABLE_V1_MULTIPROCESSING": "0",

@@ -295,3 +295,25 @@ def test_stop_matcher_across_deltas():
     assert m.flush() == ""
     m = StopMatcher(["xyz"])
     assert m.feed("ab") + m.feed("cx") + m.flush() == "abcx"
+
+
+class _Recorder:
+    def __init__(self, engine):
+        self.engine, self.requests = engine, []
+
+    def generate(self, request):
+        self.requests.append(request)
+        return self.engine.generate(request)
+
+    async def ready(self):
+        return True
+
+
+async def test_effort_sets_the_engine_priority_and_cost_prior(harmony, engine):
+    recorder = _Recorder(engine)
+    async with client_for(create_app(fast_config(), harmony, recorder)) as c:
+        for effort in ("high", "low", "medium"):
+            await c.post("/v1/chat/completions", json=chat(reasoning_effort=effort, max_tokens=2))
+    priorities = {r.effort.value: r.priority for r in recorder.requests}
+    assert priorities == {"low": 0, "medium": 1, "high": 2}
+    assert all(r.expected_output_tokens == 2 for r in recorder.requests)  # capped by max_tokens
