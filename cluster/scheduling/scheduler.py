@@ -35,6 +35,24 @@ class Rejected:
     projected_wait_s: float
 
 
+def has_headroom(
+    report: LoadReport,
+    placed: int,
+    placed_prompt_tokens: int,
+    prompt_tokens: int,
+    max_num_seqs: int,
+    config: RouterConfig,
+) -> bool:
+    """Can a replica run one more request now? No engine-side queue, a free seat after what was
+    placed since its report, and KV under the watermark. Late binding hinges on this rule."""
+    if report.waiting > config.engine_queue_limit:  # the engine already queues: it is full
+        return False
+    if report.running + report.waiting + placed >= max_num_seqs:
+        return False
+    kv_limit = report.kv_capacity_tokens * config.kv_watermark
+    return report.kv_used_tokens + placed_prompt_tokens + prompt_tokens <= kv_limit
+
+
 @dataclass
 class _Replica:
     report: LoadReport
@@ -55,13 +73,8 @@ class _Replica:
         self.placed_cost = sum(t.cost_tokens for _, t in self.placed)
 
     def headroom(self, ticket: Ticket, config: RouterConfig) -> bool:
-        r = self.report
-        if r.waiting > config.engine_queue_limit:  # the engine already queues: it is full
-            return False
-        if r.running + r.waiting + len(self.placed) >= self.max_num_seqs:
-            return False
-        kv_limit = r.kv_capacity_tokens * config.kv_watermark
-        return r.kv_used_tokens + self.placed_prompt + ticket.prompt_tokens <= kv_limit
+        return has_headroom(self.report, len(self.placed), self.placed_prompt,
+                            ticket.prompt_tokens, self.max_num_seqs, config)  # fmt: skip
 
     def load_tokens(self) -> int:
         return self.report.outstanding_tokens + self.placed_cost

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -61,6 +62,13 @@ def deploy(app: Any, name: str, route_prefix: str) -> None:
             if d.message
         ]
         raise DeploymentFailed("\n".join([str(err), *reasons])) from None
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (tests and benchmarks bind only there)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _replica_states() -> str:

@@ -17,7 +17,7 @@ from typing import Protocol
 from cluster.config import ClusterConfig, RouterConfig
 from cluster.engine.base import LoadReport
 from cluster.scheduling.queue import Ticket
-from cluster.scheduling.scheduler import Rejected, Scheduler
+from cluster.scheduling.scheduler import Rejected, Scheduler, has_headroom
 from cluster.sim.workload import SimRequest
 
 Dispatch = list[tuple[SimRequest, int]]
@@ -39,6 +39,13 @@ class Policy(Protocol):
 
     def done(self, request: SimRequest, now: float) -> None: ...
 
+    def expected_output(self, request: SimRequest) -> int:
+        """What the engine is told to expect (its load reports count outstanding work by it)."""
+
+
+def _true_length(request: SimRequest) -> int:
+    return request.output_tokens
+
 
 @dataclass
 class _Push:
@@ -50,6 +57,8 @@ class _Push:
 
     def done(self, request: SimRequest, now: float) -> None:
         pass
+
+    expected_output = staticmethod(_true_length)
 
     def _ongoing(self, k: int, now: float) -> int:
         r = self.replicas[k].report(now)
@@ -174,6 +183,8 @@ class Oracle:
     def done(self, request: SimRequest, now: float) -> None:
         pass
 
+    expected_output = staticmethod(_true_length)
+
     def _dispatch(self, now: float) -> Dispatch:
         out = []
         placed = [0] * len(self.replicas)
@@ -191,16 +202,9 @@ class Oracle:
         best, best_load = None, None
         for k, replica in enumerate(self.replicas):
             r = replica.report(now)
-            if r.waiting > self.router.engine_queue_limit:
-                continue
-            if r.running + r.waiting + placed[k] >= replica.max_num_seqs:
-                continue
-            if (
-                r.kv_used_tokens + request.prompt_tokens
-                > r.kv_capacity_tokens * self.router.kv_watermark
-            ):
-                continue
-            if best_load is None or r.outstanding_tokens < best_load:
+            fits = has_headroom(r, placed[k], 0, request.prompt_tokens, replica.max_num_seqs,
+                                self.router)  # fmt: skip
+            if fits and (best_load is None or r.outstanding_tokens < best_load):
                 best, best_load = k, r.outstanding_tokens
         return best
 

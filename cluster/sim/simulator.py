@@ -176,9 +176,8 @@ def simulate(
     def apply(dispatch, now: float) -> None:
         for request, k in dispatch:
             rec = records[request.request_id]
-            expected = getattr(policy, "expected_output", lambda r: r.output_tokens)(request)
             replicas[k].model.add(request.request_id, request.prompt_tokens,
-                                  request.output_tokens, expected)  # fmt: skip
+                                  request.output_tokens, policy.expected_output(request))  # fmt: skip
             replicas[k].live[request.request_id] = rec
 
     while i < len(requests) or events:

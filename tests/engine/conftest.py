@@ -5,40 +5,21 @@ from pathlib import Path
 import pytest
 from openai import OpenAI
 
-from cluster.bench.tiny_model import build_tiny_model
-from cluster.config import validate_config
-from cluster.serve.local import local_cluster
-from tests.integration.conftest import free_port
+from cluster.bench.tiny_model import TINY_SERVED_NAME, build_tiny_model, tiny_vllm_config
+from cluster.serve.local import free_port, local_cluster
 
 CACHE = Path(__file__).resolve().parents[2] / ".cache"
-MODEL = "gpt-oss-tiny"
+MODEL = TINY_SERVED_NAME
 
 
 def vllm_cpu_config(model_path: str, port: int):
-    return validate_config(
-        {
-            "model": {
-                "name": "tiny-gpt-oss",
-                "served_name": MODEL,
-                "path": model_path,
-                "max_model_len": 4096,
-            },
-            "engine": {
-                "kind": "vllm",
-                "hardware": {"accelerator": "cpu"},
-                # Priority scheduling: each request carries its effort rank as vLLM priority.
-                "engine_args": {
-                    "enforce_eager": True,
-                    "dtype": "bfloat16",
-                    "scheduling_policy": "priority",
-                },
-                "env": {
-                    "VLLM_CPU_KVCACHE_SPACE": "1",
-                    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-                },
-            },
-            "gateway": {"port": port},
-        }
+    # Priority scheduling: each request carries its effort rank as vLLM priority. The in-process
+    # engine core starts faster.
+    return tiny_vllm_config(
+        model_path,
+        port,
+        engine_args={"scheduling_policy": "priority"},
+        env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
     )
 
 

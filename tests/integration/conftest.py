@@ -1,16 +1,8 @@
-import socket
-
 import pytest
 from openai import OpenAI
 
-from cluster.serve.local import local_cluster
+from cluster.serve.local import free_port, local_cluster
 from tests.helpers import fast_config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="package")

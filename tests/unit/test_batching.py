@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 
 from cluster.config import PerfProfile
@@ -40,17 +42,31 @@ def model(**kw) -> BatchingModel:
     return BatchingModel(**(args | kw))
 
 
-def run_to_idle(m: BatchingModel) -> tuple[dict[str, int], dict[str, float]]:
+def run_to_idle(
+    m: BatchingModel, step=BatchingModel.step, after_step=None
+) -> tuple[dict[str, int], dict[str, float]]:
+    """Step until idle; tokens emitted and first-token time per request. `after_step(m, i)`
+    runs after every step, for invariants checked along the way."""
     tokens: dict[str, int] = {}
     first: dict[str, float] = {}
-    for _ in range(100_000):
+    for i in range(100_000):
         if m.idle:
             return tokens, first
-        result = m.step()
+        result = step(m)
+        if after_step is not None:
+            after_step(m, i)
         for rid, n in result.emitted.items():
             tokens[rid] = tokens.get(rid, 0) + n
             first.setdefault(rid, m.now)
     raise AssertionError("model never went idle")
+
+
+def add_ramp(m: BatchingModel, count: int, prompt: tuple[int, int], output: tuple[int, int],
+             expected: int) -> None:  # fmt: skip
+    """`count` requests whose prompt and output lengths grow by a step: (first, step)."""
+    for i in range(count):
+        m.add(f"r{i}", prompt_tokens=prompt[0] + prompt[1] * i,
+              output_tokens=output[0] + output[1] * i, expected_output_tokens=expected)  # fmt: skip
 
 
 def test_single_request_closed_form():
@@ -66,36 +82,31 @@ def test_single_request_closed_form():
 
 def test_token_conservation_and_concurrency_bounds():
     m = model(max_num_seqs=8, max_num_batched_tokens=2048, kv_capacity_tokens=20_000)
-    want = {f"r{i}": 20 + 7 * i for i in range(40)}
-    for rid, n in want.items():
-        m.add(rid, prompt_tokens=300, output_tokens=n, expected_output_tokens=100)
-    peak_running, peak_kv = 0, 0
-    tokens: dict[str, int] = {}
-    while not m.idle:
-        result = m.step()
-        peak_running = max(peak_running, m.running)
-        peak_kv = max(peak_kv, m.kv_used_tokens)
-        for rid, n in result.emitted.items():
-            tokens[rid] = tokens.get(rid, 0) + n
-    assert tokens == want
-    assert peak_running <= 8
-    assert peak_kv <= 20_000
+    add_ramp(m, 40, prompt=(300, 0), output=(20, 7), expected=100)
+    peaks = {"running": 0, "kv": 0}
+
+    def track(m: BatchingModel, _: int) -> None:
+        peaks["running"] = max(peaks["running"], m.running)
+        peaks["kv"] = max(peaks["kv"], m.kv_used_tokens)
+
+    tokens, _ = run_to_idle(m, after_step=track)
+    assert tokens == {f"r{i}": 20 + 7 * i for i in range(40)}
+    assert peaks["running"] <= 8
+    assert peaks["kv"] <= 20_000
 
 
 def test_kv_pressure_preempts_and_recomputes_without_losing_tokens():
     m = model(kv_capacity_tokens=3_000)
-    for i in range(4):
-        m.add(f"r{i}", prompt_tokens=500, output_tokens=600, expected_output_tokens=600)
-    saw_waiting_again = False
-    tokens: dict[str, int] = {}
-    while not m.idle:
-        result = m.step()
+    add_ramp(m, 4, prompt=(500, 0), output=(600, 0), expected=600)
+    seen = {"waiting_again": False}
+
+    def check(m: BatchingModel, _: int) -> None:
         assert m.kv_used_tokens <= 3_000
-        saw_waiting_again |= m.waiting > 0 and m.running > 0 and m.now > 0.5
-        for rid, n in result.emitted.items():
-            tokens[rid] = tokens.get(rid, 0) + n
+        seen["waiting_again"] |= m.waiting > 0 and m.running > 0 and m.now > 0.5
+
+    tokens, _ = run_to_idle(m, after_step=check)
     assert tokens == {f"r{i}": 600 for i in range(4)}
-    assert saw_waiting_again
+    assert seen["waiting_again"]
 
 
 def test_abort_frees_the_seat_and_outstanding_work():
@@ -111,18 +122,9 @@ def test_abort_frees_the_seat_and_outstanding_work():
 def test_fast_forward_matches_single_steps():
     def run(fast: bool) -> tuple[dict[str, int], float]:
         m = model(max_num_seqs=4)
-        for i in range(6):
-            m.add(
-                f"r{i}",
-                prompt_tokens=200 + 50 * i,
-                output_tokens=100 + 37 * i,
-                expected_output_tokens=150,
-            )
-        tokens: dict[str, int] = {}
-        while not m.idle:
-            result = m.step(until=m.now + 10.0) if fast else m.step()
-            for rid, n in result.emitted.items():
-                tokens[rid] = tokens.get(rid, 0) + n
+        add_ramp(m, 6, prompt=(200, 50), output=(100, 37), expected=150)
+        step = (lambda m: m.step(until=m.now + 10.0)) if fast else BatchingModel.step
+        tokens, _ = run_to_idle(m, step=step)
         return tokens, m.now
 
     (slow_tokens, slow_end), (fast_tokens, fast_end) = run(False), run(True)
@@ -132,21 +134,20 @@ def test_fast_forward_matches_single_steps():
 
 def test_running_sums_match_a_full_recount_through_preemption_and_aborts():
     m = model(max_num_seqs=6, max_num_batched_tokens=512, kv_capacity_tokens=4_000)
-    for i in range(12):
-        m.add(
-            f"r{i}",
-            prompt_tokens=300 + 40 * i,
-            output_tokens=200 + 30 * i,
-            expected_output_tokens=250,
-        )
-    steps = 0
-    while not m.idle:
-        m.step(until=m.now + 0.05 if steps % 3 else None)
-        steps += 1
-        if steps == 40:
+    add_ramp(m, 12, prompt=(300, 40), output=(200, 30), expected=250)
+
+    steps = itertools.count()
+
+    def step(m: BatchingModel):  # every third step a single one, the others fast-forward
+        return m.step(until=None if next(steps) % 3 == 0 else m.now + 0.05)
+
+    def check(m: BatchingModel, i: int) -> None:
+        if i == 39:
             m.abort("r3")
             m.abort("r11")
         seqs = [*m._running, *m._waiting]
         assert m.kv_used_tokens == sum(s.kv for s in m._running)
         assert m.outstanding_tokens == sum(m._work(s) for s in seqs)
         assert m.kv_used_tokens <= 4_000
+
+    run_to_idle(m, step=step, after_step=check)
