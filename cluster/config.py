@@ -201,7 +201,12 @@ class ReplicaConfig(_Strict):
 
 
 class RouterConfig(_Strict):
-    policy: Literal["least_outstanding_tokens"] = "least_outstanding_tokens"
+    policy: Literal["effort_aware", "least_outstanding_tokens"] = Field(
+        "effort_aware",
+        description="effort_aware: each gateway's scheduler admits, orders and places requests "
+        "(late binding). least_outstanding_tokens: every request goes to Serve's router at once "
+        "and waits in the engine's own queue (the peers' way; a baseline).",
+    )
     load_report_period_s: PositiveFloat = Field(
         0.5, description="How often engine replicas report running/waiting/KV to routers."
     )

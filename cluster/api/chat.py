@@ -7,9 +7,11 @@ function is `tool_calls`, and `usage.completion_tokens_details.reasoning_tokens`
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 
 from openai.types.chat import (
     ChatCompletion,
@@ -24,6 +26,7 @@ from openai.types.completion_usage import CompletionTokensDetails, CompletionUsa
 
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import (
+    Demand,
     EngineClient,
     Generation,
     StopMatcher,
@@ -31,8 +34,18 @@ from cluster.api.generation import (
     engine_request,
 )
 from cluster.api.protocol import ChatCompletionRequest, ChatMessage
-from cluster.config import ClusterConfig
+from cluster.config import ClusterConfig, Effort
+from cluster.engine.base import EngineRequest
 from cluster.harmony import ChannelDelta, ChannelParser, Harmony, ToolCall, ToolSpec, Turn
+
+
+def prefix_key(effort: Effort, instructions: str | None, tools: list[ToolSpec]) -> str:
+    """Names the harmony prefix requests share (system message with the effort, then developer
+    instructions and tools), so the scheduler can send them where that prefix is cached."""
+    spec = repr(
+        (effort.value, instructions, [(t.name, t.description, t.parameters) for t in tools])
+    )
+    return hashlib.blake2b(spec.encode(), digest_size=8).hexdigest()
 
 
 def to_turns(messages: list[ChatMessage]) -> tuple[str | None, list[Turn]]:
@@ -104,7 +117,7 @@ class ChatService:
         self._harmony = harmony
         self._engine = engine
 
-    def _prepare(self, body: ChatCompletionRequest) -> _Chat:
+    def _prepare(self, body: ChatCompletionRequest, tenant: str) -> _Chat:
         check_model(self._config, body.model)
         effort = body.reasoning_effort or self._config.default_effort
         instructions, turns = to_turns(body.messages)
@@ -113,26 +126,36 @@ class ChatService:
             for t in (body.tools or ())
             if body.tool_choice != "none"
         ]
-        prompt = self._harmony.render(turns, effort, instructions, tools)
-        request = engine_request(
-            self._config,
-            body,
-            prompt,
-            effort,
-            body.max_completion_tokens or body.max_tokens,
-            "max_completion_tokens" if body.max_completion_tokens else "max_tokens",
-            self._harmony.stop_token_ids,
-            "chatcmpl",
-        )
-        return _Chat(request, StopMatcher(body.stop), parser=self._harmony.parser())
+        requested = body.max_completion_tokens or body.max_tokens
+        param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
 
-    async def create(self, body: ChatCompletionRequest) -> ChatCompletion | AsyncIterator[str]:
-        chat = self._prepare(body)
+        def render(effort: Effort, degraded: bool = False) -> EngineRequest:
+            prompt = self._harmony.render(turns, effort, instructions, tools)
+            cap = self._config.efforts[effort].max_tokens
+            if degraded and requested and cap:  # the client's budget, within the lower cap
+                ask = min(requested, cap)
+            else:
+                ask = requested
+            return engine_request(self._config, body, prompt, effort, ask, param,
+                                  self._harmony.stop_token_ids, "chatcmpl")  # fmt: skip
+
+        demand = Demand(
+            tenant=tenant,
+            prefix_key=prefix_key(effort, instructions, tools),
+            tools=bool(tools),
+            rerender=partial(render, degraded=True),
+        )
+        return _Chat(render(effort), StopMatcher(body.stop), demand, parser=self._harmony.parser())
+
+    async def create(
+        self, body: ChatCompletionRequest, tenant: str
+    ) -> tuple[ChatCompletion | AsyncIterator[str], dict[str, str]]:
+        chat = self._prepare(body, tenant)
         await chat.start(self._engine)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return self._stream(chat, body.model, include_usage)
-        return await self._complete(chat, body.model)
+            return self._stream(chat, body.model, include_usage), chat.headers
+        return await self._complete(chat, body.model), chat.headers
 
     async def _complete(self, run: _Chat, model: str) -> ChatCompletion:
         content: list[str] = []

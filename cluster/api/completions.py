@@ -14,6 +14,7 @@ from openai.types.completion_usage import CompletionUsage
 
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import (
+    Demand,
     EngineClient,
     Generation,
     StopMatcher,
@@ -31,7 +32,9 @@ class CompletionService:
         self._harmony = harmony
         self._engine = engine
 
-    async def create(self, body: CompletionRequest) -> Completion | AsyncIterator[str]:
+    async def create(
+        self, body: CompletionRequest, tenant: str
+    ) -> tuple[Completion | AsyncIterator[str], dict[str, str]]:
         check_model(self._config, body.model)
         if isinstance(body.prompt, str):
             prompt = self._harmony.encode_raw(body.prompt)
@@ -49,7 +52,7 @@ class CompletionService:
             (*self._harmony.stop_token_ids, self._harmony.special_id("<|endoftext|>")),
             "cmpl",
         )
-        run = Generation(request, StopMatcher(body.stop))
+        run = Generation(request, StopMatcher(body.stop), Demand(tenant=tenant))
         await run.start(self._engine)
         created = int(time.time())
 
@@ -73,7 +76,8 @@ class CompletionService:
 
         if not body.stream:
             text = "".join([piece async for piece in self._texts(run)])
-            return completion([choice(text, run.finish_reason or "stop")], with_usage=True)
+            reply = completion([choice(text, run.finish_reason or "stop")], with_usage=True)
+            return reply, run.headers
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -85,7 +89,7 @@ class CompletionService:
             if include_usage:
                 yield completion([], with_usage=True).model_dump_json(exclude_none=True)
 
-        return events()
+        return events(), run.headers
 
     async def _texts(self, run: Generation) -> AsyncIterator[str]:
         """Decoded text (special tokens dropped) with client stop strings applied."""

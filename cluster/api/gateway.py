@@ -16,7 +16,7 @@ from cluster.api.chat import ChatService
 from cluster.api.completions import CompletionService
 from cluster.api.errors import BodySizeLimit, OpenAIError, install_error_handlers
 from cluster.api.generation import EngineClient
-from cluster.api.protocol import ChatCompletionRequest, CompletionRequest
+from cluster.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from cluster.config import ClusterConfig
 from cluster.harmony import Harmony
 
@@ -44,39 +44,51 @@ def create_app(config: ClusterConfig, harmony: Harmony, engine: EngineClient) ->
     keys = [k.get_secret_value().encode() for k in config.auth.api_keys]
     created = int(time.time())
 
-    def authorize(request: Request) -> None:
+    def authorize(request: Request) -> str | None:
+        """Check the bearer key; the tenant it names (by position, never by key material)."""
         if not keys:
-            return
+            return None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         supplied = token.strip().encode() if scheme.lower() == "bearer" else b""
         # Compare against every key (no short-circuit) so timing reveals nothing.
-        matched = False
-        for key in keys:
-            matched |= hmac.compare_digest(supplied, key)
-        if not matched:
+        matched = None
+        for index, key in enumerate(keys):
+            if hmac.compare_digest(supplied, key):
+                matched = index
+        if matched is None:
             raise OpenAIError(
                 401,
                 "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
                 code="invalid_api_key",
             )
+        return f"key-{matched}"
+
+    def tenant(key_tenant: str | None, body: SamplingRequest) -> str:
+        """Fairness is per API key; in open mode, per the request's `user` field."""
+        return key_tenant or body.user or "anonymous"
 
     app = FastAPI(title="gpt-oss-cluster", version="0.1.0", docs_url=None, redoc_url=None)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=config.gateway.max_request_body_bytes)
     v1 = [Depends(authorize)]
 
-    def stream_or_json(result):
+    def stream_or_json(reply):
+        result, headers = reply
         if isinstance(result, AsyncIterator):
-            return EventSourceResponse(_sse(result), sep="\n", ping=15)
-        return JSONResponse(result.model_dump(exclude_none=True))
+            return EventSourceResponse(_sse(result), sep="\n", ping=15, headers=headers)
+        return JSONResponse(result.model_dump(exclude_none=True), headers=headers)
 
-    @app.post("/v1/chat/completions", dependencies=v1)
-    async def chat_completions(body: ChatCompletionRequest):
-        return stream_or_json(await chat.create(body))
+    @app.post("/v1/chat/completions")
+    async def chat_completions(
+        body: ChatCompletionRequest, key_tenant: str | None = Depends(authorize)
+    ):
+        return stream_or_json(await chat.create(body, tenant(key_tenant, body)))
 
-    @app.post("/v1/completions", dependencies=v1)
-    async def text_completions(body: CompletionRequest):
-        return stream_or_json(await completions.create(body))
+    @app.post("/v1/completions")
+    async def text_completions(
+        body: CompletionRequest, key_tenant: str | None = Depends(authorize)
+    ):
+        return stream_or_json(await completions.create(body, tenant(key_tenant, body)))
 
     @app.get("/v1/models", dependencies=v1)
     async def models():

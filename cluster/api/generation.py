@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from cluster.api.errors import OpenAIError
 from cluster.api.protocol import SamplingRequest
@@ -14,10 +14,28 @@ from cluster.config import ClusterConfig, Effort
 from cluster.engine.base import Engine, EngineOutput, EngineRequest, SamplingParams
 
 
+@dataclass(frozen=True)
+class Admission:
+    """The scheduler's answer for one request: where it runs and at which effort."""
+
+    replica: str | None = None  # None: Serve's router picks
+    effort: Effort | None = None  # set when the scheduler lowered the effort (degradation)
+    ticket: Any = None  # the scheduler's handle, given back on release
+    tools: bool = False
+
+
 class EngineClient(Protocol):
     """How the gateway reaches engines: a Serve handle in the cluster, an engine object in tests."""
 
+    async def admit(
+        self, request: EngineRequest, tenant: str, prefix_key: str, tools: bool, degradable: bool
+    ) -> Admission:
+        """Wait until the request may run; raise `Overloaded` to shed it."""
+
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]: ...
+
+    def release(self, admission: Admission, output_tokens: int | None) -> None:
+        """The request is done with its replica (`output_tokens` None: it did not finish)."""
 
     async def ready(self) -> bool: ...
 
@@ -141,14 +159,30 @@ class StopMatcher:
         return out
 
 
+@dataclass(frozen=True)
+class Demand:
+    """What the scheduler needs to know about a request beyond the engine request itself."""
+
+    tenant: str = "anonymous"
+    prefix_key: str = ""  # the rendered prefix shared with other requests (effort + instructions)
+    tools: bool = False
+    # Re-renders the request at a lower effort, so the scheduler may degrade it instead of
+    # shedding it; None where the prompt is not ours to re-render (raw completions).
+    rerender: Callable[[Effort], EngineRequest] | None = None
+
+
 @dataclass
 class Generation:
-    """One request's progress through its engine stream, shared by chat and completions."""
+    """One request's progress through admission and its engine stream (chat and completions)."""
 
     request: EngineRequest
     stop: StopMatcher
+    demand: Demand = Demand()
     completion_tokens: int = 0
     finish_reason: str | None = None
+    degraded_from: Effort | None = None
+    _engine: EngineClient | None = field(default=None, repr=False)
+    _admission: Admission | None = field(default=None, repr=False)
     _rest: AsyncIterator[EngineOutput] | None = field(default=None, repr=False)
     _first: EngineOutput | None = field(default=None, repr=False)
 
@@ -156,12 +190,29 @@ class Generation:
     def prompt_tokens(self) -> int:
         return len(self.request.prompt_token_ids)
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers: the effort the request ran at, and the one asked for if lowered."""
+        headers = {"X-Reasoning-Effort": self.request.effort.value}
+        if self.degraded_from is not None:
+            headers["X-Reasoning-Effort-Degraded-From"] = self.degraded_from.value
+        return headers
+
     async def start(self, engine: EngineClient) -> None:
-        """Wait for the first output, so placement errors (429) still get a proper HTTP status."""
-        outputs = engine.generate(self.request)
+        """Admit the request and wait for its first output, so a shed request (429) still gets
+        a proper HTTP status."""
+        demand = self.demand
         try:
+            admission = await engine.admit(self.request, demand.tenant, demand.prefix_key,
+                                           demand.tools, demand.rerender is not None)  # fmt: skip
+            if admission.effort is not None and demand.rerender is not None:
+                self.degraded_from = self.request.effort
+                self.request = demand.rerender(admission.effort)
+            self._engine, self._admission = engine, admission
+            outputs = engine.generate(replace(self.request, replica=admission.replica))
             self._first = await anext(outputs)
         except Overloaded as err:
+            self._release(None)
             raise OpenAIError(
                 429,
                 "The cluster is at capacity; retry after the Retry-After delay.",
@@ -169,8 +220,17 @@ class Generation:
                 headers={"Retry-After": str(err.retry_after_s)},
             ) from None
         except StopAsyncIteration:
+            self._release(None)
             raise OpenAIError(503, "the engine ended the request without output") from None
+        except BaseException:
+            self._release(None)
+            raise
         self._rest = outputs
+
+    def _release(self, output_tokens: int | None) -> None:
+        if self._engine is not None and self._admission is not None:
+            self._engine.release(self._admission, output_tokens)
+            self._admission = None
 
     async def token_batches(self) -> AsyncIterator[list[int]]:
         """Token ids as they arrive; stopping early (or a stop string) aborts the engine work."""
@@ -186,15 +246,26 @@ class Generation:
                 output = await anext(self._rest, None)
         finally:
             await self._rest.aclose()
+            ran_to_end = self.finish_reason in ("stop", "length") and not self.stop.stopped
+            self._release(self.completion_tokens if ran_to_end else None)
             if self.stop.stopped:
                 self.finish_reason = "stop"
 
 
 class InProcessEngine:
-    """EngineClient over an engine object in this process (unit tests, benchmarks)."""
+    """EngineClient over an engine object in this process (unit tests, benchmarks): no queue,
+    every request runs at once."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    async def admit(
+        self, request: EngineRequest, tenant: str, prefix_key: str, tools: bool, degradable: bool
+    ) -> Admission:
+        return Admission()
+
+    def release(self, admission: Admission, output_tokens: int | None) -> None:
+        pass
 
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         return self.engine.generate(request)

@@ -80,7 +80,7 @@ def decisions_per_second(replicas: int = 64, queued: int = 10_000) -> float:
                              8192, now=i * 1e-4, prefix_key=f"p{i % 50}")  # fmt: skip
         scheduler.queue.push(t)
     for k in range(replicas):
-        scheduler.report(k, LoadReport(0, 0, 0, 10**9, 0, 0.0), max_num_seqs=10**6)
+        scheduler.report(k, LoadReport(0, 0, 0, 10**9, 0, 10**6, 0.0))
     start = time.perf_counter()
     released = len(scheduler.dispatch(now=2.0))
     return released / (time.perf_counter() - start)

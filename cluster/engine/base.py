@@ -35,6 +35,9 @@ class EngineRequest:
     # vLLM priority (lower runs first; used with `scheduling_policy: priority`): the effort rank,
     # so requests that do wait inside an engine keep the router's low-before-high order.
     priority: int = 0
+    # The engine replica the gateway's scheduler chose (a Serve replica id); None lets Serve's
+    # router pick, as before the first load report arrives.
+    replica: str | None = None
 
     @property
     def expected_cost_tokens(self) -> int:
@@ -58,6 +61,7 @@ class LoadReport:
     kv_used_tokens: int
     kv_capacity_tokens: int
     outstanding_tokens: int
+    max_num_seqs: int  # seats: requests the engine runs at once
     reported_at: float
 
     def to_dict(self) -> dict[str, float]:

@@ -93,6 +93,7 @@ class MockEngine(Engine):
             kv_used_tokens=self._model.kv_used_tokens,
             kv_capacity_tokens=self._model.kv_capacity_tokens,
             outstanding_tokens=self._model.outstanding_tokens,
+            max_num_seqs=self._model.max_num_seqs,
             reported_at=time.time(),
         )
 

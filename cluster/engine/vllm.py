@@ -36,8 +36,9 @@ def _scheduler_stats_logger(sink: dict[str, float]):
             blocks = self._cache.num_gpu_blocks or 0
             sink["running"] = scheduler_stats.num_running_reqs
             sink["waiting"] = scheduler_stats.num_waiting_reqs
-            sink["kv_capacity_tokens"] = blocks * self._cache.block_size
-            sink["kv_used_tokens"] = scheduler_stats.kv_cache_usage * sink["kv_capacity_tokens"]
+            sink["kv_used_tokens"] = (
+                scheduler_stats.kv_cache_usage * blocks * self._cache.block_size
+            )
 
         def log_engine_initialized(self) -> None:
             pass
@@ -111,12 +112,14 @@ class VLLMEngine(Engine):
         # request the engine is idle and takes no more steps, so the last stats are stale.
         idle = self._llm.output_processor.get_num_unfinished_requests() == 0
         stats = {} if idle else self._stats
+        cache = self._llm.vllm_config.cache_config  # blocks known once the engine started
         return LoadReport(
             running=int(stats.get("running", 0)),
             waiting=int(stats.get("waiting", 0)),
             kv_used_tokens=int(stats.get("kv_used_tokens", 0)),
-            kv_capacity_tokens=int(self._stats.get("kv_capacity_tokens", 0)),
+            kv_capacity_tokens=(cache.num_gpu_blocks or 0) * cache.block_size,
             outstanding_tokens=sum(p + o for p, o in self._inflight.values()),
+            max_num_seqs=self._llm.vllm_config.scheduler_config.max_num_seqs,
             reported_at=time.time(),
         )
 

@@ -114,6 +114,20 @@ class SchedulingQueue:
         usage.tokens = usage.decayed(now, self.usage_half_life_s) + ticket.cost_tokens
         usage.at = now
 
+    def remove(self, ticket: Ticket) -> None:
+        """Take a queued ticket out wherever it is (its caller left); no tenant is charged."""
+        lane = self._lanes.get(ticket.tenant, [])
+        index = next((i for i, entry in enumerate(lane) if entry[2] is ticket), None)
+        if index is None:
+            return
+        lane[index] = lane[-1]
+        lane.pop()
+        heapq.heapify(lane)
+        if not lane:
+            del self._lanes[ticket.tenant]
+        self._size -= 1
+        self._tokens -= ticket.cost_tokens
+
     def ahead(self, key: float) -> int:
         """Queued requests whose key is earlier than `key` (fairness penalties ignored)."""
         return sum(1 for lane in self._lanes.values() for k, _, _ in lane if k <= key)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cluster.config import Effort, EffortProfile, RouterConfig
 from cluster.engine.base import LoadReport
 from cluster.scheduling.cost import CostModel
+from cluster.scheduling.drain import DrainRate
 from cluster.scheduling.queue import SchedulingQueue, Ticket
 
 _LOWER = {Effort.HIGH: Effort.MEDIUM, Effort.MEDIUM: Effort.LOW}
@@ -40,24 +41,28 @@ def has_headroom(
     placed: int,
     placed_prompt_tokens: int,
     prompt_tokens: int,
-    max_num_seqs: int,
     config: RouterConfig,
 ) -> bool:
     """Can a replica run one more request now? No engine-side queue, a free seat after what was
     placed since its report, and KV under the watermark. Late binding hinges on this rule."""
     if report.waiting > config.engine_queue_limit:  # the engine already queues: it is full
         return False
-    if report.running + report.waiting + placed >= max_num_seqs:
+    if report.running + report.waiting + placed >= report.max_num_seqs:
         return False
+    if not report.kv_capacity_tokens:  # not known yet (an engine that has not stepped)
+        return True
     kv_limit = report.kv_capacity_tokens * config.kv_watermark
     return report.kv_used_tokens + placed_prompt_tokens + prompt_tokens <= kv_limit
 
 
 @dataclass
 class _Replica:
+    """A replica's last report plus what this scheduler knows happened since: requests it
+    placed there (not in the report yet) and requests that finished there (still in it)."""
+
     report: LoadReport
-    max_num_seqs: int
-    placed: list[tuple[float, Ticket]] = field(default_factory=list)  # since the last report
+    placed: list[tuple[float, Ticket]] = field(default_factory=list)
+    finished: list[float] = field(default_factory=list)
     placed_prompt: int = 0
     placed_cost: int = 0
 
@@ -66,15 +71,29 @@ class _Replica:
         self.placed_prompt += ticket.prompt_tokens
         self.placed_cost += ticket.cost_tokens
 
-    def refresh(self, report: LoadReport) -> None:
+    def finish(self, ticket: Ticket, now: float) -> None:
+        for i, (_, placed) in enumerate(self.placed):
+            if placed is ticket:  # placed and done between two reports: it was never counted
+                del self.placed[i]
+                self.placed_prompt -= ticket.prompt_tokens
+                self.placed_cost -= ticket.cost_tokens
+                return
+        self.finished.append(now)
+
+    def refresh(self, report: LoadReport, transit_s: float) -> None:
         self.report = report
-        self.placed = [(at, t) for at, t in self.placed if at > report.reported_at]
+        # A request placed just before the report may still be on its way to the engine.
+        self.placed = [(at, t) for at, t in self.placed if at > report.reported_at - transit_s]
+        # A finish seen just after the report may already be in it (its last output was in
+        # flight): keep counting only the ones the report cannot have seen.
+        self.finished = [at for at in self.finished if at > report.reported_at + transit_s]
         self.placed_prompt = sum(t.prompt_tokens for _, t in self.placed)
         self.placed_cost = sum(t.cost_tokens for _, t in self.placed)
 
     def headroom(self, ticket: Ticket, config: RouterConfig) -> bool:
-        return has_headroom(self.report, len(self.placed), self.placed_prompt,
-                            ticket.prompt_tokens, self.max_num_seqs, config)  # fmt: skip
+        seats_taken = len(self.placed) - len(self.finished)
+        return has_headroom(self.report, seats_taken, self.placed_prompt, ticket.prompt_tokens,
+                            config)  # fmt: skip
 
     def load_tokens(self) -> int:
         return self.report.outstanding_tokens + self.placed_cost
@@ -88,7 +107,10 @@ class Scheduler:
     queue: SchedulingQueue = None  # type: ignore[assignment]
     _replicas: dict[Hashable, _Replica] = field(default_factory=dict)
     _prefix_home: dict[str, Hashable] = field(default_factory=dict)
-    _dispatched_at: deque[float] = field(default_factory=deque)
+    drain: DrainRate = None  # type: ignore[assignment]
+    # How long a placed request may take to reach its engine: placements this close before a
+    # report still count on top of it (briefly counted twice, never missed).
+    transit_s: float = 0.0
     # Per effort: recent admissions and the mean key offset (key - arrival), to foresee arrivals
     # that will sort ahead of a waiting request.
     _admitted_at: dict[Effort, deque[float]] = field(default_factory=dict)
@@ -102,6 +124,7 @@ class Scheduler:
         self.queue = self.queue or SchedulingQueue(
             cost_rate_tokens_s=self.config.cost_rate_tokens_s
         )
+        self.drain = self.drain or DrainRate(self.config.drain_rate_window_s)
 
     # -- admission -------------------------------------------------------------------------
 
@@ -128,11 +151,6 @@ class Scheduler:
         previous = self._key_offset.get(ticket.effort, offset)
         self._key_offset[ticket.effort] = previous + 0.05 * (offset - previous)
 
-    def dispatch_rate(self, now: float) -> float:
-        """Requests per second the cluster took from the queue over the recent window: what
-        seats, KV and the batch actually let through, whichever binds."""
-        return self._window(self._dispatched_at, now)
-
     def _window(self, times: deque[float], now: float) -> float:
         window = self.config.drain_rate_window_s
         while times and times[0] < now - window:
@@ -145,8 +163,8 @@ class Scheduler:
         (a low-effort request arriving 3 s from now still precedes a high-effort one queued now)."""
         if not self.queue:
             return 0.0
-        rate = self.dispatch_rate(now)
-        if rate == 0:  # nothing left the queue lately: no evidence yet (a cold start)
+        rate = self.drain.rate(now)
+        if rate is None:  # requests have not waited long enough to measure the drain rate
             return 0.0
         key = self.queue.effective_key(ticket, now)
         jumpers = sum(
@@ -156,8 +174,9 @@ class Scheduler:
         )
         return (self.queue.ahead(key) + jumpers + 1) / rate
 
-    def submit(self, ticket: Ticket, now: float) -> Admitted | Rejected:
-        """Queue the request, degrade its effort, or shed it with a Retry-After."""
+    def submit(self, ticket: Ticket, now: float, degradable: bool = True) -> Admitted | Rejected:
+        """Queue the request, degrade its effort (if configured and the caller can re-render it
+        at a lower effort), or shed it with a Retry-After."""
         candidate, degraded_from = ticket, None
         while True:
             wait = self.projected_wait_s(candidate, now)
@@ -166,10 +185,13 @@ class Scheduler:
             if not full and (wait <= budget or len(self.queue) == 0):
                 self._note_admission(candidate, now)
                 self.queue.push(candidate)
+                self.drain.backlogged(now, waiting=True)
                 self.admitted += 1
                 self.degraded += degraded_from is not None
                 return Admitted(candidate, degraded_from)
-            lower = _LOWER.get(candidate.effort) if self.config.degrade_effort else None
+            lower = (
+                _LOWER.get(candidate.effort) if self.config.degrade_effort and degradable else None
+            )
             if lower is None:
                 break
             degraded_from = degraded_from or ticket.effort
@@ -179,18 +201,35 @@ class Scheduler:
                                ticket.arrival + self.efforts[lower].ttft_slo_s,
                                ticket.prefix_key, ticket.payload)  # fmt: skip
         self.rejected += 1
-        drain = len(self.queue) / max(self.dispatch_rate(now), 1e-9)
-        return Rejected(min(max(1, math.ceil(drain)), 120), wait)
+        rate = self.drain.rate(now)
+        drain_s = len(self.queue) / rate if rate else self.config.retry_after_s
+        return Rejected(min(max(1, math.ceil(drain_s)), 120), wait)
 
     # -- placement -------------------------------------------------------------------------
 
-    def report(self, replica: Hashable, report: LoadReport, max_num_seqs: int) -> None:
+    def report(self, replica: Hashable, report: LoadReport) -> None:
         """A fresh load report: what was placed before it is now inside it."""
         state = self._replicas.get(replica)
         if state is None:
-            self._replicas[replica] = _Replica(report, max_num_seqs)
+            self._replicas[replica] = _Replica(report)
         else:
-            state.refresh(report)
+            state.refresh(report, self.transit_s)
+
+    def forget(self, alive: Iterable[Hashable]) -> None:
+        """Drop replicas that are gone (died, scaled down): nothing more is placed there."""
+        keep = set(alive)
+        for replica in [r for r in self._replicas if r not in keep]:
+            del self._replicas[replica]
+        self._prefix_home = {p: r for p, r in self._prefix_home.items() if r in keep}
+
+    @property
+    def replicas(self) -> int:
+        return len(self._replicas)
+
+    def withdraw(self, ticket: Ticket, now: float) -> None:
+        """The caller left while its request was queued (client disconnect)."""
+        self.queue.remove(ticket)
+        self.drain.backlogged(now, waiting=bool(self.queue))
 
     def dispatch(self, now: float) -> list[tuple[Ticket, Hashable]]:
         """Release every queued request some replica can run now, best first."""
@@ -201,10 +240,11 @@ class Scheduler:
                 break
             self.queue.pop(ticket, now)
             self._replicas[replica].place(ticket, now)
-            self._dispatched_at.append(now)
+            self.drain.dispatched(now, waited=now > ticket.arrival)
             if ticket.prefix_key:
                 self._prefix_home[ticket.prefix_key] = replica
             out.append((ticket, replica))
+        self.drain.backlogged(now, waiting=bool(self.queue))
         return out
 
     def _place(self, ticket: Ticket) -> Hashable | None:
@@ -227,10 +267,21 @@ class Scheduler:
 
     # -- feedback --------------------------------------------------------------------------
 
-    def completed(self, ticket: Ticket, output_tokens: int, tools: bool = False) -> None:
-        """Learn the true output length of a finished request."""
-        self.cost.observe(ticket.effort, ticket.tenant, tools, output_tokens,
-                          ticket.expected_output_tokens)  # fmt: skip
+    def completed(
+        self,
+        ticket: Ticket,
+        replica: Hashable,
+        output_tokens: int | None,
+        now: float,
+        tools: bool = False,
+    ) -> None:
+        """A request left its replica: its seat is free before the next report says so. If it
+        ran to the end (`output_tokens` known), its true length teaches the cost model."""
+        if (state := self._replicas.get(replica)) is not None:
+            state.finish(ticket, now)
+        if output_tokens is not None:
+            self.cost.observe(ticket.effort, ticket.tenant, tools, output_tokens,
+                              ticket.expected_output_tokens)  # fmt: skip
 
     def backlog_tokens(self) -> int:
         """Projected token backlog: queued work plus work engines still hold (autoscaling)."""

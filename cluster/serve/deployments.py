@@ -12,11 +12,12 @@ from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from cluster.api.gateway import create_app
-from cluster.api.generation import Overloaded
-from cluster.config import validate_config
+from cluster.api.generation import Admission, Overloaded
+from cluster.config import ClusterConfig, validate_config
 from cluster.engine.base import EngineOutput, EngineRequest
 from cluster.engine.factory import build_engine
 from cluster.harmony import Harmony
+from cluster.serve.dispatcher import Dispatcher, subscribe_load_reports
 
 READY_TIMEOUT_S = 2.0
 
@@ -44,12 +45,29 @@ class EngineServer:
 
 
 class ServeEngineClient:
-    """The gateway's view of the engine deployment through a Serve handle (custom router)."""
+    """The gateway's view of the engine deployment: the effort-aware dispatcher decides when and
+    where each request runs; the Serve handle (custom router) takes it there."""
 
-    def __init__(self, handle: DeploymentHandle, retry_after_s: int) -> None:
+    def __init__(self, handle: DeploymentHandle, config: ClusterConfig) -> None:
         self._stream = handle.options(stream=True, method_name="generate")
         self._ready = handle.options(method_name="ready")
-        self._retry_after_s = retry_after_s
+        self._retry_after_s = config.router.retry_after_s
+        self._dispatcher = Dispatcher(config) if config.router.policy == "effort_aware" else None
+        if self._dispatcher is not None:
+            subscribe_load_reports(
+                handle.app_name, handle.deployment_name, self._dispatcher.publish
+            )
+
+    async def admit(
+        self, request: EngineRequest, tenant: str, prefix_key: str, tools: bool, degradable: bool
+    ) -> Admission:
+        if self._dispatcher is None:  # push at once: Serve's router and the engine queue
+            return Admission()
+        return await self._dispatcher.admit(request, tenant, prefix_key, tools, degradable)
+
+    def release(self, admission: Admission, output_tokens: int | None) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.release(admission, output_tokens)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         responses = self._stream.remote(request)
@@ -77,7 +95,7 @@ class Gateway:
         self._harmony = Harmony(
             self._config.harmony.vocab_dir, self._config.harmony.conversation_start_date
         )
-        self._engine = ServeEngineClient(engine, self._config.router.retry_after_s)
+        self._engine = ServeEngineClient(engine, self._config)
 
     def __serve_build_asgi_app__(self):
         return create_app(self._config, self._harmony, self._engine)

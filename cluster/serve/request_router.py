@@ -1,8 +1,12 @@
-"""Ray Serve `RequestRouter` that hosts the pure placement core on every gateway's engine handle.
+"""Ray Serve `RequestRouter` on every gateway's engine handle: it carries out the scheduler's choice.
 
-Ray Serve keeps the queue (FIFO, bounded by `max_queued_requests`) and only dispatches to a replica
-below `max_ongoing_requests`; this class decides the order in which replicas are tried. Engine load
-reports arrive as Serve routing stats (`record_routing_stats` on the engine replica).
+The gateway's `Dispatcher` (the effort-aware scheduler) picks a replica for each request and names
+it in `EngineRequest.replica`; this router tries that replica first. Requests without a choice
+(before the first load report) and replicas that refuse (at `max_ongoing_requests`) fall back to
+least outstanding tokens. Engine load reports arrive here as Serve routing stats
+(`record_routing_stats` on the engine replica); the router passes each broadcast on to the
+dispatcher that subscribed for the deployment in this process. (Serve pickles this module by
+value, so that registry lives in `cluster.serve.dispatcher`.)
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from ray.serve.request_router import (
 
 from cluster.engine.base import EngineRequest, LoadReport
 from cluster.scheduling.placement import LeastOutstandingTokens, PlacementLedger, PlacementPolicy
+from cluster.serve.dispatcher import publish_load_reports
 
 
 def _engine_request(pending: PendingRequest | None) -> EngineRequest | None:
@@ -50,7 +55,15 @@ class TokenAwareRequestRouter(FIFOMixin, RequestRouter):
         self._ledger.forget_replicas(self.curr_replicas)
         estimates = self._ledger.estimates({rid: _report(r) for rid, r in by_id.items()})
         cost = request.expected_cost_tokens if request else 0
-        return [[by_id[rid]] for rid in self._policy.rank(cost, estimates)]
+        ranked = [[by_id[rid]] for rid in self._policy.rank(cost, estimates)]
+        chosen = request.replica if request else None
+        first = [r for r in ranked if r[0].replica_id.unique_id == chosen]
+        return first + [r for r in ranked if r[0].replica_id.unique_id != chosen]
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        reports = {r.replica_id.unique_id: report for r in replicas if (report := _report(r))}
+        publish_load_reports(self._deployment_id.app_name, self._deployment_id.name, reports)
 
     def on_request_routed(
         self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult

@@ -26,9 +26,6 @@ Dispatch = list[tuple[SimRequest, int]]
 class ReplicaView(Protocol):
     def report(self, now: float) -> LoadReport: ...
 
-    @property
-    def max_num_seqs(self) -> int: ...
-
 
 class Policy(Protocol):
     name: str
@@ -119,12 +116,12 @@ class EffortAware:
     config: ClusterConfig
     name: str = "effort_aware"
     scheduler: Scheduler = None  # type: ignore[assignment]
-    _tickets: dict[str, Ticket] = field(default_factory=dict)
+    _placed: dict[str, tuple[Ticket, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(self.config.router, self.config.efforts)
         for k, replica in enumerate(self.replicas):
-            self.scheduler.report(k, replica.report(0.0), replica.max_num_seqs)
+            self.scheduler.report(k, replica.report(0.0))
 
     def arrive(self, request: SimRequest, now: float) -> Dispatch | Rejected:
         ticket = self.scheduler.ticket(
@@ -141,24 +138,23 @@ class EffortAware:
         return self._dispatch(now)
 
     def tick(self, replica: int, now: float) -> Dispatch:
-        self.scheduler.report(replica, self.replicas[replica].report(now),
-                              self.replicas[replica].max_num_seqs)  # fmt: skip
+        self.scheduler.report(replica, self.replicas[replica].report(now))
         return self._dispatch(now)
 
     def _dispatch(self, now: float) -> Dispatch:
         out = []
         for ticket, replica in self.scheduler.dispatch(now):
-            self._tickets[ticket.request_id] = ticket
+            self._placed[ticket.request_id] = (ticket, replica)
             out.append((ticket.payload, replica))
         return out
 
     def done(self, request: SimRequest, now: float) -> None:
-        ticket = self._tickets.pop(request.request_id)
-        self.scheduler.completed(ticket, request.output_tokens)
+        ticket, replica = self._placed.pop(request.request_id)
+        self.scheduler.completed(ticket, replica, request.output_tokens, now)
 
     def expected_output(self, request: SimRequest) -> int:
-        ticket = self._tickets.get(request.request_id)
-        return ticket.expected_output_tokens if ticket else request.output_tokens
+        placed = self._placed.get(request.request_id)
+        return placed[0].expected_output_tokens if placed else request.output_tokens
 
 
 @dataclass
@@ -202,8 +198,7 @@ class Oracle:
         best, best_load = None, None
         for k, replica in enumerate(self.replicas):
             r = replica.report(now)
-            fits = has_headroom(r, placed[k], 0, request.prompt_tokens, replica.max_num_seqs,
-                                self.router)  # fmt: skip
+            fits = has_headroom(r, placed[k], 0, request.prompt_tokens, self.router)
             if fits and (best_load is None or r.outstanding_tokens < best_load):
                 best, best_load = k, r.outstanding_tokens
         return best

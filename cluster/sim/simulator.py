@@ -51,14 +51,10 @@ class SimReplica:
     step_start: float = 0.0
     live: dict[str, Record] = field(default_factory=dict)
 
-    @property
-    def max_num_seqs(self) -> int:
-        return self.model.max_num_seqs
-
     def report(self, now: float) -> LoadReport:
         m = self.model
         return LoadReport(m.running, m.waiting, m.kv_used_tokens, m.kv_capacity_tokens,
-                          m.outstanding_tokens, now)  # fmt: skip
+                          m.outstanding_tokens, m.max_num_seqs, now)  # fmt: skip
 
 
 @dataclass

@@ -10,9 +10,15 @@ def cluster():
     """One local Ray cluster + Serve app for this package (cold start ~10 s); each test tier
     has its own, one at a time, since a process holds one Ray driver."""
     # High effort made long and steady (~2 s a request) so streams are still running when the
-    # disconnect test closes them; everything runs 20x faster than an H100.
+    # disconnect test closes them; everything runs 20x faster than an H100. Four seats per
+    # engine, so a handful of requests shows where the queue lives.
     high = {"output_tokens": {"median_tokens": 12_000, "sigma": 0.3}}
-    config = fast_config(0.05, gateway={"port": free_port()}, efforts={"high": high})
+    config = fast_config(
+        0.05,
+        gateway={"port": free_port()},
+        efforts={"high": high},
+        engine={"mock": {"max_num_seqs": 4}},
+    )
     with local_cluster(config) as running:
         yield running
 

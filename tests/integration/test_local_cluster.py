@@ -1,6 +1,7 @@
 """The whole path on a local Ray cluster: openai SDK -> Serve proxy -> gateway -> router -> mock."""
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -108,3 +109,25 @@ def test_client_disconnect_stops_generation(cluster):
     while (load := engine_load()).running + load.waiting and time.monotonic() < deadline:
         time.sleep(0.2)
     assert load.running == 0 and load.waiting == 0 and load.kv_used_tokens == 0
+
+
+def test_requests_wait_in_the_gateway_not_in_the_engine(cluster, client):
+    """Late binding through Serve: the gateway's scheduler hands the engine only what its four
+    seats can run, so the engine's own first-come queue stays empty."""
+    client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=1)
+    time.sleep(1.5)  # load reports reach the gateway's scheduler
+    body = {"model": MODEL, "messages": QUESTION, "reasoning_effort": "high"}
+    with ThreadPoolExecutor(10) as pool:
+        replies = [
+            pool.submit(httpx.post, f"{cluster.url}/v1/chat/completions", json=body, timeout=60)
+            for _ in range(10)
+        ]
+        peak_running = peak_waiting = 0
+        while not all(r.done() for r in replies):
+            load = engine_load()
+            peak_running = max(peak_running, load.running)
+            peak_waiting = max(peak_waiting, load.waiting)
+            time.sleep(0.05)
+    assert all(r.result().status_code == 200 for r in replies)
+    assert all(r.result().headers["x-reasoning-effort"] == "high" for r in replies)
+    assert peak_running == 4 and peak_waiting == 0

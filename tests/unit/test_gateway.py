@@ -6,8 +6,10 @@ import httpx
 import pytest
 
 from cluster.api.gateway import create_app
-from cluster.api.generation import InProcessEngine, Overloaded, StopMatcher
+from cluster.api.generation import Admission, InProcessEngine, Overloaded, StopMatcher
+from cluster.config import Effort
 from cluster.engine.mock import MockEngine
+from cluster.harmony import Turn
 from tests.helpers import fast_config
 
 MODEL = "gpt-oss-120b"
@@ -267,20 +269,18 @@ async def test_api_keys(harmony, engine):
         assert (await c.get("/health")).status_code == 200
 
 
-class _Full:
-    def generate(self, request):
-        async def refuse():
-            raise Overloaded(retry_after_s=3)
-            yield
+class _Full(InProcessEngine):
+    """The scheduler sheds every request."""
 
-        return refuse()
+    async def admit(self, request, tenant, prefix_key, tools, degradable):
+        raise Overloaded(retry_after_s=3)
 
     async def ready(self):
         return False
 
 
-async def test_router_overload_is_429_with_retry_after(harmony):
-    async with client_for(create_app(fast_config(), harmony, _Full())) as c:
+async def test_router_overload_is_429_with_retry_after(harmony, engine):
+    async with client_for(create_app(fast_config(), harmony, _Full(engine))) as c:
         r = await c.post("/v1/chat/completions", json=chat(stream=True))
         assert r.status_code == 429 and r.headers["retry-after"] == "3"
         assert r.json()["error"]["code"] == "rate_limit_exceeded"
@@ -297,16 +297,25 @@ def test_stop_matcher_across_deltas():
     assert m.feed("ab") + m.feed("cx") + m.flush() == "abcx"
 
 
-class _Recorder:
-    def __init__(self, engine):
-        self.engine, self.requests = engine, []
+class _Recorder(InProcessEngine):
+    """Records what reaches the engine and what the scheduler hears back; lowers high effort
+    to low at admission when `degrade` is set."""
+
+    def __init__(self, engine, degrade=False):
+        super().__init__(engine)
+        self.degrade, self.requests, self.admitted, self.released = degrade, [], [], []
+
+    async def admit(self, request, tenant, prefix_key, tools, degradable):
+        self.admitted.append((tenant, prefix_key, tools, degradable))
+        lower = Effort.LOW if self.degrade and request.effort is Effort.HIGH else None
+        return Admission(replica="r-1", effort=lower)
 
     def generate(self, request):
         self.requests.append(request)
         return self.engine.generate(request)
 
-    async def ready(self):
-        return True
+    def release(self, admission, output_tokens):
+        self.released.append(output_tokens)
 
 
 async def test_effort_sets_the_engine_priority_and_cost_prior(harmony, engine):
@@ -317,3 +326,33 @@ async def test_effort_sets_the_engine_priority_and_cost_prior(harmony, engine):
     priorities = {r.effort.value: r.priority for r in recorder.requests}
     assert priorities == {"low": 0, "medium": 1, "high": 2}
     assert all(r.expected_output_tokens == 2 for r in recorder.requests)  # capped by max_tokens
+
+
+async def test_degraded_effort_is_rendered_and_announced(harmony, engine):
+    recorder = _Recorder(engine, degrade=True)
+    async with client_for(create_app(fast_config(), harmony, recorder)) as c:
+        r = await c.post("/v1/chat/completions", json=chat(reasoning_effort="high", max_tokens=3))
+    assert r.status_code == 200
+    assert r.headers["x-reasoning-effort"] == "low"
+    assert r.headers["x-reasoning-effort-degraded-from"] == "high"
+    (request,) = recorder.requests
+    assert request.effort is Effort.LOW and request.replica == "r-1"
+    low_prompt = harmony.render([Turn("user", "Why is the sky blue?")], Effort.LOW)
+    assert request.prompt_token_ids == low_prompt  # re-rendered: the effort is in the prompt
+    assert recorder.released == [3]  # the engine ran to max_tokens: the scheduler learns 3
+
+
+async def test_tenant_and_prefix_reach_the_scheduler(harmony, engine):
+    recorder = _Recorder(engine)
+    config = fast_config(auth={"api_keys": ["k-1", "k-2"]})
+    async with client_for(create_app(config, harmony, recorder)) as c:
+        auth = {"Authorization": "Bearer k-2"}
+        for effort in ("low", "low", "high"):
+            body = chat(reasoning_effort=effort, max_tokens=1, user="ignored-with-keys")
+            await c.post("/v1/chat/completions", json=body, headers=auth)
+        await c.post("/v1/completions", json={"model": "gpt-oss-120b", "prompt": "x"}, headers=auth)
+    tenants = {a[0] for a in recorder.admitted}
+    assert tenants == {"key-1"}  # named by position: no key material
+    prefixes = [a[1] for a in recorder.admitted]
+    assert prefixes[0] == prefixes[1] != prefixes[2]  # the effort is part of the prefix
+    assert [a[3] for a in recorder.admitted] == [True, True, True, False]  # raw prompts stay

@@ -9,6 +9,7 @@ def report(outstanding, at, running=1):
         kv_used_tokens=0,
         kv_capacity_tokens=1000,
         outstanding_tokens=outstanding,
+        max_num_seqs=16,
         reported_at=at,
     )
 

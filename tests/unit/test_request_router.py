@@ -3,20 +3,24 @@
 from types import SimpleNamespace
 
 from ray.serve._private.common import DeploymentHandleSource, DeploymentID, RequestMetadata
-from ray.serve.request_router import PendingRequest
+from ray.serve.request_router import PendingRequest, ReplicaID
 
 from cluster.config import Effort
 from cluster.engine.base import EngineRequest, LoadReport, SamplingParams
+from cluster.serve.dispatcher import subscribe_load_reports
 from cluster.serve.request_router import TokenAwareRequestRouter
 
 
 def replica(name, outstanding, at=0.0):
-    stats = LoadReport(1, 0, 0, 1000, outstanding, at).to_dict()
-    return SimpleNamespace(replica_id=name, routing_stats=stats)
+    stats = LoadReport(1, 0, 0, 1000, outstanding, 16, at).to_dict()
+    rid = ReplicaID(unique_id=name, deployment_id=DeploymentID(name="engine", app_name="t"))
+    return SimpleNamespace(replica_id=rid, routing_stats=stats)
 
 
-def pending(rid, prompt_tokens=100, expected=400):
-    req = EngineRequest(rid, [1] * prompt_tokens, SamplingParams(1000), Effort.LOW, expected)
+def pending(rid, prompt_tokens=100, expected=400, chosen=None):
+    req = EngineRequest(
+        rid, [1] * prompt_tokens, SamplingParams(1000), Effort.LOW, expected, replica=chosen
+    )
     meta = RequestMetadata(request_id=rid, internal_request_id=rid)
     return PendingRequest(args=[req], kwargs={}, metadata=meta)
 
@@ -27,8 +31,27 @@ async def make_router(replicas):
         handle_source=DeploymentHandleSource.UNKNOWN,
     )
     router.initialize_state()
+    router._replicas_list = list(replicas)
     router._replicas = {r.replica_id: r for r in replicas}  # what update_replicas maintains
     return router
+
+
+async def test_the_schedulers_choice_goes_first_then_least_outstanding():
+    a, b, c = replica("a", 1000), replica("b", 300), replica("c", 600)
+    router = await make_router([a, b, c])
+    assert await router.choose_replicas([a, b, c], pending("r1", chosen="a")) == [[a], [b], [c]]
+    # a chosen replica that is gone (scaled down since the choice): least outstanding decides
+    assert await router.choose_replicas([b, c], pending("r2", chosen="a")) == [[b], [c]]
+
+
+async def test_replica_broadcasts_reach_the_subscribed_dispatcher():
+    heard = []
+    subscribe_load_reports("t", "engine", heard.append)
+    a, b = replica("a", 10), replica("b", 20)
+    b.routing_stats = {}  # a new replica that has not reported yet
+    router = await make_router([])
+    router.update_replicas([a, b])
+    assert list(heard[-1]) == ["a"] and heard[-1]["a"].outstanding_tokens == 10
 
 
 async def test_ranks_replicas_by_reported_plus_placed_tokens():
@@ -37,10 +60,10 @@ async def test_ranks_replicas_by_reported_plus_placed_tokens():
     ranks = await router.choose_replicas([a, b], pending("r1"))
     assert ranks == [[b], [a]]
     for i in range(2):  # two 500-token placements land on b after its report
-        router.on_request_routed(pending(f"p{i}"), "b", None)
+        router.on_request_routed(pending(f"p{i}"), b.replica_id, None)
     assert await router.choose_replicas([a, b], pending("r2")) == [[a], [b]]
-    router.on_request_completed("b", "p0")
-    router.on_request_completed("b", "p1")
+    router.on_request_completed(b.replica_id, "p0")
+    router.on_request_completed(b.replica_id, "p1")
     assert await router.choose_replicas([a, b], pending("r3")) == [[b], [a]]
 
 

@@ -5,6 +5,7 @@ import pytest
 from cluster.config import ClusterConfig, Effort, RouterConfig
 from cluster.engine.base import LoadReport
 from cluster.scheduling.cost import CostModel, LengthSketch
+from cluster.scheduling.drain import DrainRate
 from cluster.scheduling.queue import SchedulingQueue, Ticket
 from cluster.scheduling.scheduler import Admitted, Rejected, Scheduler
 
@@ -16,8 +17,8 @@ def ticket(rid, effort=Effort.LOW, tenant="a", prompt=100, out=200, at=0.0, pref
     return Ticket(rid, effort, tenant, prompt, out, at, deadline, prefix)
 
 
-def idle(capacity=1_000_000, at=0.0, running=0, waiting=0, kv=0):
-    return LoadReport(running, waiting, kv, capacity, 0, at)
+def idle(capacity=1_000_000, at=0.0, running=0, waiting=0, kv=0, seats=100, outstanding=0):
+    return LoadReport(running, waiting, kv, capacity, outstanding, seats, at)
 
 
 # -- cost model ---------------------------------------------------------------------------
@@ -108,7 +109,7 @@ def scheduler(**router) -> Scheduler:
 
 def test_late_binding_hands_out_only_what_fits_and_batches_on_reports():
     s = scheduler(engine_queue_limit=0)
-    s.report("a", idle(running=2), max_num_seqs=4)
+    s.report("a", idle(running=2, seats=4))
     for i in range(5):
         assert isinstance(
             s.submit(s.ticket(f"r{i}", Effort.LOW, "t", 100, 1000, now=0.0), 0.0), Admitted
@@ -118,14 +119,14 @@ def test_late_binding_hands_out_only_what_fits_and_batches_on_reports():
     assert s.dispatch(0.1) == []  # nothing more until the engine reports
     backlog = s.backlog_tokens()  # queued work plus work placed since the last report
     assert backlog == sum(t.cost_tokens for t, _ in first) + 3 * first[0][0].cost_tokens
-    s.report("a", idle(running=1, at=0.2), max_num_seqs=4)
+    s.report("a", idle(running=1, at=0.2, seats=4))
     assert len(s.dispatch(0.3)) == 3  # one report releases a batch
 
 
 def test_stale_report_plus_own_placements():
     s = scheduler(engine_queue_limit=10)
-    s.report("a", idle(at=0.0), max_num_seqs=100)
-    s.report("b", LoadReport(0, 0, 0, 10**6, 1000, 0.0), max_num_seqs=100)
+    s.report("a", idle(at=0.0, seats=100))
+    s.report("b", idle(outstanding=1000))
     for i in range(4):
         s.submit(s.ticket(f"r{i}", Effort.LOW, "t", 200, 1000, now=1.0), 1.0)
     placed = [r for _, r in s.dispatch(1.0)]
@@ -135,26 +136,74 @@ def test_stale_report_plus_own_placements():
 
 def test_kv_watermark_and_seats_gate_placement():
     s = scheduler(kv_watermark=0.5)
-    s.report("a", idle(capacity=1000, kv=450), max_num_seqs=8)
+    s.report("a", idle(capacity=1000, kv=450, seats=8))
     s.submit(s.ticket("big", Effort.LOW, "t", 100, 100, now=0.0), 0.0)
     assert s.dispatch(0.0) == []
-    s.report("a", idle(capacity=1000, kv=100, at=1.0), max_num_seqs=8)
+    s.report("a", idle(capacity=1000, kv=100, at=1.0, seats=8))
     assert len(s.dispatch(1.0)) == 1
+    s.report("b", idle(capacity=0, seats=8))  # KV size not reported yet: seats decide
+    s.submit(s.ticket("next", Effort.LOW, "t", 100, 100, now=1.0), 1.0)
+    assert s.dispatch(1.0)[0][1] == "b"
 
 
 def test_prefix_affinity_unless_imbalanced():
     s = scheduler(engine_queue_limit=100, prefix_imbalance_tokens=1_000)
-    s.report("a", idle(), max_num_seqs=100)
-    s.report("b", idle(), max_num_seqs=100)
+    s.report("a", idle(seats=100))
+    s.report("b", idle(seats=100))
     s.submit(s.ticket("r0", Effort.LOW, "t", 100, 1000, now=0.0, prefix_key="p"), 0.0)
     ((_, home),) = s.dispatch(0.0)
     s.submit(s.ticket("r1", Effort.LOW, "t", 100, 1000, now=0.1, prefix_key="p"), 0.1)
     assert s.dispatch(0.1)[0][1] == home  # same prefix, same replica while loads are close
     other = "b" if home == "a" else "a"
-    s.report(home, LoadReport(1, 0, 0, 10**6, 50_000, 0.2), max_num_seqs=100)
-    s.report(other, idle(at=0.2), max_num_seqs=100)
+    s.report(home, idle(running=1, outstanding=50_000, at=0.2))
+    s.report(other, idle(at=0.2, seats=100))
     s.submit(s.ticket("r2", Effort.LOW, "t", 100, 1000, now=0.3, prefix_key="p"), 0.3)
     assert s.dispatch(0.3)[0][1] == other
+
+
+def test_a_finished_request_frees_its_seat_before_the_next_report():
+    s = scheduler()
+    s.report("a", idle(running=1, seats=2, at=0.0))
+    for i in range(3):
+        s.submit(s.ticket(f"r{i}", Effort.LOW, "t", 100, 1000, now=0.1), 0.1)
+    ((first, _),) = s.dispatch(0.1)  # one free seat
+    s.completed(first, "a", output_tokens=None, now=0.2)  # placed and done between reports
+    ((second, _),) = s.dispatch(0.2)
+    assert second is not first
+    old = Ticket("old", Effort.LOW, "t", 100, 200, 0.0, 1.0)  # counted in the report's running
+    s.completed(old, "a", output_tokens=None, now=0.3)
+    assert len(s.dispatch(0.3)) == 1
+    s.report("a", idle(running=2, seats=2, at=0.4))  # the report now covers all of that
+    assert s.dispatch(0.5) == []
+
+
+def test_gone_replicas_and_withdrawn_requests_are_forgotten():
+    s = scheduler(engine_queue_limit=100, admission_slack=100)
+    s.report("a", idle(seats=1))
+    s.report("b", idle(seats=1))
+    s.submit(s.ticket("r0", Effort.LOW, "t", 100, 1000, now=0.0, prefix_key="p"), 0.0)
+    ((_, home),) = s.dispatch(0.0)
+    s.forget(["b" if home == "a" else "a"])
+    assert s.replicas == 1 and home not in s._prefix_home.values()
+    waiting = s.ticket("r1", Effort.LOW, "t", 100, 1000, now=0.1)
+    s.submit(waiting, 0.1)
+    s.submit(s.ticket("r2", Effort.LOW, "t", 100, 1000, now=0.1), 0.1)
+    s.withdraw(waiting, 0.15)  # its client left
+    assert len(s.queue) == 1 and s.queue.peek(0.2).request_id == "r2"
+
+
+def test_drain_rate_counts_only_time_when_requests_waited():
+    drain = DrainRate(window_s=10.0)
+    for t in range(8):  # a quiet spell: requests run on arrival, nothing waits
+        drain.dispatched(float(t), waited=False)
+    drain.backlogged(8.0, waiting=True)
+    assert drain.rate(8.2) is None  # 0.2 s of waiting is no evidence yet
+    for k in range(20):  # 20 waited dispatches over 2 s: the cluster drains 10/s
+        drain.dispatched(8.0 + k * 0.1, waited=True)
+    assert drain.rate(10.0) == pytest.approx(10.0)  # not 2/s over the whole window
+    drain.backlogged(10.0, waiting=False)
+    assert drain.rate(15.0) == pytest.approx(10.0)  # idle time after the backlog is not counted
+    assert drain.rate(25.0) is None  # the evidence has left the window
 
 
 # -- admission ----------------------------------------------------------------------------
@@ -164,7 +213,9 @@ def loaded(rate: float, queued: int, degrade=False) -> Scheduler:
     """A scheduler whose queue drained at `rate` requests/s over the last window and now
     holds `queued` earlier requests."""
     s = scheduler(degrade_effort=degrade, drain_rate_window_s=10.0)
-    s._dispatched_at.extend(k / rate for k in range(int(rate * 10)))
+    s.drain.backlogged(0.0, waiting=True)  # requests have waited all along
+    for k in range(int(rate * 10)):
+        s.drain.dispatched(k / rate, waited=True)
     for i in range(queued):
         s.queue.push(ticket(f"q{i}", Effort.LOW, out=300, at=-10.0))
     return s
@@ -206,6 +257,11 @@ def test_effort_degradation_before_shedding():
     assert isinstance(
         plain.submit(plain.ticket("h", Effort.HIGH, "t", 100, 30_000, now=10.0), 10.0), Rejected
     )
+    fixed = loaded(rate=10.0, queued=0, degrade=True)  # a raw prompt cannot be re-rendered
+    for i in range(70):
+        fixed.queue.push(ticket(f"q{i}", Effort.HIGH, out=300, at=9.0))
+    h = fixed.ticket("h", Effort.HIGH, "t", 100, 30_000, now=10.0)
+    assert isinstance(fixed.submit(h, 10.0, degradable=False), Rejected)
 
 
 def test_projected_wait_counts_later_arrivals_that_will_key_ahead():

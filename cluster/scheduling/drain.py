@@ -1,0 +1,48 @@
+"""How fast the queue drains: the evidence behind admission's projected wait and Retry-After.
+
+Only time during which requests wait counts. When nothing waits, dispatches follow arrivals and
+say nothing about capacity, so a plain dispatches-per-window rate reads low right after a quiet
+spell and would shed the first burst. While requests wait, every seat that frees is refilled at
+once, so waited dispatches over waited time is what seats, KV and the batch let through. Pure:
+every call takes `now`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DrainRate:
+    window_s: float
+    min_evidence_s: float = 0.5  # less backlogged time than this is no evidence
+    _waited: deque[float] = field(default_factory=deque)  # dispatches of requests that waited
+    _spans: deque[tuple[float, float]] = field(default_factory=deque)  # closed backlogged spans
+    _open_since: float | None = None
+
+    def backlogged(self, now: float, waiting: bool) -> None:
+        """Note whether requests are waiting now (call on every queue change)."""
+        if waiting and self._open_since is None:
+            self._open_since = now
+        elif not waiting and self._open_since is not None:
+            self._spans.append((self._open_since, now))
+            self._open_since = None
+
+    def dispatched(self, now: float, waited: bool) -> None:
+        if waited:
+            self._waited.append(now)
+
+    def rate(self, now: float) -> float | None:
+        """Requests per second over the window's backlogged time; None without evidence."""
+        start = now - self.window_s
+        while self._waited and self._waited[0] < start:
+            self._waited.popleft()
+        while self._spans and self._spans[0][1] < start:
+            self._spans.popleft()
+        busy = sum(end - max(begin, start) for begin, end in self._spans)
+        if self._open_since is not None:
+            busy += now - max(self._open_since, start)
+        if busy < self.min_evidence_s or not self._waited:
+            return None
+        return len(self._waited) / busy

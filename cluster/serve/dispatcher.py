@@ -1,0 +1,114 @@
+"""Each gateway's asyncio shell around the pure `Scheduler`: requests wait here, in effort-aware
+order, until the scheduler hands them a replica that can run them now (late binding).
+
+Load reports come from Ray Serve's router for the engine deployment (its routing stats, on the
+router's own event loop thread) through `publish`; everything else runs on the gateway's loop.
+Until the first report arrives, and whenever no replica is known, requests pass straight to
+Serve's router, so a cold cluster never deadlocks on missing reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from cluster.api.generation import Admission, Overloaded
+from cluster.config import ClusterConfig
+from cluster.engine.base import EngineRequest, LoadReport
+from cluster.scheduling.queue import Ticket
+from cluster.scheduling.scheduler import Rejected, Scheduler
+
+TRANSIT_S = 0.05  # gateway -> Serve router -> engine replica, with room to spare
+
+ReportListener = Callable[[Mapping[str, LoadReport]], None]
+_listeners: dict[tuple[str, str], ReportListener] = {}  # (app, deployment) -> listener
+
+
+def subscribe_load_reports(app_name: str, deployment: str, listener: ReportListener) -> None:
+    """Have `listener` hear every broadcast of the deployment's replica load reports."""
+    _listeners[app_name, deployment] = listener
+
+
+def publish_load_reports(app_name: str, deployment: str, reports: Mapping[str, LoadReport]) -> None:
+    """Called by Serve's router in this process (on its own thread) with reports by replica id."""
+    if (listener := _listeners.get((app_name, deployment))) is not None:
+        listener(reports)
+
+
+@dataclass
+class _Waiter:
+    ticket: Ticket
+    future: asyncio.Future[str | None]
+
+
+class Dispatcher:
+    def __init__(self, config: ClusterConfig, clock: Callable[[], float] = time.time) -> None:
+        self.scheduler = Scheduler(config.router, config.efforts, transit_s=TRANSIT_S)
+        self._clock = clock
+        self._waiting: dict[str, _Waiter] = {}
+        self._latest: Mapping[str, LoadReport] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def publish(self, reports: Mapping[str, LoadReport]) -> None:
+        """Every live replica's latest report. Safe from any thread."""
+        self._latest = reports
+        if (loop := self._loop) is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._refresh)
+
+    def _refresh(self) -> None:
+        reports, self._latest = self._latest, None
+        if reports is not None:
+            self.scheduler.forget(reports)
+            for replica, report in reports.items():
+                self.scheduler.report(replica, report)
+        self._release()
+
+    def _release(self) -> None:
+        if self.scheduler.replicas == 0:  # every replica is gone: Serve's router holds them
+            for waiter in self._waiting.values():
+                self.scheduler.withdraw(waiter.ticket, self._clock())
+                waiter.future.set_result(None)
+            self._waiting.clear()
+            return
+        for ticket, replica in self.scheduler.dispatch(self._clock()):
+            waiter = self._waiting.pop(ticket.request_id, None)
+            if waiter is not None:
+                waiter.future.set_result(replica)
+
+    async def admit(
+        self, request: EngineRequest, tenant: str, prefix_key: str, tools: bool, degradable: bool
+    ) -> Admission:
+        """Wait for a replica; raise `Overloaded` (429) when the wait would break the SLO."""
+        self._loop = asyncio.get_running_loop()
+        self._refresh()
+        if self.scheduler.replicas == 0:
+            return Admission()
+        now = self._clock()
+        ticket = self.scheduler.ticket(
+            request.request_id, request.effort, tenant, len(request.prompt_token_ids),
+            request.sampling.max_tokens, now, prefix_key, tools,
+        )  # fmt: skip
+        decision = self.scheduler.submit(ticket, now, degradable=degradable)
+        if isinstance(decision, Rejected):
+            raise Overloaded(decision.retry_after_s)
+        waiter = _Waiter(decision.ticket, self._loop.create_future())
+        self._waiting[ticket.request_id] = waiter
+        self._release()
+        try:
+            replica = await waiter.future
+        except asyncio.CancelledError:  # the client left while queued
+            if self._waiting.pop(ticket.request_id, None) is not None:
+                self.scheduler.withdraw(decision.ticket, self._clock())
+            raise
+        effort = decision.ticket.effort if decision.degraded_from else None
+        return Admission(replica, effort, decision.ticket, tools)
+
+    def release(self, admission: Admission, output_tokens: int | None) -> None:
+        """The request left its replica; `output_tokens` is None when it did not run to the end."""
+        if admission.ticket is None:
+            return
+        self.scheduler.completed(admission.ticket, admission.replica, output_tokens,
+                                 self._clock(), admission.tools)  # fmt: skip
+        self._release()

@@ -1,0 +1,120 @@
+"""The gateway's asyncio shell around the scheduler, with a fake clock (no Ray)."""
+
+import asyncio
+import threading
+
+import pytest
+
+from cluster.api.generation import Admission, Overloaded
+from cluster.config import Effort
+from cluster.engine.base import EngineRequest, LoadReport, SamplingParams
+from cluster.serve.dispatcher import Dispatcher
+from tests.helpers import fast_config
+
+
+class Clock:
+    now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def request(rid, effort=Effort.LOW):
+    return EngineRequest(rid, [1] * 50, SamplingParams(500), effort, 200)
+
+
+def report(seats, running=0, at=100.0):
+    return LoadReport(running, 0, 0, 10**6, 0, seats, at)
+
+
+def dispatcher(**router) -> tuple[Dispatcher, Clock]:
+    clock = Clock()
+    return Dispatcher(fast_config(router=router), clock), clock
+
+
+async def admit(d, rid, effort=Effort.LOW, degradable=True):
+    return await d.admit(request(rid, effort), "t", "p", False, degradable)
+
+
+async def test_without_reports_requests_pass_to_serves_router():
+    d, _ = dispatcher()
+    assert await admit(d, "r0") == Admission()
+
+
+async def test_requests_wait_for_a_seat_and_a_release_hands_it_on():
+    d, clock = dispatcher()
+    d.publish({"a": report(seats=1)})
+    first = await admit(d, "r0")
+    assert first.replica == "a" and first.ticket is not None
+    second = asyncio.create_task(admit(d, "r1"))
+    await asyncio.sleep(0)
+    assert not second.done()  # the only seat is taken; the request waits in the gateway
+    clock.now += 0.5
+    d.release(first, output_tokens=180)  # the seat is free before any new report
+    assert (await asyncio.wait_for(second, 1)).replica == "a"
+    assert d.scheduler.cost.prediction_error()  # the true length was learned
+
+
+async def test_a_client_that_leaves_while_queued_is_withdrawn():
+    d, _ = dispatcher()
+    d.publish({"a": report(seats=1)})
+    await admit(d, "r0")
+    waiting = asyncio.create_task(admit(d, "r1"))
+    await asyncio.sleep(0)
+    assert len(d.scheduler.queue) == 1
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert len(d.scheduler.queue) == 0
+
+
+async def test_reports_from_the_router_thread_wake_waiting_requests():
+    d, clock = dispatcher()
+    d.publish({"a": report(seats=1)})
+    await admit(d, "r0")
+    waiting = asyncio.create_task(admit(d, "r1"))
+    await asyncio.sleep(0)
+    clock.now += 1.0
+    fresh = {"a": report(seats=1, at=clock.now)}  # r0 finished on the engine
+    threading.Thread(target=d.publish, args=(fresh,)).start()
+    assert (await asyncio.wait_for(waiting, 1)).replica == "a"
+
+
+async def test_when_every_replica_is_gone_waiters_fall_back_to_serve():
+    d, _ = dispatcher()
+    d.publish({"a": report(seats=1)})
+    await admit(d, "r0")
+    waiting = asyncio.create_task(admit(d, "r1"))
+    await asyncio.sleep(0)
+    d.publish({})
+    assert (await asyncio.wait_for(waiting, 1)).replica is None
+
+
+async def test_overload_sheds_and_degradation_is_reported():
+    d, _ = dispatcher(max_queued_requests=1)
+    d.publish({"a": report(seats=1)})
+    await admit(d, "r0")
+    queued = asyncio.create_task(admit(d, "r1"))
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded) as shed:
+        await admit(d, "r2")
+    assert shed.value.retry_after_s >= 1
+    queued.cancel()
+    d, clock = dispatcher(degrade_effort=True, drain_rate_window_s=10.0)
+    d.publish({"a": report(seats=1)})
+    running = await admit(d, "h0", Effort.HIGH)
+    d.scheduler.drain.backlogged(clock.now - 10, waiting=True)  # 10 s of waiting, 1 req/s
+    for k in range(10):
+        d.scheduler.drain.dispatched(clock.now - 9.5 + k, waited=True)
+    waiting = []
+    for i in range(8):  # at 1/s, high's 5 s SLO is soon out of reach: later ones are lowered
+        waiting.append(asyncio.create_task(admit(d, f"h{i + 1}", Effort.HIGH)))
+        await asyncio.sleep(0)
+    assert d.scheduler.degraded >= 1 and d.scheduler.rejected == 0
+    with pytest.raises(Overloaded):  # a raw prompt cannot be re-rendered: shed instead
+        await admit(d, "raw", Effort.HIGH, degradable=False)
+    d.release(running, output_tokens=None)
+    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    assert done.pop().result().effort in (Effort.MEDIUM, Effort.LOW)  # lowered ones key first
+    for task in waiting:
+        task.cancel()
