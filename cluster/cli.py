@@ -111,6 +111,17 @@ def bench_sched(
     run(duration, regimes=regime)
 
 
+@app.command("bench-live")
+def bench_live(
+    rate: Annotated[float, typer.Option(help="Offered requests per second.")] = 22.0,
+    duration: Annotated[float, typer.Option(help="Seconds of traffic per policy.")] = 40.0,
+) -> None:
+    """The scheduler hosted in Ray Serve vs Serve's push routing, on a local cluster."""
+    from cluster.bench.live_scheduling import run
+
+    run(rate, duration)
+
+
 @app.command()
 def sim(
     workload: Annotated[Path | None, typer.Option(help="Workload YAML (WorkloadSpec).")] = None,

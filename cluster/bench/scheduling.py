@@ -11,6 +11,10 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+from matplotlib.figure import Figure  # the object API: no pyplot state, no GUI backend
+from rich.progress import MofNCompleteColumn, Progress
 
 from cluster.config import ClusterConfig, Effort, RouterConfig
 from cluster.engine.base import LoadReport
@@ -30,34 +34,50 @@ REGIMES = {
 }
 
 
-def _run(cluster: ClusterSpec, arrivals: Arrivals, rate: float, policy: str, duration: float,
-         config: ClusterConfig) -> SimResult:  # fmt: skip
-    workload = WorkloadSpec(rate=rate, duration_s=duration, arrivals=arrivals)
-    return simulate(workload, cluster, policy, config)
+LOAD_SWEEP = (0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0)  # offered load, fractions of saturation
+DEGRADE = ClusterConfig(router=RouterConfig(degrade_effort=True))
+
+
+class Regime:
+    """One cluster and arrival process: every simulation run once (memoised), on a progress bar."""
+
+    def __init__(self, name: str, duration: float, progress: Progress) -> None:
+        self.name = name
+        self.cluster, self.arrivals = REGIMES[name]
+        self.duration = duration
+        self._progress = progress
+        self._task = progress.add_task(name, total=None)
+        self._runs: dict[tuple, SimResult] = {}
+
+    def at(self, rate: float, policy: str, config: ClusterConfig | None = None) -> SimResult:
+        config = config or ClusterConfig()
+        key = (round(rate, 6), policy, config.router.degrade_effort)
+        if key not in self._runs:
+            workload = WorkloadSpec(rate=rate, duration_s=self.duration, arrivals=self.arrivals)
+            self._runs[key] = simulate(workload, self.cluster, policy, config)
+            self._progress.advance(self._task)
+        return self._runs[key]
+
+    def saturation(self) -> float:
+        """Completed requests per second under far more load than the cluster can serve."""
+        result = self.at(200.0, "power_of_two")
+        done = [r for r in result.all_records
+                if r.finished and result.warmup_s <= r.finished <= self.duration]  # fmt: skip
+        return len(done) / result.window_s
+
+    def knee(self, policy: str, low: float, high: float, steps: int) -> float:
+        """Highest rate in [low, high] with >= 90% attainment in every class (bisection)."""
+        if _attainment(self.at(low, policy)) < 0.9:
+            return low
+        for _ in range(steps):
+            mid = (low + high) / 2
+            low, high = (mid, high) if _attainment(self.at(mid, policy)) >= 0.9 else (low, mid)
+        return low
 
 
 def _attainment(result: SimResult) -> float:
     efforts = result.summary()["efforts"]
     return min((v["slo_attainment"] for v in efforts.values()), default=0.0)
-
-
-def _saturation(cluster: ClusterSpec, arrivals: Arrivals, duration: float) -> float:
-    """Completed requests per second under far more load than the cluster can serve."""
-    result = _run(cluster, arrivals, 200.0, "power_of_two", duration, ClusterConfig())
-    done = [
-        r for r in result.all_records if r.finished and result.warmup_s <= r.finished <= duration
-    ]
-    return len(done) / result.window_s
-
-
-def _knee(run: Callable[[float], SimResult], low: float, high: float, steps: int) -> float:
-    """Highest rate in [low, high] with >= 90% attainment in every class (bisection)."""
-    if _attainment(run(low)) < 0.9:
-        return low
-    for _ in range(steps):
-        mid = (low + high) / 2
-        low, high = (mid, high) if _attainment(run(mid)) >= 0.9 else (low, mid)
-    return low
 
 
 def _efforts_line(result: SimResult) -> str:
@@ -66,6 +86,44 @@ def _efforts_line(result: SimResult) -> str:
         f"{e}: p50 {v['ttft_p50_s']:.2f}s p99 {v['ttft_p99_s']:.2f}s att {v['slo_attainment']:.0%}"
         for e, v in s.items()
     )
+
+
+def _within_slo(result: SimResult) -> int:
+    return sum(result.meets_slo(r) for r in result.served())
+
+
+def plot_ttft_cdfs(path: Path, title: str, results: dict[str, SimResult]) -> None:
+    """TTFT CDF per effort class, one line per policy."""
+    fig = Figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, len(Effort), sharey=True)
+    for ax, effort in zip(axes, Effort, strict=True):
+        for policy, result in results.items():
+            ttfts = sorted(r.ttft for r in result.served() if r.request.effort is effort)
+            if ttfts:
+                ax.plot(ttfts, [(i + 1) / len(ttfts) for i in range(len(ttfts))], label=policy)
+        slo = ClusterConfig().efforts[effort].ttft_slo_s
+        ax.axvline(slo, color="grey", linestyle=":", label="TTFT SLO")
+        ax.set(xscale="log", xlabel="TTFT (s)", title=f"{effort.value} effort (SLO {slo:g} s)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("fraction of requests")
+    axes[-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def plot_goodput(path: Path, title: str, sweep: dict[str, list[tuple[float, float]]]) -> None:
+    """Goodput (completed within both SLOs, req/s as a fraction of saturation) vs offered load."""
+    fig = Figure(figsize=(8, 5))
+    ax = fig.subplots()
+    for policy, points in sweep.items():
+        ax.plot(*zip(*points, strict=True), marker="o", label=policy)
+    ax.plot([0.5, 2.0], [0.5, 2.0], color="grey", linestyle=":", label="offered")
+    ax.set(xlabel="offered load (x saturation)", ylabel="SLO goodput (x saturation)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def decisions_per_second(replicas: int = 64, queued: int = 10_000) -> float:
@@ -87,59 +145,78 @@ def decisions_per_second(replicas: int = 64, queued: int = 10_000) -> float:
 
 
 def run(
-    duration: float = 180.0, bisection_steps: int = 5, regimes: list[str] | None = None
+    duration: float = 180.0,
+    bisection_steps: int = 5,
+    regimes: list[str] | None = None,
+    out_dir: Path = Path("bench-results"),
 ) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
     print(f"scheduling benchmark: {duration:.0f} s of simulated traffic per run; policies: "
           f"{', '.join(POLICIES)}")  # fmt: skip
-    for name in regimes or list(REGIMES):
-        cluster, arrivals = REGIMES[name]
-        config = ClusterConfig()
-        sat = _saturation(cluster, arrivals, duration)
-        print(f"\n== {name}: {cluster.replicas} replicas, TP{cluster.tensor_parallel_size}, "
-              f"KV {cluster.kv_capacity_tokens:,} tokens/replica, {arrivals.kind} arrivals; "
-              f"saturation {sat:.1f} req/s")  # fmt: skip
+    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), transient=True) as bar:
 
-        def at(rate: float, policy: str, cfg: ClusterConfig = config, cluster=cluster,
-               arrivals=arrivals) -> SimResult:  # fmt: skip
-            return _run(cluster, arrivals, rate, policy, duration, cfg)
+        def say(line: str) -> None:  # above the bar, unwrapped, no markup
+            bar.console.print(line, soft_wrap=True, markup=False, highlight=False)
 
-        knee = _knee(lambda r: at(r, "power_of_two"), 0.3 * sat, sat, bisection_steps)
-        print(f"power-of-two knee: {knee:.1f} req/s ({knee / sat:.0%} of saturation)")
-        pow2 = at(knee, "power_of_two").summary()["efforts"]
-        for policy in POLICIES:
-            result = at(knee, policy)
-            high = result.summary()["efforts"].get("high", {})
-            low_ratio = result.summary()["efforts"]["low"]["ttft_p99_s"] / pow2["low"]["ttft_p99_s"]
-            print(f"  {policy:<18} {_efforts_line(result)}  | high queue-wait p99 "
-                  f"{high.get('queue_wait_p99_s', 0):.2f}s | low p99 TTFT {low_ratio:.2f}x pow2")  # fmt: skip
-        for share in (0.5, 0.9):
-            base = at(share * sat, "power_of_two").summary()["efforts"]
-            ours = at(share * sat, "effort_aware").summary()["efforts"]
-            ratios = "  ".join(
-                f"{e}: {ours[e]['ttft_p99_s']:.2f}s vs {base[e]['ttft_p99_s']:.2f}s "
-                f"({ours[e]['ttft_p99_s'] / base[e]['ttft_p99_s'] - 1:+.0%})"
-                for e in ours
-            )
-            print(f"below the knee, {share:.0%} of saturation, p99 TTFT ours vs pow2: {ratios}")
-        degrade = ClusterConfig(router=RouterConfig(degrade_effort=True))
-        for load in (1.5, 2.0):
-            rate = load * sat
-            rows = [("power_of_two", at(rate, "power_of_two")),
-                    ("effort_aware", at(rate, "effort_aware")),
-                    ("effort_aware+degrade", at(rate, "effort_aware", degrade))]  # fmt: skip
-            for label, result in rows:
-                s = result.summary()
-                within = sum(result.meets_slo(r) for r in result.served())
-                print(f"overload {load:.1f}x ({rate:.1f} req/s) {label:<22} goodput "
-                      f"{s['goodput_rps']:.1f} req/s ({s['goodput_rps'] / sat:.2f}x saturation), "
-                      f"completed within SLO {within}, rejected {s['rejected'] / s['offered']:.0%}")  # fmt: skip
-        best = {}
-        for policy in ("power_of_two", "least_outstanding", "effort_aware"):
-            best[policy] = _knee(
-                lambda r, p=policy: at(r, p), 0.3 * sat, 1.1 * sat, bisection_steps
-            )
-        line = "  ".join(f"{p}: {v:.1f} ({v / sat:.0%})" for p, v in best.items())
-        print(f"max rate at 90% attainment in every class: {line}")
+        for name in regimes or list(REGIMES):
+            _regime(Regime(name, duration, bar), bisection_steps, out_dir, say)
     print(
         f"\nscheduler core: {decisions_per_second():,.0f} decisions/s (64 replicas, 10,000 queued)"
     )
+
+
+def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None]) -> None:
+    cluster, sat = regime.cluster, regime.saturation()
+    say(f"\n== {regime.name}: {cluster.replicas} replicas, TP{cluster.tensor_parallel_size}, "
+        f"KV {cluster.kv_capacity_tokens:,} tokens/replica, {regime.arrivals.kind} arrivals; "
+        f"saturation {sat:.1f} req/s")  # fmt: skip
+    knee = regime.knee("power_of_two", 0.3 * sat, sat, steps)
+    say(f"power-of-two knee: {knee:.1f} req/s ({knee / sat:.0%} of saturation)")
+    pow2 = regime.at(knee, "power_of_two").summary()["efforts"]
+    at_knee = {policy: regime.at(knee, policy) for policy in POLICIES}
+    for policy, result in at_knee.items():
+        efforts = result.summary()["efforts"]
+        low_ratio = efforts["low"]["ttft_p99_s"] / pow2["low"]["ttft_p99_s"]
+        say(f"  {policy:<18} {_efforts_line(result)}  | high queue-wait p99 "
+            f"{efforts.get('high', {}).get('queue_wait_p99_s', 0):.2f}s | low p99 TTFT "
+            f"{low_ratio:.2f}x pow2")  # fmt: skip
+    for share in (0.5, 0.9):
+        base = regime.at(share * sat, "power_of_two").summary()["efforts"]
+        ours = regime.at(share * sat, "effort_aware").summary()["efforts"]
+        ratios = "  ".join(
+            f"{e}: {ours[e]['ttft_p99_s']:.2f}s vs {base[e]['ttft_p99_s']:.2f}s "
+            f"({ours[e]['ttft_p99_s'] / base[e]['ttft_p99_s'] - 1:+.0%})"
+            for e in ours
+        )
+        say(f"below the knee, {share:.0%} of saturation, p99 TTFT ours vs pow2: {ratios}")
+    for load in (1.5, 2.0):
+        rate = load * sat
+        shed = regime.at(rate, "effort_aware")
+        rows = [("power_of_two", regime.at(rate, "power_of_two")), ("effort_aware", shed),
+                ("effort_aware+degrade", regime.at(rate, "effort_aware", DEGRADE))]  # fmt: skip
+        for label, result in rows:
+            s = result.summary()
+            say(f"overload {load:.1f}x ({rate:.1f} req/s) {label:<22} goodput "
+                f"{s['goodput_rps']:.1f} req/s ({s['goodput_rps'] / sat:.2f}x saturation), "
+                f"completed within SLO {_within_slo(result)} "
+                f"({_within_slo(result) / max(_within_slo(shed), 1):.2f}x shedding alone), "
+                f"rejected {s['rejected'] / s['offered']:.0%}, "
+                f"degraded {s['degraded'] / s['offered']:.0%}")  # fmt: skip
+    best = {p: regime.knee(p, 0.3 * sat, 1.1 * sat, steps)
+            for p in ("power_of_two", "least_outstanding", "effort_aware")}  # fmt: skip
+    line = "  ".join(f"{p}: {v:.1f} ({v / sat:.0%})" for p, v in best.items())
+    say(f"max rate at 90% attainment in every class: {line}")
+    sweep = {
+        label: [(load, regime.at(load * sat, policy, config).summary()["goodput_rps"] / sat)
+                for load in LOAD_SWEEP]
+        for label, policy, config in [*((p, p, None) for p in POLICIES),
+                                      ("effort_aware+degrade", "effort_aware", DEGRADE)]
+    }  # fmt: skip
+    for label, points in sweep.items():
+        say(f"  goodput sweep {label:<22} " + "  ".join(f"{x:g}x: {y:.2f}" for x, y in points))
+    cdf_png = out_dir / f"sched-{regime.name}-ttft-cdf.png"
+    plot_ttft_cdfs(cdf_png, f"{regime.name}: TTFT at power-of-two's knee ({knee:.1f} req/s)",
+                   at_knee)  # fmt: skip
+    goodput_png = out_dir / f"sched-{regime.name}-goodput.png"
+    plot_goodput(goodput_png, f"{regime.name}: SLO goodput through overload", sweep)
+    say(f"plots: {cdf_png}, {goodput_png}")
