@@ -7,7 +7,7 @@ ENGINE_STAMP := $(VENV)/.installed-cpu-engine
 CONFIG ?= cluster/presets/local-mock.yaml
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-fast bench bench-engine bench-sched bench-live lint render clean
+.PHONY: serve test test-fast bench bench-engine bench-sched bench-live bench-autoscale lint render clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ bench-engine: $(ENGINE_STAMP)
 ## Effort-aware scheduling vs the peers' policies (simulator; three regimes)
 bench-sched: $(STAMP)
 	$(VENV)/bin/gpt-oss-cluster bench-sched
+
+## Backlog autoscaling vs Ray Serve's ongoing-requests policy (simulator: a step and a day)
+bench-autoscale: $(STAMP)
+	$(VENV)/bin/gpt-oss-cluster bench-autoscale
 
 ## The scheduler hosted in Ray Serve vs Serve's push routing, live on a local cluster
 bench-live: $(STAMP)

@@ -111,9 +111,17 @@ def bench_sched(
     run(duration, regimes=regime)
 
 
+@app.command("bench-autoscale")
+def bench_autoscale() -> None:
+    """Backlog autoscaling vs Ray Serve's ongoing-requests policy: a load step and a day."""
+    from cluster.bench.autoscaling import run
+
+    run()
+
+
 @app.command("bench-live")
 def bench_live(
-    rate: Annotated[float, typer.Option(help="Offered requests per second.")] = 22.0,
+    rate: Annotated[float, typer.Option(help="Offered requests per second.")] = 14.0,
     duration: Annotated[float, typer.Option(help="Seconds of traffic per policy.")] = 40.0,
 ) -> None:
     """The scheduler hosted in Ray Serve vs Serve's push routing, on a local cluster."""

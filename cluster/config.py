@@ -200,6 +200,46 @@ class ReplicaConfig(_Strict):
         return self
 
 
+class AutoscalingConfig(_Strict):
+    """How engine replicas follow demand between `engine_replicas` bounds
+    (cluster/scheduling/autoscaling.py)."""
+
+    policy: Literal["backlog", "ongoing_requests"] = Field(
+        "backlog",
+        description="backlog: projected token backlog over measured replica throughput. "
+        "ongoing_requests: Ray Serve's default (target_ongoing_requests per replica).",
+    )
+    horizon_s: PositiveFloat = Field(
+        60.0, description="Projected backlog: offered tokens/s over this horizon plus the queue."
+    )
+    target_utilization: float = Field(
+        0.8, gt=0, le=1, description="Share of a replica's measured throughput to plan for."
+    )
+    replica_tokens_per_s: PositiveFloat = Field(
+        15_000.0,
+        description="Prior prompt + output tokens/s one replica gets through, until measured "
+        "(gpt-oss-120b on H100 TP2 with the reference mix: ~17,000 in the simulator).",
+    )
+    upscale_delay_s: float = Field(30.0, ge=0, description="Sustained excess before scaling up.")
+    downscale_delay_s: float = Field(
+        600.0, ge=0, description="Sustained slack before scaling down."
+    )
+    downscale_margin: float = Field(
+        0.2, ge=0, lt=1, description="Scale down only when demand is this far below the target."
+    )
+    slo_attainment_floor: float = Field(
+        0.9, ge=0, le=1, description="Below this attainment in any effort class, add a replica."
+    )
+    warm_spares: int = Field(0, ge=0, description="Replicas kept above demand (start-time cover).")
+    scale_to_zero: bool = Field(False, description="Release every replica after a long idle spell.")
+    idle_before_zero_s: PositiveFloat = Field(
+        900.0, description="Idle time before scaling to zero (never less than replica_start_s)."
+    )
+    replica_start_s: PositiveFloat = Field(
+        120.0, description="Expected time for a new GPU replica to serve (pod, image, weights)."
+    )
+
+
 class RouterConfig(_Strict):
     policy: Literal["effort_aware", "least_outstanding_tokens"] = Field(
         "effort_aware",
@@ -282,6 +322,7 @@ class ClusterConfig(_Strict):
     model: ModelConfig = ModelConfig()
     engine: EngineConfig = EngineConfig()
     engine_replicas: ReplicaConfig = ReplicaConfig()
+    autoscaling: AutoscalingConfig = AutoscalingConfig()
     router: RouterConfig = RouterConfig()
     gateway: GatewayConfig = GatewayConfig()
     auth: AuthConfig = AuthConfig()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,7 @@ class Admission:
     effort: Effort | None = None  # set when the scheduler lowered the effort (degradation)
     ticket: Any = None  # the scheduler's handle, given back on release
     tools: bool = False
+    signal: Any = None  # the gateway's demand signal for the engines' autoscaling metrics
 
 
 class EngineClient(Protocol):
@@ -34,8 +36,11 @@ class EngineClient(Protocol):
 
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]: ...
 
-    def release(self, admission: Admission, output_tokens: int | None) -> None:
-        """The request is done with its replica (`output_tokens` None: it did not finish)."""
+    def release(
+        self, admission: Admission, output_tokens: int | None, first_output_at: float | None
+    ) -> None:
+        """The request is done with its replica (`output_tokens` None: it did not finish;
+        `first_output_at`: wall time of its first output, None if there was none)."""
 
     async def ready(self) -> bool: ...
 
@@ -185,6 +190,7 @@ class Generation:
     _admission: Admission | None = field(default=None, repr=False)
     _rest: AsyncIterator[EngineOutput] | None = field(default=None, repr=False)
     _first: EngineOutput | None = field(default=None, repr=False)
+    _first_at: float | None = field(default=None, repr=False)
 
     @property
     def prompt_tokens(self) -> int:
@@ -209,8 +215,11 @@ class Generation:
                 self.degraded_from = self.request.effort
                 self.request = demand.rerender(admission.effort)
             self._engine, self._admission = engine, admission
-            outputs = engine.generate(replace(self.request, replica=admission.replica))
+            outputs = engine.generate(
+                replace(self.request, replica=admission.replica, gateway=admission.signal)
+            )
             self._first = await anext(outputs)
+            self._first_at = time.time()
         except Overloaded as err:
             self._release(None)
             raise OpenAIError(
@@ -229,7 +238,7 @@ class Generation:
 
     def _release(self, output_tokens: int | None) -> None:
         if self._engine is not None and self._admission is not None:
-            self._engine.release(self._admission, output_tokens)
+            self._engine.release(self._admission, output_tokens, self._first_at)
             self._admission = None
 
     async def token_batches(self) -> AsyncIterator[list[int]]:
@@ -264,7 +273,9 @@ class InProcessEngine:
     ) -> Admission:
         return Admission()
 
-    def release(self, admission: Admission, output_tokens: int | None) -> None:
+    def release(
+        self, admission: Admission, output_tokens: int | None, first_output_at: float | None
+    ) -> None:
         pass
 
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from cluster.config import Effort
+from cluster.scheduling.autoscaling import GatewaySignal
 
 FinishReason = Literal["stop", "length", "abort"]
 
@@ -38,6 +39,8 @@ class EngineRequest:
     # The engine replica the gateway's scheduler chose (a Serve replica id); None lets Serve's
     # router pick, as before the first load report arrives.
     replica: str | None = None
+    # The dispatching gateway's demand signal, which the engine reports for autoscaling.
+    gateway: GatewaySignal | None = None
 
     @property
     def expected_cost_tokens(self) -> int:

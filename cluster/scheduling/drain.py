@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 class DrainRate:
     window_s: float
     min_evidence_s: float = 0.5  # less backlogged time than this is no evidence
-    _waited: deque[float] = field(default_factory=deque)  # dispatches of requests that waited
+    _waited: deque[tuple[float, int]] = field(default_factory=deque)  # (at, cost tokens)
     _spans: deque[tuple[float, float]] = field(default_factory=deque)  # closed backlogged spans
     _open_since: float | None = None
 
@@ -29,20 +29,46 @@ class DrainRate:
             self._spans.append((self._open_since, now))
             self._open_since = None
 
-    def dispatched(self, now: float, waited: bool) -> None:
+    def dispatched(self, now: float, waited: bool, tokens: int = 0) -> None:
         if waited:
-            self._waited.append(now)
+            self._waited.append((now, tokens))
 
     def rate(self, now: float) -> float | None:
         """Requests per second over the window's backlogged time; None without evidence."""
+        busy = self._busy_s(now)
+        return len(self._waited) / busy if busy else None
+
+    def token_rate(self, now: float) -> float | None:
+        """Tokens (prompt + expected output) per second the cluster takes on while saturated:
+        its capacity for the current mix. None without evidence."""
+        busy = self._busy_s(now)
+        return sum(tokens for _, tokens in self._waited) / busy if busy else None
+
+    def _busy_s(self, now: float) -> float:
         start = now - self.window_s
-        while self._waited and self._waited[0] < start:
+        while self._waited and self._waited[0][0] < start:
             self._waited.popleft()
         while self._spans and self._spans[0][1] < start:
             self._spans.popleft()
         busy = sum(end - max(begin, start) for begin, end in self._spans)
         if self._open_since is not None:
             busy += now - max(self._open_since, start)
-        if busy < self.min_evidence_s or not self._waited:
-            return None
-        return len(self._waited) / busy
+        return busy if busy >= self.min_evidence_s and self._waited else 0.0
+
+
+@dataclass
+class SlidingSum:
+    """Amounts over the last `window_s` seconds (offered tokens per second, for autoscaling)."""
+
+    window_s: float
+    _items: deque[tuple[float, float]] = field(default_factory=deque)
+    _total: float = 0.0
+
+    def add(self, now: float, amount: float) -> None:
+        self._items.append((now, amount))
+        self._total += amount
+
+    def rate(self, now: float) -> float:
+        while self._items and self._items[0][0] < now - self.window_s:
+            self._total -= self._items.popleft()[1]
+        return max(self._total, 0.0) / self.window_s

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from cluster.config import Effort, EffortProfile, RouterConfig
 from cluster.engine.base import LoadReport
 from cluster.scheduling.cost import CostModel
-from cluster.scheduling.drain import DrainRate
+from cluster.scheduling.drain import DrainRate, SlidingSum
 from cluster.scheduling.queue import SchedulingQueue, Ticket
 
+OFFERED_WINDOW_S = 30.0  # as Ray Serve's autoscaling look-back
 _LOWER = {Effort.HIGH: Effort.MEDIUM, Effort.MEDIUM: Effort.LOW}
 
 
@@ -108,6 +109,8 @@ class Scheduler:
     _replicas: dict[Hashable, _Replica] = field(default_factory=dict)
     _prefix_home: dict[str, Hashable] = field(default_factory=dict)
     drain: DrainRate = None  # type: ignore[assignment]
+    # Tokens (prompt + expected output) of every request offered, admitted or not: demand.
+    offered: SlidingSum = None  # type: ignore[assignment]
     # How long a placed request may take to reach its engine: placements this close before a
     # report still count on top of it (briefly counted twice, never missed).
     transit_s: float = 0.0
@@ -125,6 +128,7 @@ class Scheduler:
             cost_rate_tokens_s=self.config.cost_rate_tokens_s
         )
         self.drain = self.drain or DrainRate(self.config.drain_rate_window_s)
+        self.offered = self.offered or SlidingSum(OFFERED_WINDOW_S)
 
     # -- admission -------------------------------------------------------------------------
 
@@ -177,6 +181,7 @@ class Scheduler:
     def submit(self, ticket: Ticket, now: float, degradable: bool = True) -> Admitted | Rejected:
         """Queue the request, degrade its effort (if configured and the caller can re-render it
         at a lower effort), or shed it with a Retry-After."""
+        self.offered.add(now, ticket.cost_tokens)
         candidate, degraded_from = ticket, None
         while True:
             wait = self.projected_wait_s(candidate, now)
@@ -222,6 +227,10 @@ class Scheduler:
             del self._replicas[replica]
         self._prefix_home = {p: r for p, r in self._prefix_home.items() if r in keep}
 
+    def drop(self, replica: Hashable) -> None:
+        """One replica is leaving (draining before scale-down): place nothing more there."""
+        self.forget(r for r in self._replicas if r != replica)
+
     @property
     def replicas(self) -> int:
         return len(self._replicas)
@@ -240,7 +249,7 @@ class Scheduler:
                 break
             self.queue.pop(ticket, now)
             self._replicas[replica].place(ticket, now)
-            self.drain.dispatched(now, waited=now > ticket.arrival)
+            self.drain.dispatched(now, waited=now > ticket.arrival, tokens=ticket.cost_tokens)
             if ticket.prefix_key:
                 self._prefix_home[ticket.prefix_key] = replica
             out.append((ticket, replica))
@@ -282,6 +291,9 @@ class Scheduler:
         if output_tokens is not None:
             self.cost.observe(ticket.effort, ticket.tenant, tools, output_tokens,
                               ticket.expected_output_tokens)  # fmt: skip
+
+    def queued_tokens(self) -> int:
+        return self.queue.queued_tokens
 
     def backlog_tokens(self) -> int:
         """Projected token backlog: queued work plus work engines still hold (autoscaling)."""

@@ -13,9 +13,15 @@ from cluster.engine.parallelism import engine_placement
 from cluster.serve.deployments import EngineServer, Gateway
 
 ROUTER_CLASS = "cluster.serve.request_router:TokenAwareRequestRouter"
+POLICY_CLASS = "cluster.serve.autoscaling:BacklogPolicy"
+# Engine replicas push their autoscaling metrics this often (Serve reads it from the replica's
+# environment); the policy sees their mean over the look-back (gateways already smooth demand).
+METRICS_PUSH_ENV = {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "2"}
+LOOK_BACK_S = 6.0
 
 
 def _replica_options(replicas: ReplicaConfig) -> dict[str, Any]:
+    """Serve options for a deployment; between different bounds, Serve's default autoscaling."""
     options: dict[str, Any] = {
         "max_ongoing_requests": replicas.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": replicas.num_cpus},
@@ -32,13 +38,36 @@ def _replica_options(replicas: ReplicaConfig) -> dict[str, Any]:
     return options
 
 
+def _engine_options(config: ClusterConfig) -> dict[str, Any]:
+    """The engine deployment follows the backlog autoscaler unless configured otherwise."""
+    options = _replica_options(config.engine_replicas)
+    scaling = config.autoscaling
+    if "autoscaling_config" in options and scaling.policy == "backlog":
+        options["autoscaling_config"] |= {
+            "min_replicas": 0 if scaling.scale_to_zero else config.engine_replicas.min_replicas,
+            "policy": {
+                "policy_function": POLICY_CLASS,
+                "policy_kwargs": {  # only what it needs: no secrets in the Serve config
+                    "autoscaling": scaling.model_dump(mode="json"),
+                    "min_replicas": config.engine_replicas.min_replicas,
+                    "max_replicas": config.engine_replicas.max_replicas,
+                },
+            },
+            # Ours applies the configured delays with its hysteresis; Serve's would add to them.
+            "upscale_delay_s": 0,
+            "downscale_delay_s": 0,
+            "look_back_period_s": LOOK_BACK_S,
+        }
+    return options
+
+
 def build(config: ClusterConfig) -> Application:
     args = config.to_args()
-    engine_options = _replica_options(config.engine_replicas)
+    engine_options = _engine_options(config)
     if config.engine.kind is EngineKind.VLLM:
         engine_options |= engine_placement(config)
     # Weights come from model.path: a hub is never contacted (air-gapped clusters).
-    env = {"HF_HUB_OFFLINE": "1"} | config.engine.env
+    env = {"HF_HUB_OFFLINE": "1"} | METRICS_PUSH_ENV | config.engine.env
     engine_options["ray_actor_options"]["runtime_env"] = {"env_vars": env}
     engine = serve.deployment(EngineServer, name="engine").options(
         **engine_options,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from cluster.config import ClusterConfig, validate_config
 from cluster.engine.base import EngineOutput, EngineRequest
 from cluster.engine.factory import build_engine
 from cluster.harmony import Harmony
+from cluster.scheduling.autoscaling import SignalBoard
 from cluster.serve.dispatcher import Dispatcher, subscribe_load_reports
 
 READY_TIMEOUT_S = 2.0
@@ -27,8 +29,10 @@ class EngineServer:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self._engine = build_engine(validate_config(config))
+        self._signals = SignalBoard()
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        self._signals.note(request.gateway)
         # Serve cancels this generator when the caller goes away; closing the engine's
         # iterator then aborts the request and frees its batch slot and KV.
         async for output in self._engine.generate(request):
@@ -36,6 +40,10 @@ class EngineServer:
 
     def record_routing_stats(self) -> dict[str, float]:
         return self._engine.load_report().to_dict()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Custom metrics for the engine autoscaler (cluster/serve/autoscaling.py)."""
+        return self._signals.metrics(time.time())
 
     async def ready(self) -> bool:
         return True
@@ -65,9 +73,11 @@ class ServeEngineClient:
             return Admission()
         return await self._dispatcher.admit(request, tenant, prefix_key, tools, degradable)
 
-    def release(self, admission: Admission, output_tokens: int | None) -> None:
+    def release(
+        self, admission: Admission, output_tokens: int | None, first_output_at: float | None
+    ) -> None:
         if self._dispatcher is not None:
-            self._dispatcher.release(admission, output_tokens)
+            self._dispatcher.release(admission, output_tokens, first_output_at)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         responses = self._stream.remote(request)

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cluster.api.generation import Admission, Overloaded
-from cluster.config import ClusterConfig
+from cluster.config import ClusterConfig, Effort
 from cluster.engine.base import EngineRequest, LoadReport
+from cluster.scheduling.autoscaling import GatewaySignal
 from cluster.scheduling.queue import Ticket
 from cluster.scheduling.scheduler import Rejected, Scheduler
 
+ATTAINMENT_WINDOW_S = 60.0
 TRANSIT_S = 0.05  # gateway -> Serve router -> engine replica, with room to spare
 
 ReportListener = Callable[[Mapping[str, LoadReport]], None]
@@ -46,7 +50,10 @@ class _Waiter:
 class Dispatcher:
     def __init__(self, config: ClusterConfig, clock: Callable[[], float] = time.time) -> None:
         self.scheduler = Scheduler(config.router, config.efforts, transit_s=TRANSIT_S)
+        self._efforts = config.efforts
         self._clock = clock
+        self._name = uuid.uuid4().hex[:12]  # this gateway, in the engines' autoscaling metrics
+        self._outcomes: deque[tuple[float, Effort, bool]] = deque()  # recent: met both SLOs?
         self._waiting: dict[str, _Waiter] = {}
         self._latest: Mapping[str, LoadReport] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -103,12 +110,38 @@ class Dispatcher:
                 self.scheduler.withdraw(decision.ticket, self._clock())
             raise
         effort = decision.ticket.effort if decision.degraded_from else None
-        return Admission(replica, effort, decision.ticket, tools)
+        return Admission(replica, effort, decision.ticket, tools, self.signal(self._clock()))
 
-    def release(self, admission: Admission, output_tokens: int | None) -> None:
+    def release(
+        self, admission: Admission, output_tokens: int | None, first_output_at: float | None
+    ) -> None:
         """The request left its replica; `output_tokens` is None when it did not run to the end."""
-        if admission.ticket is None:
+        ticket = admission.ticket
+        if ticket is None:
             return
-        self.scheduler.completed(admission.ticket, admission.replica, output_tokens,
-                                 self._clock(), admission.tools)  # fmt: skip
+        now = self._clock()
+        self.scheduler.completed(ticket, admission.replica, output_tokens, now, admission.tools)
+        if output_tokens is not None and first_output_at is not None:
+            slo = self._efforts[ticket.effort]
+            itl = (now - first_output_at) / (output_tokens - 1) if output_tokens > 1 else 0.0
+            met = first_output_at - ticket.arrival <= slo.ttft_slo_s and itl <= slo.itl_slo_s
+            self._outcomes.append((now, ticket.effort, met))
         self._release()
+
+    def signal(self, now: float) -> GatewaySignal:
+        """Demand as this gateway sees it, for the engine autoscaler (rides on each request)."""
+        while self._outcomes and self._outcomes[0][0] < now - ATTAINMENT_WINDOW_S:
+            self._outcomes.popleft()
+        by_effort: dict[Effort, list[bool]] = {}
+        for _, effort, met in self._outcomes:
+            by_effort.setdefault(effort, []).append(met)
+        s = self.scheduler
+        return GatewaySignal(
+            gateway=self._name,
+            at=now,
+            offered_tokens_s=s.offered.rate(now),
+            queued_tokens=s.queued_tokens(),
+            waiting_requests=len(s.queue),
+            capacity_tokens_s=s.drain.token_rate(now),
+            attainment=tuple((e, sum(v) / len(v)) for e, v in by_effort.items()),
+        )

@@ -26,6 +26,8 @@ Dispatch = list[tuple[SimRequest, int]]
 class ReplicaView(Protocol):
     def report(self, now: float) -> LoadReport: ...
 
+    def serving(self, now: float) -> bool: ...
+
 
 class Policy(Protocol):
     name: str
@@ -35,6 +37,12 @@ class Policy(Protocol):
     def tick(self, replica: int, now: float) -> Dispatch: ...
 
     def done(self, request: SimRequest, now: float) -> None: ...
+
+    def leave(self, replica: int) -> None:
+        """The replica drains (autoscaling): place nothing more there."""
+
+    def waiting(self) -> int:
+        """Requests the policy holds with no replica yet."""
 
     def expected_output(self, request: SimRequest) -> int:
         """What the engine is told to expect (its load reports count outstanding work by it)."""
@@ -54,6 +62,12 @@ class _Push:
 
     def done(self, request: SimRequest, now: float) -> None:
         pass
+
+    def leave(self, replica: int) -> None:
+        raise NotImplementedError(f"{self.name} places on a fixed set of replicas")
+
+    def waiting(self) -> int:
+        return 0
 
     expected_output = staticmethod(_true_length)
 
@@ -121,7 +135,8 @@ class EffortAware:
     def __post_init__(self) -> None:
         self.scheduler = Scheduler(self.config.router, self.config.efforts)
         for k, replica in enumerate(self.replicas):
-            self.scheduler.report(k, replica.report(0.0))
+            if replica.serving(0.0):
+                self.scheduler.report(k, replica.report(0.0))
 
     def arrive(self, request: SimRequest, now: float) -> Dispatch | Rejected:
         ticket = self.scheduler.ticket(
@@ -138,8 +153,15 @@ class EffortAware:
         return self._dispatch(now)
 
     def tick(self, replica: int, now: float) -> Dispatch:
-        self.scheduler.report(replica, self.replicas[replica].report(now))
+        if self.replicas[replica].serving(now):
+            self.scheduler.report(replica, self.replicas[replica].report(now))
         return self._dispatch(now)
+
+    def leave(self, replica: int) -> None:
+        self.scheduler.drop(replica)
+
+    def waiting(self) -> int:
+        return len(self.scheduler.queue)
 
     def _dispatch(self, now: float) -> Dispatch:
         out = []
@@ -178,6 +200,12 @@ class Oracle:
 
     def done(self, request: SimRequest, now: float) -> None:
         pass
+
+    def leave(self, replica: int) -> None:
+        raise NotImplementedError("the oracle places on a fixed set of replicas")
+
+    def waiting(self) -> int:
+        return len(self._queue)
 
     expected_output = staticmethod(_true_length)
 

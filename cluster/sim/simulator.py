@@ -11,6 +11,7 @@ import heapq
 import math
 import statistics
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cluster.config import ClusterConfig, Effort
 from cluster.engine.base import LoadReport
@@ -46,15 +47,30 @@ class Record:
 @dataclass
 class SimReplica:
     model: BatchingModel
+    requested_at: float = 0.0  # when its GPUs were taken (start of a cold start)
+    ready_at: float = 0.0
+    draining: bool = False  # takes no new work; stops once idle
+    stopped_at: float | None = None
     busy_until: float | None = None
     pending: StepResult | None = None
     step_start: float = 0.0
     live: dict[str, Record] = field(default_factory=dict)
 
+    def serving(self, now: float) -> bool:
+        return self.ready_at <= now and not self.draining and self.stopped_at is None
+
     def report(self, now: float) -> LoadReport:
         m = self.model
         return LoadReport(m.running, m.waiting, m.kv_used_tokens, m.kv_capacity_tokens,
                           m.outstanding_tokens, m.max_num_seqs, now)  # fmt: skip
+
+
+def meets_slo(r: Record, slo: dict[Effort, tuple[float, float]]) -> bool:
+    """Served within both SLOs of its effort (a rejected request is not)."""
+    if r.finished is None:
+        return False
+    ttft, itl = slo[r.request.effort]
+    return r.ttft <= ttft and r.mean_itl <= itl
 
 
 @dataclass
@@ -80,8 +96,7 @@ class SimResult:
         return [r for r in self.records if r.finished is not None]
 
     def meets_slo(self, r: Record) -> bool:
-        ttft, itl = self.slo[r.request.effort]
-        return r.ttft <= ttft and r.mean_itl <= itl
+        return meets_slo(r, self.slo)
 
     def summary(self) -> dict:
         served = self.served()
@@ -125,79 +140,153 @@ def _q(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def simulate(
-    workload: WorkloadSpec, cluster: ClusterSpec, policy_name: str, config: ClusterConfig
-) -> SimResult:
-    requests = generate(workload)
-    replicas = [
-        SimReplica(BatchingModel(cluster.perf, cluster.tensor_parallel_size, cluster.max_num_seqs,
-                                 cluster.max_num_batched_tokens, cluster.kv_capacity_tokens))
-        for _ in range(cluster.replicas)
-    ]  # fmt: skip
-    policy = make_policy(policy_name, replicas, config)
-    records = {r.request_id: Record(r) for r in requests}
-    final_share = workload.final_share
-    events: list[tuple[float, int]] = []  # (step end, replica)
-    i = 0
+class Fleet(Protocol):
+    """An autoscaler in the loop: every `period_s` it names the replica count it wants; new
+    replicas serve `start_s` after they are asked for, removed ones drain first."""
 
-    def start(k: int, now: float, horizon: float) -> None:
-        rep = replicas[k]
+    period_s: float
+    start_s: float
+
+    def decide(self, now: float, sim: Simulation) -> int: ...
+
+
+class Simulation:
+    def __init__(self, workload: WorkloadSpec, cluster: ClusterSpec, policy_name: str,
+                 config: ClusterConfig, fleet: Fleet | None = None) -> None:  # fmt: skip
+        self.workload, self.cluster, self.config, self.fleet = workload, cluster, config, fleet
+        self.policy_name = policy_name
+        self.requests = generate(workload)
+        self.replicas = [self._new_replica(0.0, 0.0) for _ in range(cluster.replicas)]
+        self.policy = make_policy(policy_name, self.replicas, config)
+        self.records = {r.request_id: Record(r) for r in self.requests}
+        self.outcomes: list[Record] = []  # finished or rejected, in the order they were
+        self._steps: list[tuple[float, int]] = []  # (step end, replica)
+        self._timers: list[tuple[float, int, str, int]] = []  # (at, seq, kind, replica)
+        self._seq = 0
+        if fleet is not None:
+            self._timer(fleet.period_s, "control")
+
+    def _new_replica(self, requested_at: float, ready_at: float) -> SimReplica:
+        c = self.cluster
+        model = BatchingModel(c.perf, c.tensor_parallel_size, c.max_num_seqs,
+                              c.max_num_batched_tokens, c.kv_capacity_tokens)  # fmt: skip
+        return SimReplica(model, requested_at, ready_at)
+
+    def _timer(self, at: float, kind: str, k: int = -1) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (at, self._seq, kind, k))
+
+    @property
+    def target(self) -> int:
+        """Replicas kept (serving or starting), as an autoscaler counts them."""
+        return sum(not r.draining and r.stopped_at is None for r in self.replicas)
+
+    def _start(self, k: int, now: float, horizon: float) -> None:
+        rep = self.replicas[k]
         if rep.busy_until is not None or rep.model.idle:
             return
         rep.model.now = max(rep.model.now, now)
         rep.step_start = rep.model.now
         rep.pending = rep.model.step(until=min(horizon, rep.model.now + MAX_RUN_S))
         rep.busy_until = rep.model.now
-        heapq.heappush(events, (rep.busy_until, k))
+        heapq.heappush(self._steps, (rep.busy_until, k))
 
-    def finish_step(k: int, now: float) -> None:
-        rep = replicas[k]
+    def _finish_step(self, k: int, now: float) -> None:
+        rep = self.replicas[k]
         result, rep.pending, rep.busy_until = rep.pending, None, None
         for rid, n in result.emitted.items():
             rec = rep.live[rid]
             before, rec.generated = rec.generated, rec.generated + n
             if before == 0:
                 rec.first_token = now
-                own_prefill = prefill_seconds(cluster, rec.request.prompt_tokens)
+                own_prefill = prefill_seconds(self.cluster, rec.request.prompt_tokens)
                 rec.queue_wait = max(0.0, rec.ttft - own_prefill)
-            final_at = math.ceil(rec.request.output_tokens * (1 - final_share))
+            final_at = math.ceil(rec.request.output_tokens * (1 - self.workload.final_share))
             if rec.first_final is None and rec.generated >= final_at:
                 into = (final_at - before) / n  # where in this run the answer started
                 rec.first_final = rep.step_start + into * result.duration_s
         for rid in result.finished:
             rec = rep.live.pop(rid)
             rec.finished = now
-            policy.done(rec.request, now)
+            self.outcomes.append(rec)
+            self.policy.done(rec.request, now)
+        if rep.draining and not rep.live:
+            rep.stopped_at = now
 
-    def apply(dispatch, now: float) -> None:
+    def _apply(self, dispatch) -> None:
         for request, k in dispatch:
-            rec = records[request.request_id]
-            replicas[k].model.add(request.request_id, request.prompt_tokens,
-                                  request.output_tokens, policy.expected_output(request))  # fmt: skip
-            replicas[k].live[request.request_id] = rec
+            rec = self.records[request.request_id]
+            self.replicas[k].model.add(request.request_id, request.prompt_tokens,
+                                       request.output_tokens,
+                                       self.policy.expected_output(request))  # fmt: skip
+            self.replicas[k].live[request.request_id] = rec
 
-    while i < len(requests) or events:
-        next_arrival = requests[i].arrival if i < len(requests) else math.inf
-        if events and events[0][0] <= next_arrival:
-            now, k = heapq.heappop(events)
-            finish_step(k, now)
-            apply(policy.tick(k, now), now)
-        else:
-            now = next_arrival
-            request = requests[i]
-            i += 1
-            decision = policy.arrive(request, now)
-            if isinstance(decision, Rejected):
-                records[request.request_id].rejected = True
-                records[request.request_id].retry_after_s = decision.retry_after_s
+    def _control(self, now: float) -> None:
+        want, target = self.fleet.decide(now, self), self.target
+        for _ in range(want - target):
+            self.replicas.append(self._new_replica(now, now + self.fleet.start_s))
+            self._timer(now + self.fleet.start_s, "ready", len(self.replicas) - 1)
+        if want < target:  # cancel cold starts first, then drain the least busy
+            kept = [k for k, r in enumerate(self.replicas)
+                    if not r.draining and r.stopped_at is None]  # fmt: skip
+            kept.sort(key=lambda k: (self.replicas[k].ready_at <= now, len(self.replicas[k].live)))
+            for k in kept[: target - want]:
+                rep = self.replicas[k]
+                rep.draining = True
+                if rep.ready_at > now or not rep.live:
+                    rep.stopped_at = now
+                self.policy.leave(k)
+
+    def run(self) -> SimResult:
+        requests, i, now = self.requests, 0, 0.0
+        # Requests may also wait for a replica that is still starting: keep time moving then.
+        while i < len(requests) or self._steps or (self._timers and self.policy.waiting()):
+            next_arrival = requests[i].arrival if i < len(requests) else math.inf
+            next_step = self._steps[0][0] if self._steps else math.inf
+            next_timer = self._timers[0][0] if self._timers else math.inf
+            if next_timer < min(next_step, next_arrival):
+                now, _, kind, k = heapq.heappop(self._timers)
+                if kind == "control":
+                    self._control(now)
+                    self._timer(now + self.fleet.period_s, "control")
+                elif self.replicas[k].stopped_at is None:  # a cold start completed
+                    self._apply(self.policy.tick(k, now))
+            elif next_step <= next_arrival:
+                now, k = heapq.heappop(self._steps)
+                self._finish_step(k, now)
+                self._apply(self.policy.tick(k, now))
             else:
-                apply(decision, now)
-        horizon = requests[i].arrival if i < len(requests) else math.inf
-        for k in range(len(replicas)):
-            start(k, now, horizon)
-    slo = {e: (p.ttft_slo_s, p.itl_slo_s) for e, p in config.efforts.items()}
-    return SimResult(policy_name, workload.duration_s, list(records.values()), slo,
-                     warmup_s=workload.duration_s * workload.warmup_share)  # fmt: skip
+                now = next_arrival
+                request = requests[i]
+                i += 1
+                decision = self.policy.arrive(request, now)
+                if isinstance(decision, Rejected):
+                    rec = self.records[request.request_id]
+                    rec.rejected, rec.retry_after_s = True, decision.retry_after_s
+                    self.outcomes.append(rec)
+                else:
+                    self._apply(decision)
+            horizon = min(requests[i].arrival if i < len(requests) else math.inf,
+                          self._timers[0][0] if self._timers else math.inf)  # fmt: skip
+            for k in range(len(self.replicas)):
+                self._start(k, now, horizon)
+        end = max(self.workload.duration_s, now)
+        for rep in self.replicas:
+            rep.stopped_at = rep.stopped_at if rep.stopped_at is not None else end
+        slo = {e: (p.ttft_slo_s, p.itl_slo_s) for e, p in self.config.efforts.items()}
+        return SimResult(self.policy_name, self.workload.duration_s,
+                         list(self.records.values()), slo,
+                         warmup_s=self.workload.duration_s * self.workload.warmup_share)  # fmt: skip
+
+
+def simulate(
+    workload: WorkloadSpec,
+    cluster: ClusterSpec,
+    policy_name: str,
+    config: ClusterConfig,
+    fleet: Fleet | None = None,
+) -> SimResult:
+    return Simulation(workload, cluster, policy_name, config, fleet).run()
 
 
 def prefill_seconds(cluster: ClusterSpec, tokens: int) -> float:

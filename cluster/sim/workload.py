@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import dataclass, field
@@ -41,6 +42,9 @@ class WorkloadSpec(_Spec):
     warmup_share: float = Field(0.25, ge=0, lt=1)  # excluded from figures
     rate: PositiveFloat = 10.0  # mean requests per second
     arrivals: Arrivals = Arrivals()
+    # Piecewise-linear multiplier of `rate` over time, [[t_s, factor], ...] (a step, a day);
+    # empty: constant. Poisson arrivals only.
+    rate_profile: list[tuple[float, float]] = []
     effort_mix: dict[Effort, float] = {Effort.LOW: 0.5, Effort.MEDIUM: 0.35, Effort.HIGH: 0.15}
     prompt_tokens: Lognormal = Lognormal(median=600)
     output_tokens: dict[Effort, Lognormal] = {
@@ -80,6 +84,16 @@ class SimRequest:
     degraded_from: Effort | None = None  # set when admission lowered its effort
 
 
+def rate_factor(profile: list[tuple[float, float]], t: float) -> float:
+    """The profile's multiplier at time t (linear between points, flat beyond the ends)."""
+    if t <= profile[0][0]:
+        return profile[0][1]
+    for (t0, f0), (t1, f1) in itertools.pairwise(profile):
+        if t <= t1:
+            return f0 + (f1 - f0) * (t - t0) / (t1 - t0) if t1 > t0 else f1
+    return profile[-1][1]
+
+
 def generate(spec: WorkloadSpec) -> list[SimRequest]:
     rng = random.Random(spec.seed)
     efforts, weights = zip(*spec.effort_mix.items(), strict=True)
@@ -88,8 +102,13 @@ def generate(spec: WorkloadSpec) -> list[SimRequest]:
     tenant_weights = [spec.heavy_tenant_share] + [rest] * (spec.tenants - 1)
     out, t = [], 0.0
     period = spec.arrivals.on_s + spec.arrivals.off_s
+    peak = max((f for _, f in spec.rate_profile), default=1.0)
     while True:
-        if spec.arrivals.kind == "poisson":
+        if spec.rate_profile:  # thinning: draw at the peak rate, keep with probability f(t)/peak
+            t += rng.expovariate(spec.rate * peak)
+            if rng.random() * peak > rate_factor(spec.rate_profile, t):
+                continue
+        elif spec.arrivals.kind == "poisson":
             t += rng.expovariate(spec.rate)
         else:  # all the load in the on-phases, so the mean rate is unchanged
             t += rng.expovariate(spec.rate * period / spec.arrivals.on_s)

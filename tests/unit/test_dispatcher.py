@@ -50,7 +50,7 @@ async def test_requests_wait_for_a_seat_and_a_release_hands_it_on():
     await asyncio.sleep(0)
     assert not second.done()  # the only seat is taken; the request waits in the gateway
     clock.now += 0.5
-    d.release(first, output_tokens=180)  # the seat is free before any new report
+    d.release(first, 180, first_output_at=clock.now - 0.4)  # frees the seat before any report
     assert (await asyncio.wait_for(second, 1)).replica == "a"
     assert d.scheduler.cost.prediction_error()  # the true length was learned
 
@@ -113,8 +113,24 @@ async def test_overload_sheds_and_degradation_is_reported():
     assert d.scheduler.degraded >= 1 and d.scheduler.rejected == 0
     with pytest.raises(Overloaded):  # a raw prompt cannot be re-rendered: shed instead
         await admit(d, "raw", Effort.HIGH, degradable=False)
-    d.release(running, output_tokens=None)
+    d.release(running, None, None)
     done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     assert done.pop().result().effort in (Effort.MEDIUM, Effort.LOW)  # lowered ones key first
     for task in waiting:
         task.cancel()
+
+
+async def test_the_demand_signal_rides_on_each_dispatched_request():
+    d, clock = dispatcher()
+    d.publish({"a": report(seats=2)})
+    first = await admit(d, "r0")
+    # prompt + expected output, per second over the 30 s window
+    assert first.signal.offered_tokens_s == pytest.approx(first.ticket.cost_tokens / 30)
+    clock.now += 2.0
+    d.release(first, 180, first_output_at=clock.now - 1.9)  # TTFT 0.1 s, ITL ~10 ms: met
+    second = await admit(d, "r1")
+    clock.now += 5.0
+    d.release(second, 100, first_output_at=clock.now - 0.1)  # TTFT 4.9 s > low's 1 s: missed
+    signal = d.signal(clock.now)
+    assert dict(signal.attainment) == {Effort.LOW: 0.5}
+    assert signal.queued_tokens == 0 and signal.waiting_requests == 0

@@ -314,7 +314,7 @@ class _Recorder(InProcessEngine):
         self.requests.append(request)
         return self.engine.generate(request)
 
-    def release(self, admission, output_tokens):
+    def release(self, admission, output_tokens, first_output_at):
         self.released.append(output_tokens)
 
 

@@ -199,8 +199,9 @@ def test_drain_rate_counts_only_time_when_requests_waited():
     drain.backlogged(8.0, waiting=True)
     assert drain.rate(8.2) is None  # 0.2 s of waiting is no evidence yet
     for k in range(20):  # 20 waited dispatches over 2 s: the cluster drains 10/s
-        drain.dispatched(8.0 + k * 0.1, waited=True)
+        drain.dispatched(8.0 + k * 0.1, waited=True, tokens=500)
     assert drain.rate(10.0) == pytest.approx(10.0)  # not 2/s over the whole window
+    assert drain.token_rate(10.0) == pytest.approx(5_000.0)  # its capacity for this mix
     drain.backlogged(10.0, waiting=False)
     assert drain.rate(15.0) == pytest.approx(10.0)  # idle time after the backlog is not counted
     assert drain.rate(25.0) is None  # the evidence has left the window

@@ -1,0 +1,73 @@
+"""The backlog autoscaler on a local Ray cluster: load raises engine replicas from 1 to 3, they fall
+back after the load, and no request fails on the way down."""
+
+import threading
+import time
+
+import httpx
+import pytest
+from ray import serve
+
+from cluster.serve.local import APP_NAME
+
+pytestmark = pytest.mark.integration
+BODY = {
+    "model": "gpt-oss-120b",
+    "messages": [{"role": "user", "content": "Why is the sky blue?"}],
+    "reasoning_effort": "medium",
+}
+
+
+def running_replicas() -> int:
+    deployment = serve.status().applications[APP_NAME].deployments["engine"]
+    return deployment.replica_states.get("RUNNING", 0)
+
+
+def load(url: str, rate: float, stop: threading.Event, statuses: list[int]) -> None:
+    """Open-loop requests at `rate` per second until `stop`; every status is recorded."""
+    threads = []
+
+    def one() -> None:
+        try:
+            statuses.append(
+                httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=60).status_code
+            )
+        except httpx.HTTPError:
+            statuses.append(-1)
+
+    while not stop.is_set():
+        threads.append(threading.Thread(target=one))
+        threads[-1].start()
+        time.sleep(1 / rate)
+    for t in threads:
+        t.join()
+
+
+def wait_for(condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def test_load_scales_replicas_up_and_back_down_without_losing_a_request(cluster):
+    assert running_replicas() == 1
+    statuses: list[int] = []
+    heavy = threading.Event()
+    loader = threading.Thread(target=load, args=(cluster.url, 4.0, heavy, statuses))
+    loader.start()
+    reached_three = wait_for(lambda: running_replicas() == 3, 60)
+    heavy.set()
+    loader.join()
+    assert reached_three
+    # A trickle keeps flowing while the replicas drain away: none of it may fail.
+    light = threading.Event()
+    trickle = threading.Thread(target=load, args=(cluster.url, 0.25, light, statuses))
+    trickle.start()
+    back_to_one = wait_for(lambda: running_replicas() == 1, 120)
+    light.set()
+    trickle.join()
+    assert back_to_one
+    assert statuses and all(s == 200 for s in statuses), sorted(set(statuses))
