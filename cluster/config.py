@@ -175,7 +175,9 @@ class EngineConfig(_Strict):
         default_factory=dict, description="Environment of engine replicas (e.g. VLLM_* knobs)."
     )
     drain_timeout_s: PositiveFloat = Field(
-        60.0, description="On scale-down or shutdown, in-flight requests get this long to finish."
+        600.0,
+        description="On scale-down or redeploy, in-flight requests get this long to finish (a "
+        "high-effort answer can run for minutes; what is still running after it is aborted).",
     )
     mock: MockEngineConfig = MockEngineConfig()
 
@@ -183,8 +185,8 @@ class EngineConfig(_Strict):
 class ReplicaConfig(_Strict):
     """Ray Serve replica settings of one deployment.
 
-    With `max_replicas > min_replicas` Serve autoscales between the bounds (for now on ongoing
-    requests per replica, Serve's default policy).
+    With `max_replicas > min_replicas` Serve autoscales between the bounds: engine replicas with
+    the `autoscaling` section's policy, gateways on ongoing requests (Serve's default).
     """
 
     min_replicas: PositiveInt = 1
@@ -221,6 +223,11 @@ class AutoscalingConfig(_Strict):
         "(gpt-oss-120b on H100 TP2 with the reference mix: ~17,000 in the simulator).",
     )
     upscale_delay_s: float = Field(30.0, ge=0, description="Sustained excess before scaling up.")
+    urgent_factor: float = Field(
+        2.0,
+        gt=1,
+        description="Demand this many times the target is no noise: scale up without the delay.",
+    )
     downscale_delay_s: float = Field(
         600.0, ge=0, description="Sustained slack before scaling down."
     )

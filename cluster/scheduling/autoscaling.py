@@ -7,8 +7,9 @@ plus the tokens already waiting for a replica; one replica gets through its meas
 (for the current effort mix, measured while saturated) times the horizon, planned at
 `target_utilization`. Offered tokens jump the moment load steps up, long before queues or request
 counts do. Missed SLOs in any effort class add a replica even when the backlog looks fine.
-Hysteresis keeps a noisy flat load from flapping: up after `upscale_delay_s` of sustained excess,
-down only below a margin and after `downscale_delay_s`. Optional scale to zero waits for a long
+Hysteresis keeps a noisy flat load from flapping: up after `upscale_delay_s` of sustained excess
+(at once when demand reaches `urgent_factor` times the target: that is no noise), down only below a
+margin and after `downscale_delay_s`. Optional scale to zero waits for a long
 idle spell (never shorter than a cold start) and wakes at once on the first queued request.
 Pure: the caller passes the time in the signal.
 """
@@ -49,6 +50,7 @@ class Hysteresis:
     upscale_delay_s: float
     downscale_delay_s: float
     margin: float = 0.0
+    urgent_factor: float = math.inf  # want >= target x this: up at once (Serve: never)
     _up_since: float | None = None
     _down_since: float | None = None
 
@@ -59,7 +61,8 @@ class Hysteresis:
         if want > target:
             self._down_since = None
             self._up_since = now if self._up_since is None else self._up_since
-            if now - self._up_since >= self.upscale_delay_s:
+            urgent = want >= target * self.urgent_factor
+            if urgent or now - self._up_since >= self.upscale_delay_s:
                 self._up_since = None
                 return Decision(want, reason, demand)
             return Decision(target, "up-delay", demand)
@@ -88,7 +91,7 @@ class BacklogAutoscaler:
     def __post_init__(self) -> None:
         c = self.config
         self.delays = self.delays or Hysteresis(
-            c.upscale_delay_s, c.downscale_delay_s, c.downscale_margin
+            c.upscale_delay_s, c.downscale_delay_s, c.downscale_margin, c.urgent_factor
         )
 
     def decide(self, s: ScalingSignal) -> Decision:

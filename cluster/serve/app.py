@@ -17,7 +17,7 @@ POLICY_CLASS = "cluster.serve.autoscaling:BacklogPolicy"
 # Engine replicas push their autoscaling metrics this often (Serve reads it from the replica's
 # environment); the policy sees their mean over the look-back (gateways already smooth demand).
 METRICS_PUSH_ENV = {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "2"}
-LOOK_BACK_S = 6.0
+LOOK_BACK_S = 12.0  # above Serve's metrics_interval_s default (10 s), as it requires
 
 
 def _replica_options(replicas: ReplicaConfig) -> dict[str, Any]:

@@ -3,6 +3,8 @@ back after the load, and no request fails on the way down."""
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -23,24 +25,34 @@ def running_replicas() -> int:
     return deployment.replica_states.get("RUNNING", 0)
 
 
-def load(url: str, rate: float, stop: threading.Event, statuses: list[int]) -> None:
-    """Open-loop requests at `rate` per second until `stop`; every status is recorded."""
-    threads = []
+@contextmanager
+def loading(url: str, rate: float, statuses: list[int]) -> Iterator[None]:
+    """Open-loop requests at `rate` per second for the duration; every status is recorded."""
+    stop = threading.Event()
 
     def one() -> None:
         try:
-            statuses.append(
-                httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=60).status_code
-            )
+            response = httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=60)
+            statuses.append(response.status_code)
         except httpx.HTTPError:
             statuses.append(-1)
 
-    while not stop.is_set():
-        threads.append(threading.Thread(target=one))
-        threads[-1].start()
-        time.sleep(1 / rate)
-    for t in threads:
-        t.join()
+    def drive() -> None:
+        threads = []
+        while not stop.is_set():
+            threads.append(threading.Thread(target=one))
+            threads[-1].start()
+            time.sleep(1 / rate)
+        for t in threads:
+            t.join()
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        driver.join()
 
 
 def wait_for(condition, timeout_s: float) -> bool:
@@ -55,19 +67,11 @@ def wait_for(condition, timeout_s: float) -> bool:
 def test_load_scales_replicas_up_and_back_down_without_losing_a_request(cluster):
     assert running_replicas() == 1
     statuses: list[int] = []
-    heavy = threading.Event()
-    loader = threading.Thread(target=load, args=(cluster.url, 4.0, heavy, statuses))
-    loader.start()
-    reached_three = wait_for(lambda: running_replicas() == 3, 60)
-    heavy.set()
-    loader.join()
+    with loading(cluster.url, 4.0, statuses):
+        reached_three = wait_for(lambda: running_replicas() == 3, 60)
     assert reached_three
     # A trickle keeps flowing while the replicas drain away: none of it may fail.
-    light = threading.Event()
-    trickle = threading.Thread(target=load, args=(cluster.url, 0.25, light, statuses))
-    trickle.start()
-    back_to_one = wait_for(lambda: running_replicas() == 1, 120)
-    light.set()
-    trickle.join()
+    with loading(cluster.url, 0.25, statuses):
+        back_to_one = wait_for(lambda: running_replicas() == 1, 120)
     assert back_to_one
     assert statuses and all(s == 200 for s in statuses), sorted(set(statuses))

@@ -29,7 +29,7 @@ def run(a: BacklogAutoscaler, target: int, backlog: float, start: float, seconds
 
 
 def test_demand_is_backlog_over_replica_throughput_after_the_up_delay():
-    a = scaler(upscale_delay_s=30)
+    a = scaler(upscale_delay_s=30, urgent_factor=10)
     decisions = run(a, 1, 3.5 * REPLICA, 0.0, 31)
     assert decisions[0].desired == 1 and decisions[0].reason == "up-delay"
     assert decisions[0].demand == 3.5
@@ -38,6 +38,13 @@ def test_demand_is_backlog_over_replica_throughput_after_the_up_delay():
     heavy = scaler(upscale_delay_s=0)
     assert run(heavy, 1, 3.5 * REPLICA, 0.0, 1, tokens_per_replica_s=7_500)[0].desired == 7
     assert run(heavy, 7, 3.5 * REPLICA, 1.0, 1)[0].desired == 7  # the measurement is kept
+
+
+def test_a_jump_to_twice_the_target_is_no_noise():
+    a = scaler(upscale_delay_s=30, urgent_factor=2.0)
+    assert run(a, 4, 6.5 * REPLICA, 0.0, 1)[0].desired == 4  # 7 wanted: under 2x, waits
+    jump = run(scaler(upscale_delay_s=30, urgent_factor=2.0), 4, 8.5 * REPLICA, 0.0, 1)[0]
+    assert jump.desired == 9 and jump.reason == "backlog"
 
 
 def test_a_noisy_flat_load_does_not_flap():

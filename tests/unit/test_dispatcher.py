@@ -36,6 +36,15 @@ async def admit(d, rid, effort=Effort.LOW, degradable=True):
     return await d.admit(request(rid, effort), "t", "p", False, degradable)
 
 
+async def one_waiting(d) -> asyncio.Task:
+    """One replica with one seat, taken by r0; r1 waits for it in the gateway."""
+    d.publish({"a": report(seats=1)})
+    await admit(d, "r0")
+    waiting = asyncio.create_task(admit(d, "r1"))
+    await asyncio.sleep(0)
+    return waiting
+
+
 async def test_without_reports_requests_pass_to_serves_router():
     d, _ = dispatcher()
     assert await admit(d, "r0") == Admission()
@@ -57,10 +66,7 @@ async def test_requests_wait_for_a_seat_and_a_release_hands_it_on():
 
 async def test_a_client_that_leaves_while_queued_is_withdrawn():
     d, _ = dispatcher()
-    d.publish({"a": report(seats=1)})
-    await admit(d, "r0")
-    waiting = asyncio.create_task(admit(d, "r1"))
-    await asyncio.sleep(0)
+    waiting = await one_waiting(d)
     assert len(d.scheduler.queue) == 1
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -70,10 +76,7 @@ async def test_a_client_that_leaves_while_queued_is_withdrawn():
 
 async def test_reports_from_the_router_thread_wake_waiting_requests():
     d, clock = dispatcher()
-    d.publish({"a": report(seats=1)})
-    await admit(d, "r0")
-    waiting = asyncio.create_task(admit(d, "r1"))
-    await asyncio.sleep(0)
+    waiting = await one_waiting(d)
     clock.now += 1.0
     fresh = {"a": report(seats=1, at=clock.now)}  # r0 finished on the engine
     threading.Thread(target=d.publish, args=(fresh,)).start()
@@ -82,10 +85,7 @@ async def test_reports_from_the_router_thread_wake_waiting_requests():
 
 async def test_when_every_replica_is_gone_waiters_fall_back_to_serve():
     d, _ = dispatcher()
-    d.publish({"a": report(seats=1)})
-    await admit(d, "r0")
-    waiting = asyncio.create_task(admit(d, "r1"))
-    await asyncio.sleep(0)
+    waiting = await one_waiting(d)
     d.publish({})
     assert (await asyncio.wait_for(waiting, 1)).replica is None
 

@@ -146,12 +146,18 @@ def test_kv_watermark_and_seats_gate_placement():
     assert s.dispatch(1.0)[0][1] == "b"
 
 
-def test_prefix_affinity_unless_imbalanced():
-    s = scheduler(engine_queue_limit=100, prefix_imbalance_tokens=1_000)
-    s.report("a", idle(seats=100))
-    s.report("b", idle(seats=100))
+def prefix_placed(seats: int, **router) -> tuple[Scheduler, str]:
+    """Replicas a and b; one request with prefix "p" placed on one of them, its home."""
+    s = scheduler(engine_queue_limit=100, **router)
+    s.report("a", idle(seats=seats))
+    s.report("b", idle(seats=seats))
     s.submit(s.ticket("r0", Effort.LOW, "t", 100, 1000, now=0.0, prefix_key="p"), 0.0)
     ((_, home),) = s.dispatch(0.0)
+    return s, home
+
+
+def test_prefix_affinity_unless_imbalanced():
+    s, home = prefix_placed(100, prefix_imbalance_tokens=1_000)
     s.submit(s.ticket("r1", Effort.LOW, "t", 100, 1000, now=0.1, prefix_key="p"), 0.1)
     assert s.dispatch(0.1)[0][1] == home  # same prefix, same replica while loads are close
     other = "b" if home == "a" else "a"
@@ -178,11 +184,7 @@ def test_a_finished_request_frees_its_seat_before_the_next_report():
 
 
 def test_gone_replicas_and_withdrawn_requests_are_forgotten():
-    s = scheduler(engine_queue_limit=100, admission_slack=100)
-    s.report("a", idle(seats=1))
-    s.report("b", idle(seats=1))
-    s.submit(s.ticket("r0", Effort.LOW, "t", 100, 1000, now=0.0, prefix_key="p"), 0.0)
-    ((_, home),) = s.dispatch(0.0)
+    s, home = prefix_placed(1, admission_slack=100)
     s.forget(["b" if home == "a" else "a"])
     assert s.replicas == 1 and home not in s._prefix_home.values()
     waiting = s.ticket("r1", Effort.LOW, "t", 100, 1000, now=0.1)
