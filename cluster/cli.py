@@ -83,6 +83,27 @@ def schema() -> None:
 
 
 @app.command()
+def chart(
+    check: Annotated[bool, typer.Option(help="Fail if a generated file is out of date.")] = False,
+) -> None:
+    """Write the Helm chart's generated files: values.schema.json, values.yaml, values-*.yaml."""
+    from cluster.chart import CHART_DIR, chart_files
+
+    stale = []
+    for name, text in chart_files().items():
+        path = CHART_DIR / name
+        if path.is_file() and path.read_text() == text:
+            continue
+        stale.append(name)
+        if not check:
+            path.write_text(text)
+    if check and stale:
+        typer.echo(f"out of date (run `gpt-oss-cluster chart`): {', '.join(stale)}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{'stale' if check else 'wrote'}: {', '.join(stale) or 'nothing'}")
+
+
+@app.command()
 def bench(
     requests: Annotated[int, typer.Option(help="Sequential 1-token requests per path.")] = 200,
 ) -> None:

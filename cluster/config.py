@@ -8,6 +8,7 @@ application `args` are this schema again, so replicas validate exactly what the 
 from __future__ import annotations
 
 import datetime as dt
+import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -404,6 +406,22 @@ def validate_config(data: dict[str, Any]) -> ClusterConfig:
         return ClusterConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(describe_validation_error(err)) from None
+
+
+API_KEYS_ENV = f"{ENV_PREFIX}AUTH__API_KEYS"
+
+
+def with_secret_env(cfg: ClusterConfig) -> ClusterConfig:
+    """API keys from the environment (a Kubernetes Secret), which stay out of the Serve config.
+    The variable holds a JSON list; when set, it replaces `auth.api_keys`."""
+    raw = os.environ.get(API_KEYS_ENV)
+    if raw is None:
+        return cfg
+    try:
+        keys = TypeAdapter(list[SecretStr]).validate_json(raw)
+    except ValidationError:
+        raise ConfigError(f"{API_KEYS_ENV}: expected a JSON list of strings") from None
+    return cfg.model_copy(update={"auth": AuthConfig(api_keys=keys)})
 
 
 def load_config(path: str | Path | None = None) -> ClusterConfig:

@@ -14,7 +14,7 @@ from ray.serve.handle import DeploymentHandle
 
 from cluster.api.gateway import create_app
 from cluster.api.generation import Admission, Overloaded
-from cluster.config import ClusterConfig, validate_config
+from cluster.config import ClusterConfig, validate_config, with_secret_env
 from cluster.engine.base import EngineOutput, EngineRequest
 from cluster.engine.factory import build_engine
 from cluster.harmony import Harmony
@@ -101,7 +101,7 @@ class Gateway:
     """HTTP ingress: the FastAPI app of cluster.api over a handle to the engine deployment."""
 
     def __init__(self, config: dict[str, Any], engine: DeploymentHandle) -> None:
-        self._config = validate_config(config)
+        self._config = with_secret_env(validate_config(config))
         self._harmony = Harmony(
             self._config.harmony.vocab_dir, self._config.harmony.conversation_start_date
         )

@@ -1,0 +1,262 @@
+"""The Helm chart's values, as a schema: `helm/gpt-oss-cluster/values.schema.json` is generated from
+these models (`gpt-oss-cluster schema --chart`), and its `cluster` value is the product's own
+`ClusterConfig`, passed unchanged to the Serve application. One source of truth: a values file that
+passes `helm lint` is a config the application accepts, field for field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+
+from cluster.config import ClusterConfig
+
+CHART_DIR = Path(__file__).resolve().parents[1] / "helm" / "gpt-oss-cluster"
+DEFAULT_PRESET = "gpt-oss-120b-h100-tp2"
+# values-<name>.yaml: a cluster preset spelled out (so helm sees TP) and the pods it needs.
+CHART_PRESETS = {
+    "h100-tp2": "gpt-oss-120b-h100-tp2",
+    "h200-tp1": "gpt-oss-120b-h200-tp1",
+    "gpt-oss-20b": "gpt-oss-20b-h100-tp1",
+}
+K8sObject = dict[str, Any]  # passed through to the pod spec as written (Kubernetes validates it)
+
+
+class _Values(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Image(_Values):
+    repository: str = Field(
+        "ghcr.io/gpt-oss-cluster/gpt-oss-cluster",
+        description="Image with Ray, vLLM and this package (it also carries the o200k vocabulary).",
+    )
+    tag: str = Field("0.1.0", description="Image tag.")
+    pullPolicy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="Image pull policy."
+    )
+
+
+class Placement(_Values):
+    nodeSelector: dict[str, str] = Field({}, description="Pod nodeSelector.")
+    tolerations: list[K8sObject] = Field([], description="Pod tolerations.")
+    affinity: K8sObject = Field({}, description="Pod affinity.")
+
+
+class Head(Placement):
+    """The Ray head pod: GCS, Serve controller, HTTP proxy and gateway replicas; no GPU."""
+
+    cpu: str = Field("8", description="Head pod CPU (request = limit).")
+    memory: str = Field("32Gi", description="Head pod memory (request = limit).")
+
+
+class GpuWorkers(Placement):
+    """One KubeRay worker group of GPU pods; Serve places engine replicas on them."""
+
+    groupName: str = Field("gpu", description="KubeRay worker group name.")
+    gpusPerPod: NonNegativeInt = Field(
+        8,
+        description="nvidia.com/gpu per pod: a multiple of the engine's TP x PP size (0: CPU pods).",
+    )
+    minReplicas: NonNegativeInt = Field(1, description="Fewest GPU pods KubeRay keeps.")
+    maxReplicas: PositiveInt = Field(2, description="Most GPU pods KubeRay adds.")
+    cpu: str = Field("32", description="GPU pod CPU (request = limit).")
+    memory: str = Field("256Gi", description="GPU pod memory (request = limit).")
+    shmSize: str = Field("32Gi", description="/dev/shm for vLLM's NCCL and shared-memory buffers.")
+    nodeSelector: dict[str, str] = Field(
+        {"nvidia.com/gpu.present": "true"}, description="GPU pod nodeSelector."
+    )
+    tolerations: list[K8sObject] = Field(
+        [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        description="GPU pod tolerations.",
+    )
+
+
+class Autoscaler(_Values):
+    """KubeRay's in-tree autoscaler: Serve's replica demand becomes GPU worker pods."""
+
+    enabled: bool = Field(True, description="KubeRay's in-tree autoscaler on.")
+    upscalingMode: Literal["Default", "Aggressive", "Conservative"] = Field(
+        "Default", description="How fast pending replica demand becomes pods."
+    )
+    idleTimeoutSeconds: PositiveInt = Field(300, description="An idle GPU pod is removed after.")
+
+
+class Weights(_Values):
+    """Model weights are mounted, never downloaded: a PVC or a pre-populated host path."""
+
+    source: Literal["pvc", "hostPath"] = Field("pvc", description="Where the weights are.")
+    claimName: str = Field("gpt-oss-weights", description="PVC holding the weights (read-only).")
+    hostPath: str = Field("/data/models", description="Pre-populated node directory.")
+    mountPath: str = Field("/models", description="Where cluster.model.path points inside pods.")
+
+
+class ApiKeys(_Values):
+    existingSecret: str = Field("", description="A Secret with key `api-keys`: a JSON list.")
+    keys: list[str] = Field([], description="Used when existingSecret is empty; empty: open.")
+
+
+class Service(_Values):
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
+        "ClusterIP", description="Gateway Service type."
+    )
+    port: int = Field(8000, ge=1, le=65_535, description="Gateway port (Serve's HTTP proxy).")
+
+
+class ServiceMonitor(_Values):
+    enabled: bool = Field(False, description="A Prometheus Operator ServiceMonitor.")
+    interval: str = Field("15s", description="Scrape interval.")
+    labels: dict[str, str] = Field({}, description="Labels your Prometheus selects on.")
+
+
+class Toggle(_Values):
+    enabled: bool = Field(True, description="Render it.")
+
+
+class ChartValues(_Values):
+    nameOverride: str = Field("", description="Replaces the chart name in object names.")
+    fullnameOverride: str = Field("", description="Replaces the whole object name prefix.")
+    image: Image = Image()
+    imagePullSecrets: list[dict[str, str]] = Field([], description="Pull secrets for pods.")
+    rayVersion: str = Field("2.60.0", description="Ray version in the image (KubeRay needs it).")
+    cluster: ClusterConfig = Field(
+        default_factory=lambda: expand_preset(DEFAULT_PRESET),
+        description="The application config (cluster/config.py), passed unchanged to Serve.",
+    )
+    head: Head = Head()
+    gpuWorkers: GpuWorkers = GpuWorkers()
+    autoscaler: Autoscaler = Autoscaler()
+    upgradeStrategy: Literal["NewCluster", "None"] = Field(
+        "NewCluster", description="KubeRay's way to roll out a changed cluster spec."
+    )
+    weights: Weights = Weights()
+    apiKeys: ApiKeys = ApiKeys()
+    service: Service = Service()
+    serviceMonitor: ServiceMonitor = ServiceMonitor()
+    podDisruptionBudget: Toggle = Toggle()
+    networkPolicy: Toggle = Toggle()
+
+
+def expand_preset(name: str) -> ClusterConfig:
+    """A preset with every value it sets written out, and no `preset` reference left."""
+    return ClusterConfig.model_validate({"preset": name}).model_copy(update={"preset": None})
+
+
+def cluster_values(cfg: ClusterConfig) -> dict[str, Any]:
+    """The `cluster` value for a values file: what differs from the schema's defaults."""
+    return cfg.model_dump(mode="json", exclude_defaults=True)
+
+
+def gpus_per_pod(cfg: ClusterConfig) -> int:
+    p = cfg.engine.parallelism
+    return p.tensor_parallel_size * p.pipeline_parallel_size
+
+
+def values_schema() -> dict[str, Any]:
+    schema = ChartValues.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def default_values() -> dict[str, Any]:
+    values = ChartValues().model_dump(mode="json")
+    cfg = expand_preset(DEFAULT_PRESET)
+    values["cluster"] = cluster_values(cfg)
+    values["gpuWorkers"]["gpusPerPod"] = gpus_per_pod(cfg)
+    return values
+
+
+def overlay(target: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """What a values file layered on `base` must say for Helm's merge to give `target`: changed
+    leaves, and null for keys to drop (Helm deletes a key set to null)."""
+    out: dict[str, Any] = {}
+    for key in base.keys() | target.keys():
+        if key not in target:
+            out[key] = None
+        elif isinstance(target[key], dict) and isinstance(base.get(key), dict):
+            if nested := overlay(target[key], base[key]):
+                out[key] = nested
+        elif target[key] != base.get(key):
+            out[key] = target[key]
+    return dict(sorted(out.items()))
+
+
+def preset_values(preset: str) -> dict[str, Any]:
+    """values-<name>.yaml: layered on values.yaml, it gives the preset's config, all of it."""
+    cfg = expand_preset(preset)
+    base = expand_preset(DEFAULT_PRESET).model_dump(mode="json")
+    return {
+        "cluster": overlay(cfg.model_dump(mode="json"), base),
+        "gpuWorkers": {"gpusPerPod": gpus_per_pod(cfg)},
+    }
+
+
+def mock_values() -> dict[str, Any]:
+    """values-cpu-mock.yaml: the mock engine on CPU pods, for smoke tests on any cluster."""
+    return {
+        "cluster": {"engine": {"kind": "mock"}},
+        "gpuWorkers": {"gpusPerPod": 0, "minReplicas": 1, "maxReplicas": 1, "cpu": "4",
+                       "memory": "8Gi", "shmSize": "1Gi", "nodeSelector": {}, "tolerations": []},
+    }  # fmt: skip
+
+
+GENERATED_HEADER = "# Generated by `gpt-oss-cluster chart` from cluster/chart.py: do not edit.\n"
+
+
+README_HEAD = """# gpt-oss-cluster Helm chart
+
+gpt-oss-120b (or 20b) behind an OpenAI-compatible gateway on a KubeRay `RayService`: Ray Serve engine
+replicas running vLLM with tensor parallelism on GPU worker pods, effort-aware scheduling in the gateway,
+backlog autoscaling turned into GPU pods by KubeRay's in-tree autoscaler. Needs the KubeRay operator
+(ray.io/v1); the ServiceMonitor needs the Prometheus Operator.
+
+```
+helm install gpt-oss ./helm/gpt-oss-cluster -f helm/gpt-oss-cluster/values-h100-tp2.yaml \\
+  --set apiKeys.existingSecret=gpt-oss-keys
+```
+
+Weights are mounted, never downloaded (`weights.source`: a PVC or a pre-populated host path holding
+`cluster.model.path`). `cluster` is the application's own config (`cluster/config.py`), passed unchanged
+to Ray Serve and validated by the same schema here (`values.schema.json`, generated). Presets:
+`values-h100-tp2.yaml`, `values-h200-tp1.yaml`, `values-gpt-oss-20b.yaml`, and `values-cpu-mock.yaml` (the
+mock engine on CPU pods, for smoke tests on any cluster). API keys go to a Secret (`apiKeys`), never
+into the RayService. `make chart-check` lints, renders and validates the chart offline.
+
+## Values
+
+| value | default | description |
+|---|---|---|
+"""
+
+
+def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, _Values):
+            rows += _rows(kind, f"{key}.")
+            continue
+        if key == "cluster":
+            default = f"preset {DEFAULT_PRESET}, written out"
+        else:
+            default = json.dumps(field.get_default(call_default_factory=True))
+        rows.append(f"| `{key}` | `{default}` | {field.description or ''} |")
+    return rows
+
+
+def chart_files() -> dict[str, str]:
+    """Every generated chart file by name: the values schema, the defaults, the presets."""
+    files = {
+        "values.schema.json": json.dumps(values_schema(), indent=2) + "\n",
+        "README.md": README_HEAD + "\n".join(_rows(ChartValues)) + "\n",
+    }
+    documents = {"values.yaml": default_values(), "values-cpu-mock.yaml": mock_values()}
+    documents |= {f"values-{name}.yaml": preset_values(p) for name, p in CHART_PRESETS.items()}
+    for name, data in documents.items():
+        files[name] = GENERATED_HEADER + yaml.safe_dump(data, sort_keys=False)
+    return files

@@ -1,0 +1,89 @@
+{{/* Names and labels, the standard way. */}}
+{{- define "gpt-oss.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "gpt-oss.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "gpt-oss.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gpt-oss.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "gpt-oss.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "gpt-oss.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: gpt-oss-cluster
+{{- end -}}
+
+{{- define "gpt-oss.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag }}
+{{- end -}}
+
+{{- define "gpt-oss.apiKeysSecret" -}}
+{{- default (printf "%s-api-keys" (include "gpt-oss.fullname" .)) .Values.apiKeys.existingSecret -}}
+{{- end -}}
+
+{{/* TP x PP of the engine, from the cluster config (its preset or its own parallelism). */}}
+{{- define "gpt-oss.checkGpus" -}}
+{{- $par := ((.Values.cluster.engine | default dict).parallelism | default dict) -}}
+{{- $tp := int ($par.tensor_parallel_size | default 1) -}}
+{{- $pp := int ($par.pipeline_parallel_size | default 1) -}}
+{{- if ne (mod (int .Values.gpuWorkers.gpusPerPod) (mul $tp $pp)) 0 -}}
+{{- fail (printf "gpuWorkers.gpusPerPod (%d) must be a multiple of cluster.engine.parallelism tensor_parallel_size x pipeline_parallel_size (%d x %d)" (int .Values.gpuWorkers.gpusPerPod) $tp $pp) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Volumes every Ray pod mounts: weights, and /dev/shm. */}}
+{{- define "gpt-oss.volumes" -}}
+- name: weights
+{{- if eq .Values.weights.source "pvc" }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.weights.claimName }}
+    readOnly: true
+{{- else }}
+  hostPath:
+    path: {{ .Values.weights.hostPath }}
+    type: Directory
+{{- end }}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .shm }}
+{{- end -}}
+
+{{- define "gpt-oss.container" -}}
+image: {{ include "gpt-oss.image" .root }}
+imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+securityContext:
+  allowPrivilegeEscalation: false
+  capabilities:
+    drop: ["ALL"]
+env:
+  - name: GPT_OSS_CLUSTER_AUTH__API_KEYS
+    valueFrom:
+      secretKeyRef:
+        name: {{ include "gpt-oss.apiKeysSecret" .root }}
+        key: api-keys
+  - name: HF_HUB_OFFLINE
+    value: "1"
+volumeMounts:
+  - name: weights
+    mountPath: {{ .root.Values.weights.mountPath }}
+    readOnly: true
+  - name: dshm
+    mountPath: /dev/shm
+{{- end -}}
