@@ -108,8 +108,9 @@ def test_lint_render_and_validate_every_object(values):
     assert lint.returncode == 0, lint.stdout + lint.stderr
     docs = render(values, "serviceMonitor.enabled=true")
     kinds = {d["kind"] for d in docs}
+    # The Pod is `helm test`'s: a real chat request through the gateway.
     expected = {"RayService", "Service", "Secret", "PodDisruptionBudget", "NetworkPolicy",
-                "ServiceMonitor", "Pod"}  # fmt: skip (the Pod: `helm test`, a real chat)
+                "ServiceMonitor", "Pod"}  # fmt: skip
     assert expected <= kinds
     for doc in docs:
         validate(doc)
