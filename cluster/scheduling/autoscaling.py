@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 from cluster.config import AutoscalingConfig, Effort
 
+ATTAINMENT_WINDOW_S = 60.0  # SLO attainment is judged over the last minute of finished requests
+
 
 @dataclass(frozen=True)
 class ScalingSignal:

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from cluster.api.generation import Admission, Overloaded
 from cluster.config import ClusterConfig, Effort
 from cluster.engine.base import EngineRequest, LoadReport
-from cluster.scheduling.autoscaling import GatewaySignal
+from cluster.scheduling.autoscaling import ATTAINMENT_WINDOW_S, GatewaySignal
 from cluster.scheduling.queue import Ticket
 from cluster.scheduling.scheduler import Rejected, Scheduler
 
-ATTAINMENT_WINDOW_S = 60.0
 TRANSIT_S = 0.05  # gateway -> Serve router -> engine replica, with room to spare
 
 ReportListener = Callable[[Mapping[str, LoadReport]], None]

@@ -19,10 +19,14 @@ from ray.serve.config import AutoscalingConfig as ServeAutoscalingConfig
 from ray.serve.config import AutoscalingContext
 
 from cluster.config import ClusterConfig, Effort
-from cluster.scheduling.autoscaling import BacklogAutoscaler, Decision, Hysteresis, ScalingSignal
+from cluster.scheduling.autoscaling import (
+    ATTAINMENT_WINDOW_S,
+    BacklogAutoscaler,
+    Decision,
+    Hysteresis,
+    ScalingSignal,
+)
 from cluster.sim.simulator import Simulation, meets_slo
-
-ATTAINMENT_WINDOW_S = 60.0
 
 
 @dataclass(frozen=True)

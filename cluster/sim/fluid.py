@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from cluster.config import ClusterConfig, Effort
 from cluster.engine.batching import step_seconds
+from cluster.scheduling.autoscaling import ATTAINMENT_WINDOW_S
+from cluster.scheduling.scheduler import OFFERED_WINDOW_S
 from cluster.sim.fleets import Autoscaler, Observation
 from cluster.sim.workload import ClusterSpec, WorkloadSpec, rate_factor
 
@@ -107,10 +109,10 @@ def run_day(
         result.missed += missed
         result.offered += rate
         offered_window.append(rate * sum(c.share * c.cost for c in classes.values()))
-        if len(offered_window) > 30:
+        if len(offered_window) > OFFERED_WINDOW_S:
             offered_window.popleft()
         recent.append(second_outcomes)
-        if len(recent) > 60:
+        if len(recent) > ATTAINMENT_WINDOW_S:
             recent.popleft()
         attainment = {}
         for e in classes:
