@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 ENGINE_STAMP := $(VENV)/.installed-cpu-engine
 CONFIG ?= cluster/presets/local-mock.yaml
 HELM := .cache/bin/helm
+CHECKOV := .cache/checkov/bin/checkov
 PYTEST_ARGS ?=
 
 .PHONY: serve test test-fast chart chart-check bench bench-engine bench-sched bench-live bench-autoscale lint render clean
@@ -28,16 +29,21 @@ $(ENGINE_STAMP): $(STAMP)
 $(HELM): tools/fetch_helm.py | $(STAMP)
 	$(PY) tools/fetch_helm.py $(HELM)
 
+# checkov in its own venv (its pins clash with ours).
+$(CHECKOV):
+	$(PYTHON) -m venv .cache/checkov
+	.cache/checkov/bin/pip install --quiet checkov==3.3.30
+
 ## Local Ray cluster + mock engine + gateway on 127.0.0.1:8000 (Ctrl-C stops it)
 serve: $(STAMP)
 	$(VENV)/bin/gpt-oss-cluster serve --config $(CONFIG)
 
 ## The whole suite: lint, unit, integration (local Ray), engine (real vLLM on the CPU)
-test: $(ENGINE_STAMP) $(HELM) lint
+test: $(ENGINE_STAMP) $(HELM) $(CHECKOV) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Inner loop: unit tests only (no Ray cluster, no vLLM)
-test-fast: $(STAMP) $(HELM)
+test-fast: $(STAMP) $(HELM) $(CHECKOV)
 	$(PY) -m pytest -m "not integration and not engine" $(PYTEST_ARGS)
 
 ## Regenerate the chart's values.schema.json and values files from cluster/chart.py
@@ -45,7 +51,7 @@ chart: $(STAMP)
 	$(VENV)/bin/gpt-oss-cluster chart
 
 ## The Helm chart offline: helm lint/template, every object validated, bad values rejected
-chart-check: $(STAMP) $(HELM)
+chart-check: $(STAMP) $(HELM) $(CHECKOV)
 	$(PY) -m pytest tests/chart $(PYTEST_ARGS)
 
 lint: $(STAMP)

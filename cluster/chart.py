@@ -224,7 +224,10 @@ Weights are mounted, never downloaded (`weights.source`: a PVC or a pre-populate
 to Ray Serve and validated by the same schema here (`values.schema.json`, generated). Presets:
 `values-h100-tp2.yaml`, `values-h200-tp1.yaml`, `values-gpt-oss-20b.yaml`, and `values-cpu-mock.yaml` (the
 mock engine on CPU pods, for smoke tests on any cluster). API keys go to a Secret (`apiKeys`), never
-into the RayService. `make chart-check` lints, renders and validates the chart offline.
+into the RayService: they are mounted as a file (`GPT_OSS_CLUSTER_AUTH__API_KEYS_FILE`). Pods run as
+uid 10001 with a read-only root filesystem (Ray's session files and caches go to an emptyDir at
+/tmp), no privilege escalation and no capabilities; the image must allow that. `make chart-check`
+lints, renders and validates the chart offline, checkov included.
 
 ## Values
 

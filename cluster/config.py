@@ -409,18 +409,23 @@ def validate_config(data: dict[str, Any]) -> ClusterConfig:
 
 
 API_KEYS_ENV = f"{ENV_PREFIX}AUTH__API_KEYS"
+API_KEYS_FILE_ENV = f"{API_KEYS_ENV}_FILE"
 
 
 def with_secret_env(cfg: ClusterConfig) -> ClusterConfig:
-    """API keys from the environment (a Kubernetes Secret), which stay out of the Serve config.
-    The variable holds a JSON list; when set, it replaces `auth.api_keys`."""
-    raw = os.environ.get(API_KEYS_ENV)
-    if raw is None:
+    """API keys from a mounted Kubernetes Secret (a file named by `..._API_KEYS_FILE`) or from
+    the environment, which stay out of the Serve config. Both hold a JSON list of strings; when
+    set, they replace `auth.api_keys`."""
+    if path := os.environ.get(API_KEYS_FILE_ENV):
+        source, raw = path, Path(path).read_text()
+    elif (raw := os.environ.get(API_KEYS_ENV)) is not None:
+        source = API_KEYS_ENV
+    else:
         return cfg
     try:
         keys = TypeAdapter(list[SecretStr]).validate_json(raw)
     except ValidationError:
-        raise ConfigError(f"{API_KEYS_ENV}: expected a JSON list of strings") from None
+        raise ConfigError(f"{source}: expected a JSON list of strings") from None
     return cfg.model_copy(update={"auth": AuthConfig(api_keys=keys)})
 
 

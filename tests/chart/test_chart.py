@@ -4,6 +4,7 @@ resources against the KubeRay and Prometheus Operator CRDs with unknown fields r
 args by the application's own schema, and values that must fail, failing with their name."""
 
 import copy
+import json
 import os
 import subprocess
 from functools import cache
@@ -19,6 +20,7 @@ from cluster.config import validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
 HELM = ROOT / ".cache" / "bin" / "helm"
+CHECKOV = ROOT / ".cache" / "checkov" / "bin" / "checkov"
 CRDS = ROOT.parent / "shared" / "crds"
 KUBE_VERSION = "1.30.0"
 API_VERSIONS = ["ray.io/v1", "monitoring.coreos.com/v1"]
@@ -26,11 +28,15 @@ CUSTOM_GROUPS = {v.split("/")[0] for v in API_VERSIONS}  # validated against ../
 VALUES = [None, *sorted(p.name for p in CHART_DIR.glob("values-*.yaml"))]
 
 
-def helm(*args: str) -> subprocess.CompletedProcess:
-    if not HELM.is_file():
+def require(tool: Path) -> None:
+    if not tool.is_file():
         if os.environ.get("CI") == "true":
-            pytest.fail(f"{HELM} is missing: `make test` fetches it")
-        pytest.skip("helm not fetched yet (make test does it)")
+            pytest.fail(f"{tool} is missing: `make test` installs it")
+        pytest.skip(f"{tool.name} not installed yet (make test does it)")
+
+
+def helm(*args: str) -> subprocess.CompletedProcess:
+    require(HELM)
     # The CRDs' API versions are announced to `template` (lint has no such flag).
     versions = (
         [a for v in API_VERSIONS for a in ("--api-versions", v)] if args[0] == "template" else []
@@ -45,7 +51,8 @@ def values_args(values: str | None, sets: tuple[str, ...] = ()) -> list[str]:
 
 
 def render(values: str | None = None, *sets: str) -> list[dict]:
-    result = helm("template", "gpt-oss", str(CHART_DIR), *values_args(values, sets))
+    result = helm("template", "gpt-oss", str(CHART_DIR), "--namespace", "gpt-oss",
+                  *values_args(values, sets))  # fmt: skip
     assert result.returncode == 0, result.stderr
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
@@ -149,3 +156,38 @@ def test_bad_values_fail_naming_the_value(sets, named, commands):
         result = helm(*command, str(CHART_DIR), *values_args(None, sets))
         assert result.returncode != 0, command
         assert named in result.stdout + result.stderr
+
+
+def workload_pods(docs: list[dict]) -> list[dict]:
+    """The RayService's head and worker pod templates as Pods, so checkov (which does not read
+    custom resources) checks the pods that actually run."""
+    (service,) = [d for d in docs if d["kind"] == "RayService"]
+    ray = service["spec"]["rayClusterConfig"]
+    groups = [("head", ray["headGroupSpec"])] + [
+        (g["groupName"], g) for g in ray["workerGroupSpecs"]
+    ]
+    return [
+        {"apiVersion": "v1", "kind": "Pod",
+         "metadata": {**group["template"]["metadata"], "name": f"ray-{name}",
+                      "namespace": service["metadata"]["namespace"]},
+         "spec": group["template"]["spec"]}
+        for name, group in groups
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("values", VALUES)
+def test_checkov_passes_or_skips_each_check_with_a_reason(values, tmp_path):
+    require(CHECKOV)
+    docs = render(values, "serviceMonitor.enabled=true")
+    manifest = tmp_path / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump_all(docs + workload_pods(docs)))
+    result = subprocess.run(
+        [str(CHECKOV), "-f", str(manifest), "--framework", "kubernetes", "--skip-download",
+         "--output", "json"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
+    assert failed == []
+    skipped = report["results"]["skipped_checks"]
+    assert skipped and all(c["check_result"].get("suppress_comment") for c in skipped)

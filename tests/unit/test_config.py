@@ -5,12 +5,15 @@ import pytest
 import yaml
 
 from cluster.config import (
+    API_KEYS_ENV,
+    API_KEYS_FILE_ENV,
     ClusterConfig,
     ConfigError,
     Effort,
     load_config,
     serve_config,
     validate_config,
+    with_secret_env,
 )
 
 
@@ -107,3 +110,17 @@ def test_partial_effort_overrides_keep_the_other_defaults():
         cfg.efforts[Effort.HIGH].output_tokens == ClusterConfig().efforts[Effort.HIGH].output_tokens
     )
     assert cfg.efforts[Effort.LOW] == ClusterConfig().efforts[Effort.LOW]
+
+
+def test_api_keys_come_from_a_mounted_secret_file_or_the_environment(tmp_path, monkeypatch):
+    base = ClusterConfig()
+    assert with_secret_env(base) is base  # nothing set: the config as it was
+    monkeypatch.setenv(API_KEYS_ENV, '["from-env"]')
+    assert [k.get_secret_value() for k in with_secret_env(base).auth.api_keys] == ["from-env"]
+    secret = tmp_path / "api-keys"
+    secret.write_text('["k1", "k2"]')
+    monkeypatch.setenv(API_KEYS_FILE_ENV, str(secret))  # the mounted file wins
+    assert [k.get_secret_value() for k in with_secret_env(base).auth.api_keys] == ["k1", "k2"]
+    secret.write_text("k1,k2")
+    with pytest.raises(ConfigError, match="JSON list"):
+        with_secret_env(base)
