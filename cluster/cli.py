@@ -176,6 +176,58 @@ def sim(
     typer.echo()
 
 
+k8s = typer.Typer(help="A deployed RayService: status and rollouts (the kubernetes client).")
+app.add_typer(k8s, name="k8s")
+KubeconfigOption = Annotated[
+    Path | None, typer.Option(help="kubeconfig file (default: ~/.kube/config, or in-cluster).")
+]
+NamespaceOption = Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")]
+
+
+def _kube(kubeconfig: Path | None):
+    from kubernetes import client, config
+
+    try:
+        config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None)
+    except config.ConfigException:
+        config.load_incluster_config()
+    return client.ApiClient()
+
+
+@k8s.command("status")
+def k8s_status(
+    name: Annotated[str, typer.Argument(help="The RayService (the Helm release's full name).")],
+    namespace: NamespaceOption = "default",
+    kubeconfig: KubeconfigOption = None,
+) -> None:
+    """Conditions, Serve applications and deployments, and Ray pods with their readiness."""
+    from cluster.k8s import format_state, read_state
+
+    typer.echo(format_state(read_state(_kube(kubeconfig), name, namespace)))
+
+
+@k8s.command("rollout")
+def k8s_rollout(
+    manifest: Annotated[Path, typer.Option("--file", "-f", help="Rendered YAML (`-`: stdin).")],
+    namespace: NamespaceOption = "default",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the new generation.")] = 1800,
+    kubeconfig: KubeconfigOption = None,
+) -> None:
+    """Apply a rendered RayService (e.g. `helm template ... | gpt-oss-cluster k8s rollout -f -`)
+    and follow KubeRay's upgrade to done (exit 0), failed (1) or timeout (2)."""
+    from cluster.k8s import format_state, rollout
+
+    text = sys.stdin.read() if str(manifest) == "-" else manifest.read_text()
+    services = [d for d in yaml.safe_load_all(text) if d and d.get("kind") == "RayService"]
+    if len(services) != 1:
+        typer.echo(f"expected one RayService in the manifest, found {len(services)}", err=True)
+        raise typer.Exit(2)
+    result = rollout(_kube(kubeconfig), services[0], namespace, timeout_s=timeout,
+                     on_state=lambda s: typer.echo(format_state(s) + "\n"))  # fmt: skip
+    typer.echo(f"rollout {result.outcome}: {result.detail}")
+    raise typer.Exit({"done": 0, "failed": 1, "timeout": 2}[result.outcome])
+
+
 def main() -> None:
     app()
 
