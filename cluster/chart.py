@@ -113,6 +113,26 @@ class ServiceMonitor(_Values):
     labels: dict[str, str] = Field({}, description="Labels your Prometheus selects on.")
 
 
+class PodMonitor(_Values):
+    enabled: bool = Field(False, description="A PodMonitor scraping every Ray pod (engines too).")
+    interval: str = Field("15s", description="Scrape interval.")
+    labels: dict[str, str] = Field({}, description="Labels your Prometheus selects on.")
+
+
+class IngressTLS(_Values):
+    secretName: str = Field(description="TLS Secret for the host.")
+
+
+class Ingress(_Values):
+    enabled: bool = Field(False, description="An Ingress for the gateway.")
+    className: str = Field("", description="IngressClass (empty: the cluster default).")
+    host: str = Field("gpt-oss.example.com", description="Host name routed to the gateway.")
+    annotations: dict[str, str] = Field(
+        {}, description="Controller annotations (raise proxy timeouts for long streams)."
+    )
+    tls: IngressTLS | None = Field(None, description="TLS for the host.")
+
+
 class Toggle(_Values):
     enabled: bool = Field(True, description="Render it.")
 
@@ -137,6 +157,8 @@ class ChartValues(_Values):
     apiKeys: ApiKeys = ApiKeys()
     service: Service = Service()
     serviceMonitor: ServiceMonitor = ServiceMonitor()
+    podMonitor: PodMonitor = PodMonitor()
+    ingress: Ingress = Ingress()
     podDisruptionBudget: Toggle = Toggle()
     networkPolicy: Toggle = Toggle()
 

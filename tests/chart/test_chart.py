@@ -26,6 +26,9 @@ KUBE_VERSION = "1.30.0"
 API_VERSIONS = ["ray.io/v1", "monitoring.coreos.com/v1"]
 CUSTOM_GROUPS = {v.split("/")[0] for v in API_VERSIONS}  # validated against ../shared/crds
 VALUES = [None, *sorted(p.name for p in CHART_DIR.glob("values-*.yaml"))]
+# Every optional object rendered too, so each is validated.
+OPTIONAL_ON = ("serviceMonitor.enabled=true", "podMonitor.enabled=true", "ingress.enabled=true",
+               "ingress.tls.secretName=gpt-oss-tls")  # fmt: skip
 
 
 def require(tool: Path) -> None:
@@ -113,11 +116,11 @@ def validate(doc: dict) -> None:
 def test_lint_render_and_validate_every_object(values):
     lint = helm("lint", "--strict", str(CHART_DIR), *values_args(values))
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    docs = render(values, "serviceMonitor.enabled=true")
+    docs = render(values, *OPTIONAL_ON)
     kinds = {d["kind"] for d in docs}
     # The Pod is `helm test`'s: a real chat request through the gateway.
     expected = {"RayService", "Service", "Secret", "PodDisruptionBudget", "NetworkPolicy",
-                "ServiceMonitor", "Pod"}  # fmt: skip
+                "ServiceMonitor", "PodMonitor", "Ingress", "Pod"}  # fmt: skip
     assert expected <= kinds
     for doc in docs:
         validate(doc)
@@ -178,7 +181,7 @@ def workload_pods(docs: list[dict]) -> list[dict]:
 @pytest.mark.parametrize("values", VALUES)
 def test_checkov_passes_or_skips_each_check_with_a_reason(values, tmp_path):
     require(CHECKOV)
-    docs = render(values, "serviceMonitor.enabled=true")
+    docs = render(values, *OPTIONAL_ON)
     manifest = tmp_path / "manifest.yaml"
     manifest.write_text(yaml.safe_dump_all(docs + workload_pods(docs)))
     result = subprocess.run(
