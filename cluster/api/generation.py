@@ -211,10 +211,10 @@ class Generation:
         try:
             admission = await engine.admit(self.request, demand.tenant, demand.prefix_key,
                                            demand.tools, demand.rerender is not None)  # fmt: skip
+            self._engine, self._admission = engine, admission  # released on any failure below
             if admission.effort is not None and demand.rerender is not None:
                 self.degraded_from = self.request.effort
                 self.request = demand.rerender(admission.effort)
-            self._engine, self._admission = engine, admission
             outputs = engine.generate(
                 replace(self.request, replica=admission.replica, gateway=admission.signal)
             )

@@ -107,6 +107,9 @@ class Dispatcher:
         except asyncio.CancelledError:  # the client left while queued
             if self._waiting.pop(ticket.request_id, None) is not None:
                 self.scheduler.withdraw(decision.ticket, self._clock())
+            elif not waiter.future.cancelled():  # placed just before it left: free the seat
+                self.scheduler.completed(decision.ticket, waiter.future.result(), None,
+                                         self._clock())  # fmt: skip
             raise
         effort = decision.ticket.effort if decision.degraded_from else None
         return Admission(replica, effort, decision.ticket, tools, self.signal(self._clock()))

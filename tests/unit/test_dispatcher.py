@@ -134,3 +134,17 @@ async def test_the_demand_signal_rides_on_each_dispatched_request():
     signal = d.signal(clock.now)
     assert dict(signal.attainment) == {Effort.LOW: 0.5}
     assert signal.queued_tokens == 0 and signal.waiting_requests == 0
+
+
+async def test_a_client_that_leaves_just_after_placement_gives_its_seat_back():
+    d, clock = dispatcher()
+    waiting = await one_waiting(d)
+    clock.now += 1.0
+    d.publish({"a": report(seats=1, at=clock.now)})  # r0 done: the seat goes to r1 at once...
+    d._refresh()
+    assert waiting.done() is False and d.scheduler.queue.peek(clock.now) is None
+    waiting.cancel()  # ...whose client leaves before its task resumes
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    third = await asyncio.wait_for(admit(d, "r2"), 1)  # the seat was handed back
+    assert third.replica == "a"
