@@ -133,6 +133,14 @@ class Ingress(_Values):
     tls: IngressTLS | None = Field(None, description="TLS for the host.")
 
 
+class NetworkPolicy(_Values):
+    enabled: bool = Field(True, description="Only the release's pods, clients and the operator.")
+    operatorNamespace: str = Field(
+        "kuberay-system",
+        description="Namespace of the KubeRay operator, which reaches the head's dashboard.",
+    )
+
+
 class Toggle(_Values):
     enabled: bool = Field(True, description="Render it.")
 
@@ -160,7 +168,7 @@ class ChartValues(_Values):
     podMonitor: PodMonitor = PodMonitor()
     ingress: Ingress = Ingress()
     podDisruptionBudget: Toggle = Toggle()
-    networkPolicy: Toggle = Toggle()
+    networkPolicy: NetworkPolicy = NetworkPolicy()
 
 
 def expand_preset(name: str) -> ClusterConfig:
@@ -181,6 +189,9 @@ def gpus_per_pod(cfg: ClusterConfig) -> int:
 def values_schema() -> dict[str, Any]:
     schema = ChartValues.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    # No `preset` in the chart: the values files spell presets out (values-*.yaml), so Helm and
+    # its checks see what runs; a preset would be shadowed by the defaults in values.yaml.
+    del schema["$defs"]["ClusterConfig"]["properties"]["preset"]
     return schema
 
 

@@ -262,6 +262,14 @@ class RouterConfig(_Strict):
     max_queued_requests: int = Field(
         1_024, ge=-1, description="Requests a gateway holds for placement before 429 (-1: no cap)."
     )
+
+    @field_validator("max_queued_requests")
+    @classmethod
+    def _queue_cap(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (no cap) or at least 1 (0 would shed every request)")
+        return value
+
     retry_after_s: PositiveInt = Field(1, description="Retry-After sent with a 429.")
     # Effort-aware scheduling (cluster/scheduling/scheduler.py).
     cost_rate_tokens_s: PositiveFloat = Field(

@@ -2,7 +2,7 @@
 
 `status` reads the RayService (its conditions, the Serve applications and deployments KubeRay
 reports) and its pods (KubeRay labels them `ray.io/cluster`). `rollout` applies a new rendered
-RayService and follows KubeRay's upgrade until the new generation serves, or fails, or times out.
+RayService (a replace at the current resourceVersion) and follows KubeRay's upgrade until the new generation serves, or fails, or times out.
 """
 
 from __future__ import annotations
@@ -145,17 +145,18 @@ def rollout(
     objects = client.CustomObjectsApi(api)
     name = manifest["metadata"]["name"]
     try:
-        objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        current = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     except ApiException as err:
         if err.status != 404:
             raise
         applied = objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
                                                           manifest)  # fmt: skip
     else:
-        patch = {"metadata": {"labels": manifest["metadata"].get("labels", {})},
-                 "spec": manifest["spec"]}  # fmt: skip
-        applied = objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                         patch)  # fmt: skip
+        # A replace, not a merge patch: settings the new manifest leaves out are removed.
+        version = current["metadata"]["resourceVersion"]
+        body = {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": version}}
+        applied = objects.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
+                                                           body)  # fmt: skip
     target = applied["metadata"].get("generation", 0)
     deadline = clock() + timeout_s
     while True:

@@ -35,6 +35,7 @@ class ScalingSignal:
     # Measured for the current mix while saturated; None: the last measurement, else the prior.
     tokens_per_replica_s: float | None = None
     attainment: Mapping[Effort, float] = field(default_factory=dict)  # recent, per effort
+    starting: int = 0  # of `target`, replicas not serving yet (cold starts under way)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,8 @@ class BacklogAutoscaler:
         demand = backlog / (throughput * c.horizon_s * c.target_utilization)
         want, reason = math.ceil(demand) + c.warm_spares, "backlog"
         slo_missed = any(a < c.slo_attainment_floor for a in s.attainment.values())
-        if slo_missed and want <= s.target:
+        # One step at a time: while a replica is still starting, its effect is not visible yet.
+        if slo_missed and want <= s.target and s.starting == 0:
             want, reason = s.target + 1, "slo"
         busy = s.offered_tokens_s > 0 or s.queued_tokens > 0 or s.waiting_requests > 0
         if busy or self._busy_at is None:
@@ -112,7 +114,8 @@ class BacklogAutoscaler:
         floor = self.min_replicas
         if c.scale_to_zero:
             idle_s = s.now - self._busy_at
-            floor = 0 if idle_s >= max(c.idle_before_zero_s, c.replica_start_s) else 1
+            busy_floor = max(1, self.min_replicas)
+            floor = 0 if idle_s >= max(c.idle_before_zero_s, c.replica_start_s) else busy_floor
         if want < floor:
             want, reason = floor, ("idle" if floor == 0 else "min")
         if want > self.max_replicas:

@@ -32,6 +32,8 @@ class Ticket:
     deadline: float
     prefix_key: str = ""
     payload: Any = field(default=None, compare=False)
+    max_tokens: int | None = None  # the output budget (bounds the expected length)
+    tools: bool = False
 
     @property
     def cost_tokens(self) -> int:

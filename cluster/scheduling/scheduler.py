@@ -147,10 +147,12 @@ class Scheduler:
         expected = self.cost.expected_output_tokens(effort, tenant, max_tokens, tools)
         deadline = now + self.efforts[effort].ttft_slo_s
         return Ticket(request_id, effort, tenant, prompt_tokens, expected, now, deadline,
-                      prefix_key, payload)  # fmt: skip
+                      prefix_key, payload, max_tokens, tools)  # fmt: skip
 
     def _note_admission(self, ticket: Ticket, now: float) -> None:
-        self._admitted_at.setdefault(ticket.effort, deque()).append(now)
+        times = self._admitted_at.setdefault(ticket.effort, deque())
+        times.append(now)
+        self._window(times, now)  # trims: memory stays bounded at any load
         offset = self.queue.key(ticket) - ticket.arrival
         previous = self._key_offset.get(ticket.effort, offset)
         self._key_offset[ticket.effort] = previous + 0.05 * (offset - previous)
@@ -200,11 +202,13 @@ class Scheduler:
             if lower is None:
                 break
             degraded_from = degraded_from or ticket.effort
-            expected = self.cost.expected_output_tokens(lower, ticket.tenant)
+            expected = self.cost.expected_output_tokens(lower, ticket.tenant, ticket.max_tokens,
+                                                        ticket.tools)  # fmt: skip
             candidate = Ticket(ticket.request_id, lower, ticket.tenant, ticket.prompt_tokens,
                                expected, ticket.arrival,
                                ticket.arrival + self.efforts[lower].ttft_slo_s,
-                               ticket.prefix_key, ticket.payload)  # fmt: skip
+                               ticket.prefix_key, ticket.payload, ticket.max_tokens,
+                               ticket.tools)  # fmt: skip
         self.rejected += 1
         rate = self.drain.rate(now)
         drain_s = len(self.queue) / rate if rate else self.config.retry_after_s

@@ -43,6 +43,7 @@ class BacklogPolicy:
             offered_tokens_s=max(values("offered_tokens_s"), default=0.0),
             queued_tokens=max(values("queued_tokens"), default=0.0),
             waiting_requests=math.ceil(waiting),
+            starting=max(0, ctx.target_num_replicas - serving),
             tokens_per_replica_s=capacity / serving if capacity and serving else None,
             attainment={e: min(seen) for e in Effort if (seen := values(f"attainment_{e.value}"))},
         )

@@ -58,13 +58,14 @@ class Dispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def publish(self, reports: Mapping[str, LoadReport]) -> None:
-        """Every live replica's latest report. Safe from any thread."""
+        """Every live replica's latest report. Safe from any thread: the loop applies them (and
+        before its first request, the first admission does)."""
         self._latest = reports
         if (loop := self._loop) is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._refresh)
+            loop.call_soon_threadsafe(self._refresh, reports)
 
-    def _refresh(self) -> None:
-        reports, self._latest = self._latest, None
+    def _refresh(self, reports: Mapping[str, LoadReport] | None = None) -> None:
+        reports = reports if reports is not None else self._latest
         if reports is not None:
             self.scheduler.forget(reports)
             for replica, report in reports.items():
@@ -72,16 +73,20 @@ class Dispatcher:
         self._release()
 
     def _release(self) -> None:
+        now = self._clock()
         if self.scheduler.replicas == 0:  # every replica is gone: Serve's router holds them
             for waiter in self._waiting.values():
-                self.scheduler.withdraw(waiter.ticket, self._clock())
-                waiter.future.set_result(None)
+                self.scheduler.withdraw(waiter.ticket, now)
+                if not waiter.future.done():
+                    waiter.future.set_result(None)
             self._waiting.clear()
             return
-        for ticket, replica in self.scheduler.dispatch(self._clock()):
+        for ticket, replica in self.scheduler.dispatch(now):
             waiter = self._waiting.pop(ticket.request_id, None)
-            if waiter is not None:
+            if waiter is not None and not waiter.future.done():
                 waiter.future.set_result(replica)
+            else:  # its client left in the meantime: the seat goes back
+                self.scheduler.completed(ticket, replica, None, now)
 
     async def admit(
         self, request: EngineRequest, tenant: str, prefix_key: str, tools: bool, degradable: bool
@@ -98,6 +103,7 @@ class Dispatcher:
         )  # fmt: skip
         decision = self.scheduler.submit(ticket, now, degradable=degradable)
         if isinstance(decision, Rejected):
+            self._outcomes.append((now, request.effort, False))  # shed: an SLO miss too
             raise Overloaded(decision.retry_after_s)
         waiter = _Waiter(decision.ticket, self._loop.create_future())
         self._waiting[ticket.request_id] = waiter

@@ -66,8 +66,8 @@ class Backlog:
 
     def decide(self, o: Observation) -> Decision:
         signal = ScalingSignal(o.now, o.target, o.offered_tokens_s, o.queued_tokens,
-                               math.ceil(o.queued), o.tokens_per_replica_s,
-                               o.attainment)  # fmt: skip
+                               math.ceil(o.queued), o.tokens_per_replica_s, o.attainment,
+                               starting=max(0, o.target - o.serving))  # fmt: skip
         return self._core.decide(signal)
 
 

@@ -150,6 +150,7 @@ LINT, TEMPLATE = ("lint", "--strict"), ("template", "gpt-oss")
         (("gpuWorkers.minReplicas=many",), "minReplicas", (LINT, TEMPLATE)),
         (("cluster.engine.bogus=1",), "bogus", (LINT, TEMPLATE)),
         (("cluster.engine.kind=tpu",), "kind", (LINT, TEMPLATE)),
+        (("cluster.preset=gpt-oss-120b-h100-tp8",), "preset", (LINT, TEMPLATE)),
         # A rule across two values is the template's `fail`, which Helm 4's lint only logs.
         (("gpuWorkers.gpusPerPod=3",), "gpuWorkers.gpusPerPod", (TEMPLATE,)),
     ],

@@ -80,6 +80,9 @@ def test_bounds_and_warm_spares():
 def test_missed_slos_add_a_replica_even_when_the_backlog_looks_fine():
     a = scaler(upscale_delay_s=0, slo_attainment_floor=0.9)
     attainment = {Effort.LOW: 0.97, Effort.MEDIUM: 0.95, Effort.HIGH: 0.80}
+    starting = run(scaler(upscale_delay_s=0), 4, 2 * REPLICA, 0.0, 1, attainment=attainment,
+                   starting=1)[0]  # fmt: skip
+    assert starting.desired == 4  # one is still starting: its effect is not visible yet
     d = run(a, 3, 2 * REPLICA, 0.0, 1, attainment=attainment)[0]
     assert d.desired == 4 and d.reason == "slo"
 
@@ -98,6 +101,8 @@ def test_scale_to_zero_after_a_long_idle_spell_and_wake_at_once():
     assert 900 + 60 - 1 <= zero_at <= 900 + 60 + 1  # idle 900 s, then the down delay
     woken = a.decide(ScalingSignal(2_000.0, 0, 0, waiting_requests=1))
     assert woken.desired == 1 and woken.reason == "wake"
+    floor = scaler(min_replicas=2, scale_to_zero=True, downscale_delay_s=0)
+    assert run(floor, 4, REPLICA / 2, 0.0, 1)[0].desired == 2  # busy: min_replicas holds
     # The idle floor never undercuts a cold start: with idle_before_zero_s shorter than the
     # start time, zero comes only after replica_start_s.
     short = scaler(scale_to_zero=True, idle_before_zero_s=10, replica_start_s=120,

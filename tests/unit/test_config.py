@@ -124,3 +124,8 @@ def test_api_keys_come_from_a_mounted_secret_file_or_the_environment(tmp_path, m
     secret.write_text("k1,k2")
     with pytest.raises(ConfigError, match="JSON list"):
         with_secret_env(base)
+
+
+def test_a_queue_cap_of_zero_is_refused():
+    with pytest.raises(ConfigError, match="max_queued_requests"):
+        validate_config({"router": {"max_queued_requests": 0}})

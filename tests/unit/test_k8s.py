@@ -53,7 +53,7 @@ class Replay:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_GET = do_PATCH = do_POST = _answer
+            do_GET = do_PUT = do_POST = _answer
 
             def log_message(self, *args) -> None:
                 pass
@@ -105,19 +105,20 @@ def manifest() -> dict:
     return {k: doc[k] for k in ("apiVersion", "kind", "metadata", "spec")}
 
 
-def test_rollout_patches_and_follows_the_upgrade_to_done(replay):
+def test_rollout_replaces_and_follows_the_upgrade_to_done(replay):
     server = replay({
         ("GET", SERVICE): [(200, "status_ready.json"), (200, "rollout_patched.json"),
                            (200, "rollout_upgrading.json"), (200, "rollout_done.json")],
-        ("PATCH", SERVICE): [(200, "rollout_patched.json")],
+        ("PUT", SERVICE): [(200, "rollout_patched.json")],
         ("GET", PODS): [(200, "pods_z.json")],
     })  # fmt: skip
     seen_states = []
     result = rollout(server.api(), manifest(), "llm", poll_s=0, on_state=seen_states.append,
                      sleep=lambda _: None)  # fmt: skip
     assert result.outcome == "done" and result.state.active_cluster == "gpt-oss-raycluster-z9y8x"
-    patch = next(body for m, p, _, body in server.seen if m == "PATCH")
-    assert patch["spec"]["serveConfigV2"] == "applications: [new]\n"
+    put = next(body for m, p, _, body in server.seen if m == "PUT")
+    assert put["spec"]["serveConfigV2"] == "applications: [new]\n"
+    assert put["metadata"]["resourceVersion"] == "1003"  # replaced at the version it read
     # It waited through the old generation and the upgrade before calling it done.
     assert [s.observed_generation for s in seen_states] == [3, 4, 4]
     assert seen_states[1].pending_cluster == "gpt-oss-raycluster-z9y8x"
@@ -126,7 +127,7 @@ def test_rollout_patches_and_follows_the_upgrade_to_done(replay):
 def test_rollout_reports_a_failed_upgrade_with_the_reason(replay):
     server = replay({
         ("GET", SERVICE): [(200, "status_ready.json"), (200, "rollout_failed.json")],
-        ("PATCH", SERVICE): [(200, "rollout_patched.json")],
+        ("PUT", SERVICE): [(200, "rollout_patched.json")],
         ("GET", PODS): [(200, "pods_a.json")],
     })  # fmt: skip
     result = rollout(server.api(), manifest(), "llm", poll_s=0, sleep=lambda _: None)
@@ -162,7 +163,7 @@ def kubeconfig(tmp_path: Path, server: Replay) -> Path:
 def test_the_cli_reads_a_kubeconfig_and_exits_by_outcome(replay, tmp_path):
     server = replay({
         ("GET", SERVICE): [(200, "status_ready.json"), (200, "rollout_failed.json")],
-        ("PATCH", SERVICE): [(200, "rollout_patched.json")],
+        ("PUT", SERVICE): [(200, "rollout_patched.json")],
         ("GET", PODS): [(200, "pods_a.json")],
     })  # fmt: skip
     config = str(kubeconfig(tmp_path, server))
