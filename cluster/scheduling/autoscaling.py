@@ -17,6 +17,7 @@ Pure: the caller passes the time in the signal.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -124,6 +125,24 @@ class BacklogAutoscaler:
             self.delays.reset()
             return Decision(max(want, 1), "wake", demand)
         return self.delays.apply(s.now, s.target, want, reason, demand)
+
+
+@dataclass
+class Attainment:
+    """Per-effort SLO attainment over the last `ATTAINMENT_WINDOW_S` of outcomes."""
+
+    _outcomes: deque[tuple[float, Effort, bool]] = field(default_factory=deque)
+
+    def add(self, now: float, effort: Effort, met: bool) -> None:
+        self._outcomes.append((now, effort, met))
+
+    def by_effort(self, now: float) -> dict[Effort, float]:
+        while self._outcomes and self._outcomes[0][0] < now - ATTAINMENT_WINDOW_S:
+            self._outcomes.popleft()
+        seen: dict[Effort, list[bool]] = {}
+        for _, effort, met in self._outcomes:
+            seen.setdefault(effort, []).append(met)
+        return {e: sum(v) / len(v) for e, v in seen.items()}
 
 
 @dataclass(frozen=True)

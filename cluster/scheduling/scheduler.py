@@ -11,7 +11,6 @@ margin. Pure: every call takes `now`.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -116,7 +115,7 @@ class Scheduler:
     transit_s: float = 0.0
     # Per effort: recent admissions and the mean key offset (key - arrival), to foresee arrivals
     # that will sort ahead of a waiting request.
-    _admitted_at: dict[Effort, deque[float]] = field(default_factory=dict)
+    _admitted: dict[Effort, SlidingSum] = field(default_factory=dict)
     _key_offset: dict[Effort, float] = field(default_factory=dict)
     admitted: int = 0
     rejected: int = 0
@@ -150,18 +149,13 @@ class Scheduler:
                       prefix_key, payload, max_tokens, tools)  # fmt: skip
 
     def _note_admission(self, ticket: Ticket, now: float) -> None:
-        times = self._admitted_at.setdefault(ticket.effort, deque())
-        times.append(now)
-        self._window(times, now)  # trims: memory stays bounded at any load
+        window = self.config.drain_rate_window_s
+        admitted = self._admitted.setdefault(ticket.effort, SlidingSum(window))
+        admitted.add(now, 1)
+        admitted.rate(now)  # trims: memory stays bounded at any load
         offset = self.queue.key(ticket) - ticket.arrival
         previous = self._key_offset.get(ticket.effort, offset)
         self._key_offset[ticket.effort] = previous + 0.05 * (offset - previous)
-
-    def _window(self, times: deque[float], now: float) -> float:
-        window = self.config.drain_rate_window_s
-        while times and times[0] < now - window:
-            times.popleft()
-        return len(times) / window
 
     def projected_wait_s(self, ticket: Ticket, now: float) -> float:
         """Time until the requests that will run before `ticket` leave the queue: those queued
@@ -174,8 +168,8 @@ class Scheduler:
             return 0.0
         key = self.queue.effective_key(ticket, now)
         jumpers = sum(
-            self._window(times, now) * max(0.0, key - now - self._key_offset.get(effort, 0.0))
-            for effort, times in self._admitted_at.items()
+            admitted.rate(now) * max(0.0, key - now - self._key_offset.get(effort, 0.0))
+            for effort, admitted in self._admitted.items()
             if effort != ticket.effort
         )
         return (self.queue.ahead(key) + jumpers + 1) / rate

@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cluster.api.generation import Admission, Overloaded
-from cluster.config import ClusterConfig, Effort
+from cluster.config import ClusterConfig
 from cluster.engine.base import EngineRequest, LoadReport
-from cluster.scheduling.autoscaling import ATTAINMENT_WINDOW_S, GatewaySignal
+from cluster.scheduling.autoscaling import Attainment, GatewaySignal
 from cluster.scheduling.queue import Ticket
 from cluster.scheduling.scheduler import Rejected, Scheduler
 
@@ -52,7 +51,7 @@ class Dispatcher:
         self._efforts = config.efforts
         self._clock = clock
         self._name = uuid.uuid4().hex[:12]  # this gateway, in the engines' autoscaling metrics
-        self._outcomes: deque[tuple[float, Effort, bool]] = deque()  # recent: met both SLOs?
+        self._attainment = Attainment()  # recent outcomes: met both SLOs?
         self._waiting: dict[str, _Waiter] = {}
         self._latest: Mapping[str, LoadReport] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -103,7 +102,7 @@ class Dispatcher:
         )  # fmt: skip
         decision = self.scheduler.submit(ticket, now, degradable=degradable)
         if isinstance(decision, Rejected):
-            self._outcomes.append((now, request.effort, False))  # shed: an SLO miss too
+            self._attainment.add(now, request.effort, False)  # shed: an SLO miss too
             raise Overloaded(decision.retry_after_s)
         waiter = _Waiter(decision.ticket, self._loop.create_future())
         self._waiting[ticket.request_id] = waiter
@@ -133,16 +132,11 @@ class Dispatcher:
             slo = self._efforts[ticket.effort]
             itl = (now - first_output_at) / (output_tokens - 1) if output_tokens > 1 else 0.0
             met = first_output_at - ticket.arrival <= slo.ttft_slo_s and itl <= slo.itl_slo_s
-            self._outcomes.append((now, ticket.effort, met))
+            self._attainment.add(now, ticket.effort, met)
         self._release()
 
     def signal(self, now: float) -> GatewaySignal:
         """Demand as this gateway sees it, for the engine autoscaler (rides on each request)."""
-        while self._outcomes and self._outcomes[0][0] < now - ATTAINMENT_WINDOW_S:
-            self._outcomes.popleft()
-        by_effort: dict[Effort, list[bool]] = {}
-        for _, effort, met in self._outcomes:
-            by_effort.setdefault(effort, []).append(met)
         s = self.scheduler
         return GatewaySignal(
             gateway=self._name,
@@ -151,5 +145,5 @@ class Dispatcher:
             queued_tokens=s.queued_tokens(),
             waiting_requests=len(s.queue),
             capacity_tokens_s=s.drain.token_rate(now),
-            attainment=tuple((e, sum(v) / len(v)) for e, v in by_effort.items()),
+            attainment=tuple(self._attainment.by_effort(now).items()),
         )

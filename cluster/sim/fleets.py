@@ -20,7 +20,7 @@ from ray.serve.config import AutoscalingContext
 
 from cluster.config import ClusterConfig, Effort
 from cluster.scheduling.autoscaling import (
-    ATTAINMENT_WINDOW_S,
+    Attainment,
     BacklogAutoscaler,
     Decision,
     Hysteresis,
@@ -143,7 +143,7 @@ class SimFleet:
     start_s: float
     period_s: float = 1.0
     trace: list[Sample] = field(default_factory=list)
-    _recent: deque[tuple[float, Effort, bool]] = field(default_factory=deque)
+    _recent: Attainment = field(default_factory=Attainment)
     _seen: int = 0
 
     def decide(self, now: float, sim: Simulation) -> int:
@@ -171,12 +171,7 @@ class SimFleet:
     def _attainment(self, now: float, sim: Simulation) -> dict[Effort, float]:
         """Per-effort SLO attainment of requests that finished (or were shed) lately."""
         slo = {e: (p.ttft_slo_s, p.itl_slo_s) for e, p in sim.config.efforts.items()}
-        self._recent.extend((now, r.request.effort, meets_slo(r, slo))
-                            for r in sim.outcomes[self._seen :])  # fmt: skip
+        for r in sim.outcomes[self._seen :]:
+            self._recent.add(now, r.request.effort, meets_slo(r, slo))
         self._seen = len(sim.outcomes)
-        while self._recent and self._recent[0][0] < now - ATTAINMENT_WINDOW_S:
-            self._recent.popleft()
-        outcomes: dict[Effort, list[bool]] = {}
-        for _, effort, met in self._recent:
-            outcomes.setdefault(effort, []).append(met)
-        return {e: sum(v) / len(v) for e, v in outcomes.items()}
+        return self._recent.by_effort(now)
