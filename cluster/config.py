@@ -236,6 +236,12 @@ class AutoscalingConfig(_Strict):
     downscale_margin: float = Field(
         0.2, ge=0, lt=1, description="Scale down only when demand is this far below the target."
     )
+    downscale_max_replicas: int | None = Field(
+        1,
+        ge=1,
+        description="Replicas released per downscale; each further release waits out the delay "
+        "again (null: all at once, as Ray Serve does). Scale to zero after idling is not limited.",
+    )
     slo_attainment_floor: float = Field(
         0.9, ge=0, le=1, description="Below this attainment in any effort class, add a replica."
     )

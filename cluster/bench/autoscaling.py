@@ -10,6 +10,10 @@ sample) / 128 ongoing requests per replica.
   are shed, from the step on.
 - Day: a 24-hour diurnal trace (trough 25% at 04:00, peak 100% of 90% of the 8 replicas' capacity
   at 16:00) on the fluid model (`cluster/sim/fluid.py`), for GPU-hours.
+
+Ours runs twice: as configured (lean), and with `warm_spares` = 3 (cover for a cold start). Each
+Serve target is then judged against the ours that fits its GPU-hours (at most 1.05x): the goal is
+half its step misses at that cost.
 """
 
 from __future__ import annotations
@@ -29,12 +33,18 @@ from cluster.sim.workload import ClusterSpec, WorkloadSpec
 START_S = 120.0
 BOUNDS = (1, 16)
 SERVE_TARGETS = (16, 32, 64, 128)
+SPARES = 3
+COST_SLACK = 1.05  # "at most 1.05x the GPU-hours"
 SATURATION_RPS = 51.8  # 8 x H100 TP2 on the reference mix (make bench-sched)
 WARM_S, STEP_S = 1_200.0, 900.0
 
 
 def _autoscalers(config: ClusterConfig) -> list[Autoscaler]:
-    return [Backlog(config, *BOUNDS)] + [
+    spares = config.model_copy(
+        update={"autoscaling": config.autoscaling.model_copy(update={"warm_spares": SPARES})}
+    )
+    ours = [Backlog(config, *BOUNDS), Backlog(spares, *BOUNDS, name=f"backlog+{SPARES} spares")]
+    return ours + [
         OngoingRequests(config, *BOUNDS, target_ongoing_requests=t) for t in SERVE_TARGETS
     ]
 
@@ -105,18 +115,29 @@ def run(out_dir: Path = Path("bench-results")) -> None:
             bar.advance(task)
             rows[for_step.name] = (missed, n, step_gpu_h, result.gpu_hours)
             steps[for_step.name], days[for_step.name] = fleet, result
-    ours = rows["backlog"]
-    print(f"\n{'policy':<20} {'step: missed SLO or shed':>26} {'step GPU-h':>11} "
-          f"{'day GPU-h':>10}  {'step misses, ours/theirs':>25} {'day GPU-h, ours/theirs':>23}")  # fmt: skip
+    print(f"\n{'policy':<22} {'step: missed SLO or shed':>26} {'step GPU-h':>11} {'day GPU-h':>10}")
     for name, (missed, n, step_gpu_h, day_gpu_h) in rows.items():
-        theirs = name != "backlog"
-        vs = (f"{ours[0] / missed:.2f}x" if missed else "none missed") if theirs else ""
-        cost = f"{ours[3] / day_gpu_h:.2f}x" if theirs else ""
-        print(f"{name:<20} {missed:>10,} of {n:>9,} ({missed / n:5.1%}) {step_gpu_h:>11.1f} "
-              f"{day_gpu_h:>10.1f}  {vs:>25} {cost:>23}")  # fmt: skip
-    cheapest = min((r for r in rows if r != "backlog"), key=lambda r: rows[r][3])
-    print(f"Serve's cheapest target over the day: {cheapest}")
+        print(f"{name:<22} {missed:>10,} of {n:>9,} ({missed / n:5.1%}) {step_gpu_h:>11.1f} "
+              f"{day_gpu_h:>10.1f}")  # fmt: skip
+    ours = [r for r in rows if r.startswith("backlog")]
+    theirs = [r for r in rows if r not in ours]
+    print(
+        f"\nat no more than {COST_SLACK}x Serve's day GPU-hours, ours with the fewest step misses:"
+    )
+    for name in theirs:
+        missed, _, _, day_gpu_h = rows[name]
+        fits = [r for r in ours if rows[r][3] <= COST_SLACK * day_gpu_h]
+        if not fits:
+            print(f"  {name:<20} none of ours fits its GPU-hours")
+            continue
+        best = min(fits, key=lambda r: rows[r][0])
+        ratio = f"{rows[best][0] / missed:.2f}x" if missed else "(it missed none)"
+        goal = ("met" if rows[best][0] <= missed / 2 else "not met") if missed else "n/a"
+        print(f"  {name:<20} {best:<18} step misses {ratio:>16}, day GPU-h "
+              f"{rows[best][3] / day_gpu_h:.2f}x  goal (half the misses): {goal}")  # fmt: skip
+    cheapest = min(theirs, key=lambda r: rows[r][3])
+    print(f"Serve's cheapest target over the day (its best): {cheapest}")
     png = out_dir / "autoscale.png"
-    keep = ("backlog", "serve_ongoing@64", cheapest)
+    keep = (*ours, "serve_ongoing@64", cheapest)
     _plot(png, {k: steps[k] for k in keep}, {k: days[k] for k in keep})
     print(f"plot: {png}")

@@ -9,7 +9,10 @@ plus the tokens already waiting for a replica; one replica gets through its meas
 counts do. Missed SLOs in any effort class add a replica even when the backlog looks fine.
 Hysteresis keeps a noisy flat load from flapping: up after `upscale_delay_s` of sustained excess
 (at once when demand reaches `urgent_factor` times the target: that is no noise), down only below a
-margin and after `downscale_delay_s`. Optional scale to zero waits for a long
+margin and after `downscale_delay_s`, and then by at most `downscale_max_replicas`: each further
+release waits out the delay again. A diurnal day falls far slower than that, so this costs little,
+while after a sudden lull it keeps the capacity a returning load needs and a cold start cannot
+supply in time. Optional scale to zero waits for a long
 idle spell (never shorter than a cold start) and wakes at once on the first queued request.
 Pure: the caller passes the time in the signal.
 """
@@ -55,6 +58,7 @@ class Hysteresis:
     downscale_delay_s: float
     margin: float = 0.0
     urgent_factor: float = math.inf  # want >= target x this: up at once (Serve: never)
+    max_release: int | None = None  # replicas released per downscale (None: all at once)
     _up_since: float | None = None
     _down_since: float | None = None
 
@@ -76,6 +80,8 @@ class Hysteresis:
             self._down_since = now if self._down_since is None else self._down_since
             if now - self._down_since >= self.downscale_delay_s:
                 self._down_since = None
+                if self.max_release is not None and reason != "idle":
+                    want = max(want, target - self.max_release)
                 return Decision(want, reason, demand)
             return Decision(target, "down-delay", demand)
         self._down_since = None
@@ -95,7 +101,11 @@ class BacklogAutoscaler:
     def __post_init__(self) -> None:
         c = self.config
         self.delays = self.delays or Hysteresis(
-            c.upscale_delay_s, c.downscale_delay_s, c.downscale_margin, c.urgent_factor
+            c.upscale_delay_s,
+            c.downscale_delay_s,
+            c.downscale_margin,
+            c.urgent_factor,
+            c.downscale_max_replicas,
         )
 
     def decide(self, s: ScalingSignal) -> Decision:

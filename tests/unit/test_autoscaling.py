@@ -65,11 +65,22 @@ def test_scale_down_needs_a_margin_and_the_down_delay():
     a = scaler(downscale_delay_s=600, downscale_margin=0.2)
     decisions = run(a, 5, 2.5 * REPLICA, 0.0, 601)
     assert decisions[599].desired == 5 and decisions[599].reason == "down-delay"
-    assert decisions[600].desired == 3
+    assert decisions[600].desired == 4  # one replica per release by default
+
+
+def test_each_release_waits_out_the_down_delay_again():
+    a = scaler(downscale_delay_s=600, downscale_margin=0.2)
+    decisions = run(a, 8, 2.5 * REPLICA, 0.0, 3_000)
+    released_at = [t for t in range(1, 3_000) if decisions[t].desired < decisions[t - 1].desired]
+    assert released_at == [600, 1201, 1802, 2403]  # 7, 6, 5, 4: then 3 is within the margin
+    assert [decisions[t].desired for t in released_at] == [7, 6, 5, 4]
+    at_once = scaler(downscale_delay_s=600, downscale_margin=0.2, downscale_max_replicas=None)
+    assert run(at_once, 8, 2.5 * REPLICA, 0.0, 601)[600].desired == 3
 
 
 def test_bounds_and_warm_spares():
-    a = scaler(min_replicas=2, max_replicas=6, upscale_delay_s=0, downscale_delay_s=0)
+    a = scaler(min_replicas=2, max_replicas=6, upscale_delay_s=0, downscale_delay_s=0,
+               downscale_max_replicas=None)  # fmt: skip
     assert run(a, 2, 50 * REPLICA, 0.0, 1)[0].desired == 6
     assert run(a, 6, 50 * REPLICA, 1.0, 1)[0].reason == "max"
     assert run(a, 6, 0, 2.0, 1)[0].desired == 2  # never below min_replicas
@@ -101,7 +112,8 @@ def test_scale_to_zero_after_a_long_idle_spell_and_wake_at_once():
     assert 900 + 60 - 1 <= zero_at <= 900 + 60 + 1  # idle 900 s, then the down delay
     woken = a.decide(ScalingSignal(2_000.0, 0, 0, waiting_requests=1))
     assert woken.desired == 1 and woken.reason == "wake"
-    floor = scaler(min_replicas=2, scale_to_zero=True, downscale_delay_s=0)
+    floor = scaler(min_replicas=2, scale_to_zero=True, downscale_delay_s=0,
+                   downscale_max_replicas=None)  # fmt: skip
     assert run(floor, 4, REPLICA / 2, 0.0, 1)[0].desired == 2  # busy: min_replicas holds
     # The idle floor never undercuts a cold start: with idle_before_zero_s shorter than the
     # start time, zero comes only after replica_start_s.
