@@ -34,16 +34,22 @@ $(CHECKOV):
 	$(PYTHON) -m venv .cache/checkov
 	.cache/checkov/bin/pip install --quiet checkov==3.3.30
 
+# Prometheus and promtool (Debian package): the scrape test and the alert-rule tests run them.
+PROMTOOL := /usr/bin/promtool
+$(PROMTOOL):
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+
 ## Local Ray cluster + mock engine + gateway on 127.0.0.1:8000 (Ctrl-C stops it)
 serve: $(STAMP)
 	$(VENV)/bin/gpt-oss-cluster serve --config $(CONFIG)
 
 ## The whole suite: lint, unit, integration (local Ray), engine (real vLLM on the CPU)
-test: $(ENGINE_STAMP) $(HELM) $(CHECKOV) lint
+test: $(ENGINE_STAMP) $(HELM) $(CHECKOV) $(PROMTOOL) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Inner loop: unit tests only (no Ray cluster, no vLLM)
-test-fast: $(STAMP) $(HELM) $(CHECKOV)
+test-fast: $(STAMP) $(HELM) $(CHECKOV) $(PROMTOOL)
 	$(PY) -m pytest -m "not integration and not engine" $(PYTEST_ARGS)
 
 ## Regenerate the chart's values.schema.json and values files from cluster/chart.py
@@ -51,7 +57,7 @@ chart: $(STAMP)
 	$(VENV)/bin/gpt-oss-cluster chart
 
 ## The Helm chart offline: helm lint/template, every object validated, bad values rejected
-chart-check: $(STAMP) $(HELM) $(CHECKOV)
+chart-check: $(STAMP) $(HELM) $(CHECKOV) $(PROMTOOL)
 	$(PY) -m pytest tests/chart $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -12,8 +12,10 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+from pydantic_core import to_jsonable_python
 
 from cluster.config import ClusterConfig
+from cluster.dashboards import dashboard_files
 
 CHART_DIR = Path(__file__).resolve().parents[1] / "helm" / "gpt-oss-cluster"
 DEFAULT_PRESET = "gpt-oss-120b-h100-tp2"
@@ -86,13 +88,41 @@ class Autoscaler(_Values):
     idleTimeoutSeconds: PositiveInt = Field(300, description="An idle GPU pod is removed after.")
 
 
+class WeightsCopy(_Values):
+    """A pre-install/pre-upgrade Job that fills the weights PVC from an object store or an
+    in-cluster mirror with rclone (S3, GCS, Azure, HTTP, ...); never from a public hub."""
+
+    enabled: bool = Field(False, description="Run the copy Job before install and upgrade.")
+    image: str = Field("rclone/rclone:1.71.2", description="rclone image.")
+    source: str = Field(
+        "mirror:models/gpt-oss-120b",
+        description="rclone source `remote:path`, copied to `<mountPath>/<last path element>`.",
+    )
+    vocabSource: str = Field(
+        "",
+        description="rclone source of o200k_base.tiktoken, copied to `<mountPath>/tiktoken` "
+        "(point cluster.harmony.vocab_dir there); empty: the image's own.",
+    )
+    configSecret: str = Field(
+        "", description="Secret with key `rclone.conf` that defines the remote (mounted as a file)."
+    )
+    createClaim: bool = Field(True, description="Create the PVC (kept on uninstall).")
+    size: str = Field("200Gi", description="Size of the PVC it creates.")
+    storageClassName: str = Field("", description="StorageClass (empty: the default).")
+    accessMode: Literal["ReadWriteMany", "ReadWriteOnce"] = Field(
+        "ReadWriteMany", description="Every GPU pod mounts it read-only: RWX across nodes."
+    )
+
+
 class Weights(_Values):
-    """Model weights are mounted, never downloaded: a PVC or a pre-populated host path."""
+    """Model weights are mounted, never downloaded at run time: a PVC (optionally filled by the
+    copy Job) or a pre-populated host path."""
 
     source: Literal["pvc", "hostPath"] = Field("pvc", description="Where the weights are.")
     claimName: str = Field("gpt-oss-weights", description="PVC holding the weights (read-only).")
     hostPath: str = Field("/data/models", description="Pre-populated node directory.")
     mountPath: str = Field("/models", description="Where cluster.model.path points inside pods.")
+    copyJob: WeightsCopy = WeightsCopy()
 
 
 class ApiKeys(_Values):
@@ -117,6 +147,36 @@ class PodMonitor(_Values):
     enabled: bool = Field(False, description="A PodMonitor scraping every Ray pod (engines too).")
     interval: str = Field("15s", description="Scrape interval.")
     labels: dict[str, str] = Field({}, description="Labels your Prometheus selects on.")
+
+
+class PrometheusRule(_Values):
+    enabled: bool = Field(False, description="The alert rules of ops/prometheus/rules.yaml.")
+    labels: dict[str, str] = Field({}, description="Labels your Prometheus selects rules on.")
+
+
+class GrafanaDashboards(_Values):
+    enabled: bool = Field(False, description="ops/grafana dashboards as ConfigMaps.")
+    labels: dict[str, str] = Field(
+        {"grafana_dashboard": "1"}, description="The label Grafana's dashboard sidecar watches."
+    )
+    namespace: str = Field("", description="Namespace of the ConfigMaps (empty: the release's).")
+
+
+class HTTPRouteParent(_Values):
+    name: str = Field(description="The Gateway's name.")
+    namespace: str = Field("", description="The Gateway's namespace (empty: the release's).")
+    sectionName: str = Field("", description="The Gateway listener (empty: all).")
+
+
+class HTTPRoute(_Values):
+    enabled: bool = Field(False, description="A Gateway API HTTPRoute for the gateway.")
+    parentRefs: list[HTTPRouteParent] = Field(
+        [HTTPRouteParent(name="gateway")], description="Gateways that route to it."
+    )
+    hostnames: list[str] = Field([], description="Host names (empty: the listener's).")
+    timeout: str = Field(
+        "1800s", description="Request timeout: a high-effort stream takes minutes."
+    )
 
 
 class IngressTLS(_Values):
@@ -167,6 +227,9 @@ class ChartValues(_Values):
     serviceMonitor: ServiceMonitor = ServiceMonitor()
     podMonitor: PodMonitor = PodMonitor()
     ingress: Ingress = Ingress()
+    httpRoute: HTTPRoute = HTTPRoute()
+    prometheusRule: PrometheusRule = PrometheusRule()
+    grafanaDashboards: GrafanaDashboards = GrafanaDashboards()
     podDisruptionBudget: Toggle = Toggle()
     networkPolicy: NetworkPolicy = NetworkPolicy()
 
@@ -280,13 +343,14 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
         if key == "cluster":
             default = f"preset {DEFAULT_PRESET}, written out"
         else:
-            default = json.dumps(field.get_default(call_default_factory=True))
+            default = json.dumps(to_jsonable_python(field.get_default(call_default_factory=True)))
         rows.append(f"| `{key}` | `{default}` | {field.description or ''} |")
     return rows
 
 
 def chart_files() -> dict[str, str]:
-    """Every generated chart file by name: the values schema, the defaults, the presets."""
+    """Every generated chart file by path: the values schema, the defaults, the presets, the
+    dashboards."""
     files = {
         "values.schema.json": json.dumps(values_schema(), indent=2) + "\n",
         "README.md": README_HEAD + "\n".join(_rows(ChartValues)) + "\n",
@@ -295,4 +359,6 @@ def chart_files() -> dict[str, str]:
     documents |= {f"values-{name}.yaml": preset_values(p) for name, p in CHART_PRESETS.items()}
     for name, data in documents.items():
         files[name] = GENERATED_HEADER + yaml.safe_dump(data, sort_keys=False)
+    # `ops` in the chart is a link to the repository's ops/: the chart ships the dashboards.
+    files |= {f"ops/grafana/{name}": text for name, text in dashboard_files().items()}
     return files

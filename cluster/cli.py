@@ -29,7 +29,12 @@ def _load(path: Path | None) -> ClusterConfig:
 
 
 @app.command()
-def serve(config: ConfigOption = None) -> None:
+def serve(
+    config: ConfigOption = None,
+    metrics_port: Annotated[
+        int, typer.Option(help="Ray's Prometheus metrics export on 127.0.0.1 (0: off).")
+    ] = 8080,
+) -> None:
     """Run a local Ray cluster with the Serve app until Ctrl-C."""
     from cluster.serve.local import local_cluster, wait_forever
     from cluster.vocab import VocabError, ensure_vocab
@@ -42,8 +47,12 @@ def serve(config: ConfigOption = None) -> None:
         raise typer.Exit(2) from None
     typer.echo(f"starting Ray and Serve ({cfg.engine.kind} engine) ...")
     try:
-        with local_cluster(cfg, progress=lambda s: typer.echo(f"  replicas: {s}")) as cluster:
+        with local_cluster(
+            cfg, lambda s: typer.echo(f"  replicas: {s}"), metrics_port or None
+        ) as cluster:
             typer.echo(_ready_banner(cfg, cluster.url, cluster.rss_bytes()))
+            if cluster.metrics_url:
+                typer.echo(f"metrics (Prometheus): {cluster.metrics_url}")
             wait_forever()
     except KeyboardInterrupt:
         typer.echo("\nstopped: Serve and Ray shut down")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
 
@@ -29,6 +30,7 @@ from cluster.api.generation import (
     Demand,
     EngineClient,
     Generation,
+    RequestRecord,
     StopMatcher,
     check_model,
     engine_request,
@@ -82,6 +84,10 @@ class _Chat(Generation):
 
     parser: ChannelParser
 
+    @property
+    def reasoning_tokens(self) -> int:
+        return self.parser.reasoning_tokens
+
     def openai_finish_reason(self) -> str:
         if self.parser.tool_calls and self.finish_reason == "stop":
             return "tool_calls"
@@ -99,23 +105,33 @@ class _Chat(Generation):
 
     async def deltas(self) -> AsyncIterator[ChannelDelta]:
         """Channel deltas with client stop strings applied to the answer."""
-        async for token_ids in self.token_batches():
-            for delta in self.parser.feed(token_ids):
-                if delta.kind == "content":
-                    delta.text = self.stop.feed(delta.text)
-                if delta.text or delta.new_tool_call:
-                    yield delta
-                if self.stop.stopped:
-                    break
+        async with aclosing(self.token_batches()) as batches:
+            async for token_ids in batches:
+                for delta in self.parser.feed(token_ids):
+                    if delta.kind == "content":
+                        delta.text = self.stop.feed(delta.text)
+                        if delta.text:
+                            self.answer_started()
+                    if delta.text or delta.new_tool_call:
+                        yield delta
+                    if self.stop.stopped:
+                        break
         if tail := self.stop.flush():
             yield ChannelDelta("content", tail)
 
 
 class ChatService:
-    def __init__(self, config: ClusterConfig, harmony: Harmony, engine: EngineClient) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        harmony: Harmony,
+        engine: EngineClient,
+        on_done: Callable[[RequestRecord], None] | None = None,
+    ) -> None:
         self._config = config
         self._harmony = harmony
         self._engine = engine
+        self._on_done = on_done
 
     def _prepare(self, body: ChatCompletionRequest, tenant: str) -> _Chat:
         check_model(self._config, body.model)
@@ -145,7 +161,8 @@ class ChatService:
             tools=bool(tools),
             rerender=partial(render, degraded=True),
         )
-        return _Chat(render(effort), StopMatcher(body.stop), demand, parser=self._harmony.parser())
+        return _Chat(render(effort), StopMatcher(body.stop), demand, "chat", self._on_done,
+                     parser=self._harmony.parser())  # fmt: skip
 
     async def create(
         self, body: ChatCompletionRequest, tenant: str
@@ -160,11 +177,12 @@ class ChatService:
     async def _complete(self, run: _Chat, model: str) -> ChatCompletion:
         content: list[str] = []
         reasoning: list[str] = []
-        async for delta in run.deltas():
-            if delta.kind == "content":
-                content.append(delta.text)
-            elif delta.kind == "reasoning":
-                reasoning.append(delta.text)
+        async with aclosing(run.deltas()) as deltas:
+            async for delta in deltas:
+                if delta.kind == "content":
+                    content.append(delta.text)
+                elif delta.kind == "reasoning":
+                    reasoning.append(delta.text)
         tool_calls = [
             ChatCompletionMessageFunctionToolCall(
                 id=c.id, type="function", function=Function(name=c.name, arguments=c.arguments)
@@ -203,28 +221,29 @@ class ChatService:
             ).model_dump_json(exclude_none=True)
 
         yield chunk(ck.ChoiceDelta(role="assistant", content=""))
-        async for d in run.deltas():
-            if d.kind == "reasoning":
-                yield chunk(ck.ChoiceDelta(reasoning=d.text))
-            elif d.kind == "content":
-                yield chunk(ck.ChoiceDelta(content=d.text))
-            else:
-                call = run.parser.tool_calls[d.tool_index]
-                yield chunk(
-                    ck.ChoiceDelta(
-                        tool_calls=[
-                            ck.ChoiceDeltaToolCall(
-                                index=d.tool_index,
-                                id=call.id if d.new_tool_call else None,
-                                type="function" if d.new_tool_call else None,
-                                function=ck.ChoiceDeltaToolCallFunction(
-                                    name=d.tool_name if d.new_tool_call else None,
-                                    arguments=d.text,
-                                ),
-                            )
-                        ]
+        async with aclosing(run.deltas()) as deltas:
+            async for d in deltas:
+                if d.kind == "reasoning":
+                    yield chunk(ck.ChoiceDelta(reasoning=d.text))
+                elif d.kind == "content":
+                    yield chunk(ck.ChoiceDelta(content=d.text))
+                else:
+                    call = run.parser.tool_calls[d.tool_index]
+                    yield chunk(
+                        ck.ChoiceDelta(
+                            tool_calls=[
+                                ck.ChoiceDeltaToolCall(
+                                    index=d.tool_index,
+                                    id=call.id if d.new_tool_call else None,
+                                    type="function" if d.new_tool_call else None,
+                                    function=ck.ChoiceDeltaToolCallFunction(
+                                        name=d.tool_name if d.new_tool_call else None,
+                                        arguments=d.text,
+                                    ),
+                                )
+                            ]
+                        )
                     )
-                )
         yield chunk(ck.ChoiceDelta(), run.openai_finish_reason())
         if include_usage:
             yield chunk(None, usage=run.usage())

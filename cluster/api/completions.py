@@ -7,7 +7,8 @@ callers who render harmony themselves) and are dropped from the returned text.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
 from openai.types import Completion, CompletionChoice
 from openai.types.completion_usage import CompletionUsage
@@ -17,6 +18,7 @@ from cluster.api.generation import (
     Demand,
     EngineClient,
     Generation,
+    RequestRecord,
     StopMatcher,
     check_model,
     engine_request,
@@ -27,10 +29,17 @@ from cluster.harmony import VOCAB_SIZE, Harmony
 
 
 class CompletionService:
-    def __init__(self, config: ClusterConfig, harmony: Harmony, engine: EngineClient) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        harmony: Harmony,
+        engine: EngineClient,
+        on_done: Callable[[RequestRecord], None] | None = None,
+    ) -> None:
         self._config = config
         self._harmony = harmony
         self._engine = engine
+        self._on_done = on_done
 
     async def create(
         self, body: CompletionRequest, tenant: str
@@ -52,7 +61,8 @@ class CompletionService:
             (*self._harmony.stop_token_ids, self._harmony.special_id("<|endoftext|>")),
             "cmpl",
         )
-        run = Generation(request, StopMatcher(body.stop), Demand(tenant=tenant))
+        run = Generation(request, StopMatcher(body.stop), Demand(tenant=tenant), "completions",
+                         self._on_done)  # fmt: skip
         await run.start(self._engine)
         created = int(time.time())
 
@@ -75,15 +85,17 @@ class CompletionService:
             return CompletionChoice.model_construct(index=0, text=text, finish_reason=finish)
 
         if not body.stream:
-            text = "".join([piece async for piece in self._texts(run)])
+            async with aclosing(self._texts(run)) as texts:
+                text = "".join([piece async for piece in texts])
             reply = completion([choice(text, run.finish_reason or "stop")], with_usage=True)
             return reply, run.headers
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
         async def events() -> AsyncIterator[str]:
-            async for piece in self._texts(run):
-                yield completion([choice(piece, None)]).model_dump_json()
+            async with aclosing(self._texts(run)) as texts:
+                async for piece in texts:
+                    yield completion([choice(piece, None)]).model_dump_json()
             final = completion([choice("", run.finish_reason or "stop")])
             yield final.model_dump_json(exclude_none=True)
             if include_usage:
@@ -94,8 +106,9 @@ class CompletionService:
     async def _texts(self, run: Generation) -> AsyncIterator[str]:
         """Decoded text (special tokens dropped) with client stop strings applied."""
         decoder = self._harmony.text_stream()
-        async for token_ids in run.token_batches():
-            if text := run.stop.feed(decoder.feed(token_ids)):
-                yield text
+        async with aclosing(run.token_batches()) as batches:
+            async for token_ids in batches:
+                if text := run.stop.feed(decoder.feed(token_ids)):
+                    yield text
         if tail := run.stop.feed(decoder.flush()) + run.stop.flush():
             yield tail

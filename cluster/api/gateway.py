@@ -5,7 +5,8 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -15,7 +16,7 @@ from sse_starlette import EventSourceResponse
 from cluster.api.chat import ChatService
 from cluster.api.completions import CompletionService
 from cluster.api.errors import BodySizeLimit, OpenAIError, install_error_handlers
-from cluster.api.generation import EngineClient
+from cluster.api.generation import EngineClient, RequestRecord
 from cluster.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from cluster.config import ClusterConfig
 from cluster.harmony import Harmony
@@ -27,8 +28,9 @@ async def _sse(events: AsyncIterator[str]) -> AsyncIterator[str]:
     """OpenAI's stream framing: `data: <json>` per chunk, an error event if the engine fails
     mid-stream (headers are already sent), then `data: [DONE]`."""
     try:
-        async for event in events:
-            yield event
+        async with aclosing(events):  # a client that leaves closes the whole chain at once
+            async for event in events:
+                yield event
     except OpenAIError as err:
         yield JSONResponse(err.body()).body.decode()
     except Exception:
@@ -38,9 +40,15 @@ async def _sse(events: AsyncIterator[str]) -> AsyncIterator[str]:
     yield "[DONE]"
 
 
-def create_app(config: ClusterConfig, harmony: Harmony, engine: EngineClient) -> FastAPI:
-    chat = ChatService(config, harmony, engine)
-    completions = CompletionService(config, harmony, engine)
+def create_app(
+    config: ClusterConfig,
+    harmony: Harmony,
+    engine: EngineClient,
+    on_done: Callable[[RequestRecord], None] | None = None,
+) -> FastAPI:
+    """`on_done` hears what happened to every request (the gateway's metrics)."""
+    chat = ChatService(config, harmony, engine, on_done)
+    completions = CompletionService(config, harmony, engine, on_done)
     keys = [k.get_secret_value().encode() for k in config.auth.api_keys]
     created = int(time.time())
 

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from cluster.api.errors import OpenAIError
 from cluster.api.protocol import SamplingRequest
-from cluster.config import ClusterConfig, Effort
+from cluster.config import ClusterConfig, Effort, EffortProfile
 from cluster.engine.base import Engine, EngineOutput, EngineRequest, SamplingParams
 
 
@@ -176,6 +176,34 @@ class Demand:
     rerender: Callable[[Effort], EngineRequest] | None = None
 
 
+@dataclass(frozen=True)
+class RequestRecord:
+    """What happened to one request, for metrics: times are wall-clock seconds."""
+
+    endpoint: str
+    effort: Effort  # the effort it ran at
+    outcome: str  # completed, cancelled (the client left), failed, rejected (429)
+    arrived_at: float
+    finished_at: float
+    admitted_at: float | None = None
+    first_token_at: float | None = None
+    first_answer_at: float | None = None  # first final-channel token (chat)
+    token_gaps: tuple[float, ...] = ()  # seconds per token between engine outputs
+    prompt_tokens: int = 0
+    reasoning_tokens: int = 0
+    completion_tokens: int = 0
+    expected_output_tokens: int = 0  # the cost model's prediction
+
+    def meets_slo(self, slo: EffortProfile) -> bool:
+        """TTFT and mean inter-token latency within the effort's SLOs (as the scheduler judges)."""
+        if self.first_token_at is None:
+            return False
+        n = self.completion_tokens
+        itl = (self.finished_at - self.first_token_at) / (n - 1) if n > 1 else 0.0
+        ttft = self.first_token_at - self.arrived_at
+        return ttft <= slo.ttft_slo_s and itl <= slo.itl_slo_s
+
+
 @dataclass
 class Generation:
     """One request's progress through admission and its engine stream (chat and completions)."""
@@ -183,6 +211,8 @@ class Generation:
     request: EngineRequest
     stop: StopMatcher
     demand: Demand = Demand()
+    endpoint: str = "chat"
+    on_done: Callable[[RequestRecord], None] | None = field(default=None, repr=False)
     completion_tokens: int = 0
     finish_reason: str | None = None
     degraded_from: Effort | None = None
@@ -190,11 +220,37 @@ class Generation:
     _admission: Admission | None = field(default=None, repr=False)
     _rest: AsyncIterator[EngineOutput] | None = field(default=None, repr=False)
     _first: EngineOutput | None = field(default=None, repr=False)
+    _arrived_at: float = field(default_factory=time.time, repr=False)
+    _admitted_at: float | None = field(default=None, repr=False)
     _first_at: float | None = field(default=None, repr=False)
+    _first_answer_at: float | None = field(default=None, repr=False)
+    _gaps: list[float] = field(default_factory=list, repr=False)
 
     @property
     def prompt_tokens(self) -> int:
         return len(self.request.prompt_token_ids)
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return 0  # no channels without harmony parsing
+
+    def answer_started(self) -> None:
+        """The first final-channel text went out (chat calls this)."""
+        if self._first_answer_at is None:
+            self._first_answer_at = time.time()
+
+    def _done(self, outcome: str) -> None:
+        if self.on_done is None:
+            return
+        on_done, self.on_done = self.on_done, None  # once
+        on_done(RequestRecord(
+            endpoint=self.endpoint, effort=self.request.effort, outcome=outcome,
+            arrived_at=self._arrived_at, finished_at=time.time(), admitted_at=self._admitted_at,
+            first_token_at=self._first_at, first_answer_at=self._first_answer_at,
+            token_gaps=tuple(self._gaps), prompt_tokens=self.prompt_tokens,
+            reasoning_tokens=self.reasoning_tokens, completion_tokens=self.completion_tokens,
+            expected_output_tokens=self.request.expected_output_tokens,
+        ))  # fmt: skip
 
     @property
     def headers(self) -> dict[str, str]:
@@ -212,6 +268,7 @@ class Generation:
             admission = await engine.admit(self.request, demand.tenant, demand.prefix_key,
                                            demand.tools, demand.rerender is not None)  # fmt: skip
             self._engine, self._admission = engine, admission  # released on any failure below
+            self._admitted_at = time.time()
             if admission.effort is not None and demand.rerender is not None:
                 self.degraded_from = self.request.effort
                 self.request = demand.rerender(admission.effort)
@@ -222,6 +279,7 @@ class Generation:
             self._first_at = time.time()
         except Overloaded as err:
             self._release(None)
+            self._done("rejected")
             raise OpenAIError(
                 429,
                 "The cluster is at capacity; retry after the Retry-After delay.",
@@ -230,9 +288,11 @@ class Generation:
             ) from None
         except StopAsyncIteration:
             self._release(None)
+            self._done("failed")
             raise OpenAIError(503, "the engine ended the request without output") from None
-        except BaseException:
+        except BaseException as err:
             self._release(None)
+            self._done("failed" if isinstance(err, Exception) else "cancelled")
             raise
         self._rest = outputs
 
@@ -244,7 +304,7 @@ class Generation:
     async def token_batches(self) -> AsyncIterator[list[int]]:
         """Token ids as they arrive; stopping early (or a stop string) aborts the engine work."""
         assert self._rest is not None, "start() first"
-        output = self._first
+        output, last_at, failed = self._first, self._first_at, False
         try:
             while output is not None:
                 self.completion_tokens += len(output.token_ids)
@@ -253,12 +313,21 @@ class Generation:
                 if output.finish_reason is not None or self.stop.stopped:
                     break
                 output = await anext(self._rest, None)
+                if output is not None and output.token_ids and last_at is not None:
+                    now = time.time()
+                    self._gaps.append((now - last_at) / len(output.token_ids))
+                    last_at = now
+        except Exception:
+            failed = True
+            raise
         finally:
             await self._rest.aclose()
             ran_to_end = self.finish_reason in ("stop", "length") and not self.stop.stopped
             self._release(self.completion_tokens if ran_to_end else None)
             if self.stop.stopped:
                 self.finish_reason = "stop"
+            finished = ran_to_end or self.stop.stopped
+            self._done("failed" if failed else "completed" if finished else "cancelled")
 
 
 class InProcessEngine:

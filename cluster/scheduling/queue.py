@@ -130,6 +130,13 @@ class SchedulingQueue:
         self._size -= 1
         self._tokens -= ticket.cost_tokens
 
+    def depth_by_effort(self) -> dict[Effort, int]:
+        depth = dict.fromkeys(Effort, 0)
+        for lane in self._lanes.values():
+            for _, _, ticket in lane:
+                depth[ticket.effort] += 1
+        return depth
+
     def ahead(self, key: float) -> int:
         """Queued requests whose key is earlier than `key` (fairness penalties ignored)."""
         return sum(1 for lane in self._lanes.values() for k, _, _ in lane if k <= key)

@@ -48,5 +48,7 @@ class BacklogPolicy:
             attainment={e: min(seen) for e in Effort if (seen := values(f"attainment_{e.value}"))},
         )
         decision = self._core.decide(signal)
-        self._metrics.record(ctx.deployment_name, decision, serving)
+        self._metrics.record(
+            ctx.deployment_name, decision, serving, ctx.capacity_adjusted_max_replicas
+        )
         return decision.desired, {"reason": decision.reason, "demand": decision.demand}

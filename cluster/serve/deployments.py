@@ -18,6 +18,7 @@ from cluster.config import ClusterConfig, validate_config, with_secret_env
 from cluster.engine.base import EngineOutput, EngineRequest
 from cluster.engine.factory import build_engine
 from cluster.harmony import Harmony
+from cluster.metrics import EngineMetrics, GatewayMetrics, RouterMetrics
 from cluster.scheduling.autoscaling import SignalBoard
 from cluster.serve.dispatcher import Dispatcher, subscribe_load_reports
 
@@ -30,6 +31,7 @@ class EngineServer:
     def __init__(self, config: dict[str, Any]) -> None:
         self._engine = build_engine(validate_config(config))
         self._signals = SignalBoard()
+        self._metrics = EngineMetrics(serve.get_replica_context().replica_id.unique_id)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         self._signals.note(request.gateway)
@@ -39,7 +41,9 @@ class EngineServer:
             yield output
 
     def record_routing_stats(self) -> dict[str, float]:
-        return self._engine.load_report().to_dict()
+        report = self._engine.load_report()
+        self._metrics.record(report)
+        return report.to_dict()
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Custom metrics for the engine autoscaler (cluster/serve/autoscaling.py)."""
@@ -60,7 +64,8 @@ class ServeEngineClient:
         self._stream = handle.options(stream=True, method_name="generate")
         self._ready = handle.options(method_name="ready")
         self._retry_after_s = config.router.retry_after_s
-        self._dispatcher = Dispatcher(config) if config.router.policy == "effort_aware" else None
+        effort_aware = config.router.policy == "effort_aware"
+        self._dispatcher = Dispatcher(config, metrics=RouterMetrics()) if effort_aware else None
         if self._dispatcher is not None:
             subscribe_load_reports(
                 handle.app_name, handle.deployment_name, self._dispatcher.publish
@@ -108,4 +113,5 @@ class Gateway:
         self._engine = ServeEngineClient(engine, self._config)
 
     def __serve_build_asgi_app__(self):
-        return create_app(self._config, self._harmony, self._engine)
+        metrics = GatewayMetrics(self._config.efforts)
+        return create_app(self._config, self._harmony, self._engine, metrics.record)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from cluster.api.generation import Admission, Overloaded
 from cluster.config import ClusterConfig
 from cluster.engine.base import EngineRequest, LoadReport
+from cluster.metrics import RouterMetrics
 from cluster.scheduling.autoscaling import Attainment, GatewaySignal
 from cluster.scheduling.queue import Ticket
 from cluster.scheduling.scheduler import Rejected, Scheduler
@@ -46,8 +47,15 @@ class _Waiter:
 
 
 class Dispatcher:
-    def __init__(self, config: ClusterConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        clock: Callable[[], float] = time.time,
+        metrics: RouterMetrics | None = None,
+    ) -> None:
         self.scheduler = Scheduler(config.router, config.efforts, transit_s=TRANSIT_S)
+        self._metrics = metrics
+        self._horizon_s = config.autoscaling.horizon_s
         self._efforts = config.efforts
         self._clock = clock
         self._name = uuid.uuid4().hex[:12]  # this gateway, in the engines' autoscaling metrics
@@ -70,6 +78,8 @@ class Dispatcher:
             for replica, report in reports.items():
                 self.scheduler.report(replica, report)
         self._release()
+        if self._metrics is not None:
+            self._metrics.queue(self.scheduler, self._clock(), self._horizon_s)
 
     def _release(self) -> None:
         now = self._clock()
@@ -103,7 +113,11 @@ class Dispatcher:
         decision = self.scheduler.submit(ticket, now, degradable=degradable)
         if isinstance(decision, Rejected):
             self._attainment.add(now, request.effort, False)  # shed: an SLO miss too
+            if self._metrics is not None:
+                self._metrics.rejected(request.effort)
             raise Overloaded(decision.retry_after_s)
+        if self._metrics is not None:
+            self._metrics.admitted(decision.ticket.effort, decision.degraded_from)
         waiter = _Waiter(decision.ticket, self._loop.create_future())
         self._waiting[ticket.request_id] = waiter
         self._release()

@@ -31,6 +31,7 @@ RAY_ENV = {
 class LocalCluster:
     url: str
     config: ClusterConfig
+    metrics_url: str | None = None  # Ray's Prometheus export for this node
 
     def rss_bytes(self) -> int:
         """Resident memory of this process and every Ray process it started."""
@@ -86,9 +87,12 @@ def _replica_states() -> str:
 
 @contextmanager
 def local_cluster(
-    config: ClusterConfig, progress: Callable[[str], None] | None = None
+    config: ClusterConfig,
+    progress: Callable[[str], None] | None = None,
+    metrics_port: int | None = None,
 ) -> Iterator[LocalCluster]:
-    """Start Ray + Serve + the app on 127.0.0.1:<gateway.port>; tear everything down on exit."""
+    """Start Ray + Serve + the app on 127.0.0.1:<gateway.port>; tear everything down on exit.
+    With `metrics_port`, Ray exports every process's metrics there (on 127.0.0.1) for Prometheus."""
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
     import ray
@@ -103,6 +107,7 @@ def local_cluster(
         _temp_dir=temp_dir,
         log_to_driver=False,
         _node_ip_address="127.0.0.1",
+        _metrics_export_port=metrics_port,
     )
     try:
         serve.start(http_options={"host": config.gateway.host, "port": config.gateway.port})
@@ -116,7 +121,9 @@ def local_cluster(
                     progress(state)
                     last = state
             deployed.result()
-        yield LocalCluster(f"http://{config.gateway.host}:{config.gateway.port}", config)
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None
+        yield LocalCluster(f"http://{config.gateway.host}:{config.gateway.port}", config,
+                           metrics_url)  # fmt: skip
     finally:
         ray.shutdown()
 

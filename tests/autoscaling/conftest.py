@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from cluster.serve.local import free_port, local_cluster
@@ -19,5 +21,6 @@ def cluster():
         },
         engine={"drain_timeout_s": 30},
     )
-    with local_cluster(config) as running:
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")  # metrics seen in seconds
+    with local_cluster(config, metrics_port=free_port()) as running:
         yield running

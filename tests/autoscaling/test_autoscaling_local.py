@@ -55,6 +55,17 @@ def loading(url: str, rate: float, statuses: list[int]) -> Iterator[None]:
         driver.join()
 
 
+def gauge(metrics_url: str, name: str, label: str = "") -> list[float]:
+    """Values of `ray_gpt_oss_autoscaler_<name>` samples (with `label`) in Ray's export."""
+    text = httpx.get(metrics_url, timeout=10).text
+    prefix = f"ray_gpt_oss_autoscaler_{name}{{"
+    return [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix) and label in line
+    ]
+
+
 def wait_for(condition, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -70,6 +81,9 @@ def test_load_scales_replicas_up_and_back_down_without_losing_a_request(cluster)
     with loading(cluster.url, 4.0, statuses):
         reached_three = wait_for(lambda: running_replicas() == 3, 60)
     assert reached_three
+    # The decision is visible: desired replicas and the reason, through Ray's metrics export.
+    assert wait_for(lambda: gauge(cluster.metrics_url, "desired_replicas") == [3.0], 30)
+    assert gauge(cluster.metrics_url, "decision", 'reason="backlog"') in ([1.0], [0.0])
     # A trickle keeps flowing while the replicas drain away: none of it may fail.
     with loading(cluster.url, 0.25, statuses):
         back_to_one = wait_for(lambda: running_replicas() == 1, 120)

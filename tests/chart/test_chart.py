@@ -6,6 +6,7 @@ args by the application's own schema, and values that must fail, failing with th
 import copy
 import json
 import os
+import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -28,7 +29,57 @@ CUSTOM_GROUPS = {v.split("/")[0] for v in API_VERSIONS}  # validated against ../
 VALUES = [None, *sorted(p.name for p in CHART_DIR.glob("values-*.yaml"))]
 # Every optional object rendered too, so each is validated.
 OPTIONAL_ON = ("serviceMonitor.enabled=true", "podMonitor.enabled=true", "ingress.enabled=true",
-               "ingress.tls.secretName=gpt-oss-tls")  # fmt: skip
+               "ingress.tls.secretName=gpt-oss-tls", "httpRoute.enabled=true",
+               "httpRoute.hostnames[0]=gpt-oss.example.com", "prometheusRule.enabled=true",
+               "grafanaDashboards.enabled=true", "weights.copyJob.enabled=true",
+               "weights.copyJob.vocabSource=mirror:vocab/o200k_base.tiktoken",
+               "weights.copyJob.configSecret=rclone-mirror")  # fmt: skip
+# Gateway API v1 HTTPRoute, the fields the chart renders (no Gateway API CRD is in ../shared/crds):
+# from gateway-api's standard-install (v1.2) schema, unknown fields rejected.
+_NAME = {"type": "string", "minLength": 1, "maxLength": 253}
+HTTPROUTE_SCHEMA = {
+    "type": "object", "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "gateway.networking.k8s.io/v1"}, "kind": {"const": "HTTPRoute"},
+        "metadata": {"type": "object"},
+        "spec": {"type": "object", "additionalProperties": False, "properties": {
+            "parentRefs": {"type": "array", "maxItems": 32, "items": {
+                "type": "object", "additionalProperties": False, "required": ["name"],
+                "properties": {"name": _NAME, "namespace": _NAME, "sectionName": _NAME,
+                               "group": {"type": "string"}, "kind": {"type": "string"},
+                               "port": {"type": "integer"}}}},
+            "hostnames": {"type": "array", "maxItems": 16, "items": {
+                "type": "string", "pattern": r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"}},
+            "rules": {"type": "array", "maxItems": 16, "items": {
+                "type": "object", "additionalProperties": False, "properties": {
+                    "matches": {"type": "array", "items": {
+                        "type": "object", "additionalProperties": False, "properties": {
+                            "path": {"type": "object", "additionalProperties": False,
+                                     "properties": {
+                                         "type": {"enum": ["Exact", "PathPrefix",
+                                                           "RegularExpression"]},
+                                         "value": {"type": "string", "maxLength": 1024}}}}}},
+                    "backendRefs": {"type": "array", "items": {
+                        "type": "object", "additionalProperties": False,
+                        "required": ["name"],
+                        "properties": {"name": _NAME, "port": {"type": "integer", "minimum": 1,
+                                                               "maximum": 65535}}}},
+                    "timeouts": {"type": "object", "additionalProperties": False, "properties": {
+                        "request": {"type": "string",
+                                    "pattern": r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"},
+                        "backendRequest": {"type": "string"}}}}}}}},
+    },
+}  # fmt: skip
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("promtool is missing: .ci/run installs the prometheus package")
+        pytest.skip("promtool not installed (apt-get install prometheus)")
+    return found
 
 
 def require(tool: Path) -> None:
@@ -71,6 +122,8 @@ def _strict(schema: dict) -> dict:
             node["anyOf"] = [{"type": "integer"}, {"type": "string"}]
         if node.pop("nullable", False) and "type" in node:
             node["type"] = [node["type"], "null"]
+        if "(?i)" in node.get("pattern", ""):  # Go allows the flag mid-pattern, Python not
+            node["pattern"] = "(?i)" + node["pattern"].replace("(?i)", "")
         preserve = node.pop("x-kubernetes-preserve-unknown-fields", False)
         if "properties" in node and "additionalProperties" not in node and not preserve:
             node["additionalProperties"] = False
@@ -105,7 +158,9 @@ def crd_schemas() -> dict[tuple[str, str], dict]:
 
 def validate(doc: dict) -> None:
     key = (doc["apiVersion"], doc["kind"])
-    if key[0].split("/")[0] in CUSTOM_GROUPS:
+    if key == ("gateway.networking.k8s.io/v1", "HTTPRoute"):
+        jsonschema.validate(doc, HTTPROUTE_SCHEMA)
+    elif key[0].split("/")[0] in CUSTOM_GROUPS:
         assert key in crd_schemas(), f"no CRD for {key} in {CRDS}"  # never validated loosely
         jsonschema.validate(doc, crd_schemas()[key])
     else:
@@ -120,7 +175,8 @@ def test_lint_render_and_validate_every_object(values):
     kinds = {d["kind"] for d in docs}
     # The Pod is `helm test`'s: a real chat request through the gateway.
     expected = {"RayService", "Service", "Secret", "PodDisruptionBudget", "NetworkPolicy",
-                "ServiceMonitor", "PodMonitor", "Ingress", "Pod"}  # fmt: skip
+                "ServiceMonitor", "PodMonitor", "Ingress", "Pod", "HTTPRoute", "PrometheusRule",
+                "ConfigMap", "Job", "PersistentVolumeClaim"}  # fmt: skip
     assert expected <= kinds
     for doc in docs:
         validate(doc)
@@ -153,6 +209,12 @@ LINT, TEMPLATE = ("lint", "--strict"), ("template", "gpt-oss")
         (("cluster.preset=gpt-oss-120b-h100-tp8",), "preset", (LINT, TEMPLATE)),
         # A rule across two values is the template's `fail`, which Helm 4's lint only logs.
         (("gpuWorkers.gpusPerPod=3",), "gpuWorkers.gpusPerPod", (TEMPLATE,)),
+        (
+            ("weights.copyJob.enabled=true", "weights.source=hostPath"),
+            "weights.copyJob",
+            (TEMPLATE,),
+        ),
+        (("httpRoute.timeout=30", "httpRoute.enabled=true"), "timeout", (LINT, TEMPLATE)),
     ],
 )
 def test_bad_values_fail_naming_the_value(sets, named, commands):
@@ -195,3 +257,21 @@ def test_checkov_passes_or_skips_each_check_with_a_reason(values, tmp_path):
     assert failed == []
     skipped = report["results"]["skipped_checks"]
     assert skipped and all(c["check_result"].get("suppress_comment") for c in skipped)
+
+
+def test_the_prometheus_rule_ships_the_promtool_checked_rules(tmp_path):
+    """The chart's PrometheusRule is ops/prometheus/rules.yaml as Prometheus loads it."""
+    docs = render(None, "prometheusRule.enabled=true", "grafanaDashboards.enabled=true")
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    source = yaml.safe_load((ROOT / "ops" / "prometheus" / "rules.yaml").read_text())
+    assert rule["spec"]["groups"] == source["groups"]
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    check = subprocess.run([promtool(), "check", "rules", str(rules)], capture_output=True,
+                           text=True, check=False)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    for path in (ROOT / "ops" / "grafana").glob("*.json"):
+        (cm,) = [m for m in maps.values() if path.name in m["data"]]
+        assert json.loads(cm["data"][path.name]) == json.loads(path.read_text())
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
