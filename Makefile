@@ -9,7 +9,7 @@ HELM := .cache/bin/helm
 CHECKOV := .cache/checkov/bin/checkov
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-fast chart chart-check bench bench-engine bench-sched bench-live bench-autoscale lint render clean
+.PHONY: serve test test-fast chart chart-check bench bench-engine bench-sched bench-live bench-autoscale loadtest lint render clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,16 @@ chart: $(STAMP)
 ## The Helm chart offline: helm lint/template, every object validated, bad values rejected
 chart-check: $(STAMP) $(HELM) $(CHECKOV) $(PROMTOOL)
 	$(PY) -m pytest tests/chart $(PYTEST_ARGS)
+
+## Locust, headless, against a running `make serve` (or LOADTEST_HOST); per-effort summary + PNGs
+LOADTEST_HOST ?= http://127.0.0.1:8000
+LOADTEST_USERS ?= 20
+LOADTEST_TIME ?= 2m
+loadtest: $(STAMP)
+	mkdir -p bench-results
+	$(VENV)/bin/locust -f loadtest/locustfile.py --headless -H $(LOADTEST_HOST) -u $(LOADTEST_USERS) \
+		-r 5 -t $(LOADTEST_TIME) --csv bench-results/loadtest --csv-full-history --only-summary; \
+	rc=$$?; $(PY) -m loadtest.summarise bench-results/loadtest; exit $$rc
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
