@@ -1,4 +1,8 @@
+import os
+import shutil
 from typing import Any
+
+import pytest
 
 from cluster.config import ClusterConfig, deep_merge
 
@@ -7,3 +11,14 @@ def fast_config(time_scale: float = 0.01, **sections: Any) -> ClusterConfig:
     """Defaults with the mock running `1 / time_scale` times faster than an H100, deep-merged."""
     data = deep_merge(ClusterConfig().to_args(), {"engine": {"mock": {"time_scale": time_scale}}})
     return ClusterConfig.model_validate(deep_merge(data, sections))
+
+
+def system_tool(name: str) -> str:
+    """A system binary the suite needs (Prometheus' `prometheus`, `promtool`): `make test` and
+    .ci/run install it, so under CI its absence fails instead of skipping."""
+    found = shutil.which(name)
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is missing: `make test` installs the prometheus package")
+        pytest.skip(f"{name} not installed (apt-get install prometheus)")
+    return found

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from functools import partial
@@ -28,17 +28,16 @@ from openai.types.completion_usage import CompletionTokensDetails, CompletionUsa
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import (
     Demand,
-    EngineClient,
     Generation,
-    RequestRecord,
+    Service,
     StopMatcher,
     check_model,
     engine_request,
 )
 from cluster.api.protocol import ChatCompletionRequest, ChatMessage
-from cluster.config import ClusterConfig, Effort
+from cluster.config import Effort
 from cluster.engine.base import EngineRequest
-from cluster.harmony import ChannelDelta, ChannelParser, Harmony, ToolCall, ToolSpec, Turn
+from cluster.harmony import ChannelDelta, ChannelParser, ToolCall, ToolSpec, Turn
 
 
 def prefix_key(effort: Effort, instructions: str | None, tools: list[ToolSpec]) -> str:
@@ -120,19 +119,7 @@ class _Chat(Generation):
             yield ChannelDelta("content", tail)
 
 
-class ChatService:
-    def __init__(
-        self,
-        config: ClusterConfig,
-        harmony: Harmony,
-        engine: EngineClient,
-        on_done: Callable[[RequestRecord], None] | None = None,
-    ) -> None:
-        self._config = config
-        self._harmony = harmony
-        self._engine = engine
-        self._on_done = on_done
-
+class ChatService(Service):
     def _prepare(self, body: ChatCompletionRequest, tenant: str) -> _Chat:
         check_model(self._config, body.model)
         effort = body.reasoning_effort or self._config.default_effort

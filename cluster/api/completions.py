@@ -7,7 +7,7 @@ callers who render harmony themselves) and are dropped from the returned text.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from openai.types import Completion, CompletionChoice
@@ -16,31 +16,17 @@ from openai.types.completion_usage import CompletionUsage
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import (
     Demand,
-    EngineClient,
     Generation,
-    RequestRecord,
+    Service,
     StopMatcher,
     check_model,
     engine_request,
 )
 from cluster.api.protocol import CompletionRequest
-from cluster.config import ClusterConfig
-from cluster.harmony import VOCAB_SIZE, Harmony
+from cluster.harmony import VOCAB_SIZE
 
 
-class CompletionService:
-    def __init__(
-        self,
-        config: ClusterConfig,
-        harmony: Harmony,
-        engine: EngineClient,
-        on_done: Callable[[RequestRecord], None] | None = None,
-    ) -> None:
-        self._config = config
-        self._harmony = harmony
-        self._engine = engine
-        self._on_done = on_done
-
+class CompletionService(Service):
     async def create(
         self, body: CompletionRequest, tenant: str
     ) -> tuple[Completion | AsyncIterator[str], dict[str, str]]:

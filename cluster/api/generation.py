@@ -13,6 +13,7 @@ from cluster.api.errors import OpenAIError
 from cluster.api.protocol import SamplingRequest
 from cluster.config import ClusterConfig, Effort, EffortProfile
 from cluster.engine.base import Engine, EngineOutput, EngineRequest, SamplingParams
+from cluster.harmony import Harmony
 
 
 @dataclass(frozen=True)
@@ -328,6 +329,23 @@ class Generation:
                 self.finish_reason = "stop"
             finished = ran_to_end or self.stop.stopped
             self._done("failed" if failed else "completed" if finished else "cancelled")
+
+
+class Service:
+    """What an endpoint's service holds: the config, harmony, the engines, and who hears how each
+    request ended (the gateway's metrics)."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        harmony: Harmony,
+        engine: EngineClient,
+        on_done: Callable[[RequestRecord], None] | None = None,
+    ) -> None:
+        self._config = config
+        self._harmony = harmony
+        self._engine = engine
+        self._on_done = on_done
 
 
 class InProcessEngine:

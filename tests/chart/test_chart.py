@@ -6,7 +6,6 @@ args by the application's own schema, and values that must fail, failing with th
 import copy
 import json
 import os
-import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -18,6 +17,7 @@ import yaml
 
 from cluster.chart import CHART_DIR, chart_files
 from cluster.config import validate_config
+from tests.helpers import system_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 HELM = ROOT / ".cache" / "bin" / "helm"
@@ -71,15 +71,6 @@ HTTPROUTE_SCHEMA = {
                         "backendRequest": {"type": "string"}}}}}}}},
     },
 }  # fmt: skip
-
-
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is missing: .ci/run installs the prometheus package")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    return found
 
 
 def require(tool: Path) -> None:
@@ -267,8 +258,8 @@ def test_the_prometheus_rule_ships_the_promtool_checked_rules(tmp_path):
     assert rule["spec"]["groups"] == source["groups"]
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
-    check = subprocess.run([promtool(), "check", "rules", str(rules)], capture_output=True,
-                           text=True, check=False)  # fmt: skip
+    command = [system_tool("promtool"), "check", "rules", str(rules)]
+    check = subprocess.run(command, capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
     maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
     for path in (ROOT / "ops" / "grafana").glob("*.json"):

@@ -2,8 +2,6 @@
 export, with the product's alert rules loaded: after a few requests, TTFT by effort, queue depth
 and backlog are queryable, and every rule evaluates without error on live data."""
 
-import os
-import shutil
 import subprocess
 import time
 
@@ -12,23 +10,15 @@ import pytest
 import yaml
 
 from cluster.serve.local import free_port
+from tests.helpers import system_tool
 from tests.ops.test_ops import RULES
 
 pytestmark = pytest.mark.integration
 
 
-def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("prometheus is missing: .ci/run installs the Debian package")
-        pytest.skip("prometheus not installed (apt-get install prometheus)")
-    return found
-
-
 @pytest.fixture
 def prometheus(cluster, tmp_path):
-    binary = prometheus_binary()
+    binary = system_tool("prometheus")
     target = cluster.metrics_url.removeprefix("http://").removesuffix("/metrics")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

@@ -3,18 +3,16 @@ expression parses, every metric they name is one the code exports (or Ray Serve'
 against the installed Ray), and every alert has its runbook."""
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import ray.serve
 import yaml
 
 from cluster.dashboards import DASHBOARDS, expressions
 from cluster.metrics import SPECS
+from tests.helpers import system_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
@@ -24,18 +22,9 @@ RAY_SERVE_METRICS = {"ray_serve_deployment_replica_starts_total",
                      "ray_serve_deployment_replica_healthy"}  # fmt: skip
 
 
-def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is missing: .ci/run installs the prometheus package")
-        pytest.skip("promtool not installed (apt-get install prometheus)")
-    return found
-
-
 def run_promtool(*args: str, cwd: Path = OPS / "prometheus") -> None:
-    result = subprocess.run([promtool(), *args], capture_output=True, text=True, cwd=cwd,
-                            check=False)  # fmt: skip
+    command = [system_tool("promtool"), *args]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
