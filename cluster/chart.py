@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 from pydantic_core import to_jsonable_python
 
-from cluster.config import ClusterConfig
+from cluster.config import ApiKey, ClusterConfig
 from cluster.dashboards import dashboard_files
 
 CHART_DIR = Path(__file__).resolve().parents[1] / "helm" / "gpt-oss-cluster"
@@ -126,8 +126,14 @@ class Weights(_Values):
 
 
 class ApiKeys(_Values):
-    existingSecret: str = Field("", description="A Secret with key `api-keys`: a JSON list.")
-    keys: list[str] = Field([], description="Used when existingSecret is empty; empty: open.")
+    existingSecret: str = Field(
+        "",
+        description="A Secret with key `api-keys`: a JSON list of keys, or of key objects "
+        "(name, key or sha256, revoked, requests_per_minute, tokens_per_minute, max_concurrent).",
+    )
+    keys: list[str | ApiKey] = Field(
+        [], description="Used when existingSecret is empty (same forms); empty: open."
+    )
 
 
 class Service(_Values):

@@ -60,7 +60,7 @@ def serve(
 
 def _ready_banner(cfg: ClusterConfig, url: str, rss: int) -> str:
     model = cfg.model.served_name
-    key = cfg.auth.api_keys[0].get_secret_value() if cfg.auth.api_keys else "none"
+    key = cfg.auth.first_key() or "none"
     scale = cfg.engine.mock.time_scale
     engine = (
         f"mock engine at time scale {scale:g} ({1 / scale:g}x an H100)"

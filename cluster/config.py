@@ -70,6 +70,11 @@ class EffortProfile(_Strict):
     max_tokens: PositiveInt | None = Field(None, description="Cap; None: the context length.")
     ttft_slo_s: PositiveFloat
     itl_slo_s: PositiveFloat
+    deadline_s: PositiveFloat = Field(
+        3_600.0,
+        description="A request still running this long after arrival is aborted (engine work "
+        "freed) with a 504 `deadline_exceeded` error.",
+    )
 
     @model_validator(mode="after")
     def _default_within_max(self) -> EffortProfile:
@@ -81,18 +86,20 @@ class EffortProfile(_Strict):
 def _default_efforts() -> dict[Effort, EffortProfile]:
     # Chat-traffic medians (250 / 1,200 / 5,000 output tokens) and SLOs (TTFT 1 / 2 / 5 s, 60 ms
     # inter-token) from the project's reference workload; high effort is ~20x low (ANCHORS.md).
-    def profile(median: float, default_max: int, ttft: float) -> EffortProfile:
+    # Deadlines: the default output budget at twice the inter-token SLO, plus room to queue.
+    def profile(median: float, default_max: int, ttft: float, deadline: float) -> EffortProfile:
         return EffortProfile(
             output_tokens=LengthPrior(median_tokens=median),
             default_max_tokens=default_max,
             ttft_slo_s=ttft,
             itl_slo_s=0.06,
+            deadline_s=deadline,
         )
 
     return {
-        Effort.LOW: profile(250, 8_192, 1.0),
-        Effort.MEDIUM: profile(1_200, 16_384, 2.0),
-        Effort.HIGH: profile(5_000, 32_768, 5.0),
+        Effort.LOW: profile(250, 8_192, 1.0, 1_200),
+        Effort.MEDIUM: profile(1_200, 16_384, 2.0, 2_400),
+        Effort.HIGH: profile(5_000, 32_768, 5.0, 4_500),
     }
 
 
@@ -304,12 +311,51 @@ class GatewayConfig(_Strict):
     port: int = Field(8000, ge=1, le=65_535)
     replicas: ReplicaConfig = ReplicaConfig(max_ongoing_requests=1_000, target_ongoing_requests=200)
     max_request_body_bytes: PositiveInt = 4 * 1024 * 1024
+    max_messages: PositiveInt = Field(2_048, description="Messages in one chat request.")
+    max_tools: PositiveInt = Field(128, description="Function tools in one request.")
+    max_tool_schema_bytes: PositiveInt = Field(
+        64 * 1024, description="JSON size of all tool definitions of one request."
+    )
+
+
+class ApiKey(_Strict):
+    """One API key: its name (in logs, tenants and metrics; never the key), the key or only its
+    SHA-256, and its limits (per gateway replica; none: unlimited)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Shown instead of the key.")
+    key: SecretStr | None = Field(None, description="The key itself (hashed at load).")
+    sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the key, instead of `key`."
+    )
+    revoked: bool = Field(False, description="Refused with 403.")
+    requests_per_minute: PositiveInt | None = None
+    tokens_per_minute: PositiveInt | None = Field(None, description="Prompt + output tokens.")
+    max_concurrent: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiKey:
+        if (self.key is None) == (self.sha256 is None):
+            raise ValueError(f"api key {self.name}: give exactly one of key and sha256")
+        return self
 
 
 class AuthConfig(_Strict):
-    api_keys: list[SecretStr] = Field(
-        default_factory=list, description="Bearer keys; empty means open (local use only)."
+    api_keys: list[SecretStr | ApiKey] = Field(
+        default_factory=list,
+        description="Bearer keys: strings (named key-<n>, no limits) or key objects with a name, "
+        "limits and `revoked`; empty means open (local use only).",
     )
+
+    def keys(self) -> list[ApiKey]:
+        return [
+            k if isinstance(k, ApiKey) else ApiKey(name=f"key-{i}", key=k)
+            for i, k in enumerate(self.api_keys)
+        ]
+
+    def first_key(self) -> str | None:
+        """A usable key for examples (the first with its material and not revoked)."""
+        usable = [k.key for k in self.keys() if k.key is not None and not k.revoked]
+        return usable[0].get_secret_value() if usable else None
 
 
 class HarmonyConfig(_Strict):
@@ -396,7 +442,13 @@ class ClusterConfig(_Strict):
     def to_args(self) -> dict[str, Any]:
         """JSON-safe dict that round-trips through `ClusterConfig.model_validate` (secrets kept)."""
         data = self.model_dump(mode="json")
-        data["auth"]["api_keys"] = [k.get_secret_value() for k in self.auth.api_keys]
+        data["auth"]["api_keys"] = [
+            k.get_secret_value()
+            if isinstance(k, SecretStr)
+            else k.model_dump(mode="json", exclude_none=True)
+            | ({"key": k.key.get_secret_value()} if k.key else {})
+            for k in self.auth.api_keys
+        ]
         return data
 
 
@@ -428,8 +480,8 @@ API_KEYS_FILE_ENV = f"{API_KEYS_ENV}_FILE"
 
 def with_secret_env(cfg: ClusterConfig) -> ClusterConfig:
     """API keys from a mounted Kubernetes Secret (a file named by `..._API_KEYS_FILE`) or from
-    the environment, which stay out of the Serve config. Both hold a JSON list of strings; when
-    set, they replace `auth.api_keys`."""
+    the environment, which stay out of the Serve config. Both hold a JSON list of strings or key
+    objects (`ApiKey`); when set, they replace `auth.api_keys`."""
     if path := os.environ.get(API_KEYS_FILE_ENV):
         source, raw = path, Path(path).read_text()
     elif (raw := os.environ.get(API_KEYS_ENV)) is not None:
@@ -437,9 +489,9 @@ def with_secret_env(cfg: ClusterConfig) -> ClusterConfig:
     else:
         return cfg
     try:
-        keys = TypeAdapter(list[SecretStr]).validate_json(raw)
+        keys = TypeAdapter(list[SecretStr | ApiKey]).validate_json(raw)
     except ValidationError:
-        raise ConfigError(f"{source}: expected a JSON list of strings") from None
+        raise ConfigError(f"{source}: expected a JSON list of keys or key objects") from None
     return cfg.model_copy(update={"auth": AuthConfig(api_keys=keys)})
 
 

@@ -136,6 +136,14 @@ CAPACITY: tuple[tuple[str, tuple[Panel, ...]], ...] = (
             f"{_sum_rate('ray_gpt_oss_requests_total', 'effort', COMPLETED)}"),
             "{{effort}}"),), "short"),
     )),
+    ("Per API key", (
+        Panel("Requests by API key and outcome", ((
+            _sum_rate("ray_gpt_oss_key_requests_total", "key, outcome"), "{{key}} {{outcome}}"),),
+            "reqps", "By key name, never key material; `quota` is a 429 from the key's limits."),
+        Panel("Tokens by API key", ((
+            _sum_rate("ray_gpt_oss_key_tokens_total", "key"), "{{key}}"),), "short",
+            "Prompt + output tokens per second, for quotas and chargeback."),
+    )),
 )  # fmt: skip
 
 DASHBOARDS = {

@@ -84,7 +84,8 @@ DURATION = Spec("gpt_oss_request_duration_seconds", "histogram",
 QUEUE_WAIT = Spec("gpt_oss_queue_wait_seconds", "histogram",
                   "Arrival to admission onto a replica.", E)  # fmt: skip
 REQUESTS = Spec("gpt_oss_requests_total", "counter",
-                "Requests by outcome: completed, cancelled (client left), failed, rejected (429).",
+                "Requests by outcome: completed, cancelled (client left), failed, deadline (504), "
+                "rejected (shed with 429), quota (over its API key's limits: 429).",
                 ("effort", "endpoint", "outcome"))  # fmt: skip
 SLO = Spec("gpt_oss_slo_requests_total", "counter",
            "Completed and rejected requests by whether they met both the TTFT and inter-token "
@@ -95,6 +96,12 @@ TOKENS = Spec("gpt_oss_tokens_total", "counter",
 COST_RATIO = Spec("gpt_oss_cost_prediction_ratio", "histogram",
                   "Output tokens of a finished request over the cost model's prediction.", E,
                   RATIO_BUCKETS)  # fmt: skip
+
+# Per API key, by its name (never its material).
+KEY_REQUESTS = Spec("gpt_oss_key_requests_total", "counter", "Requests per API key by outcome.",
+                    ("key", "outcome"))  # fmt: skip
+KEY_TOKENS = Spec("gpt_oss_key_tokens_total", "counter",
+                  "Tokens per API key: prompt, completion (all output).", ("key", "kind"))  # fmt: skip
 
 # Router: each gateway's scheduler.
 ADMITTED = Spec("gpt_oss_router_admitted_total", "counter", "Requests admitted to the queue.", E)
@@ -131,6 +138,7 @@ REASON = Spec("gpt_oss_autoscaler_decision", "gauge",
               ("deployment", "reason"))  # fmt: skip
 
 SPECS = (TTFT, TTFA, ITL, DURATION, QUEUE_WAIT, REQUESTS, SLO, TOKENS, COST_RATIO,
+         KEY_REQUESTS, KEY_TOKENS,
          ADMITTED, REJECTED, DEGRADED, QUEUE_DEPTH, QUEUED_TOKENS, OFFERED, BACKLOG,
          RUNNING, WAITING, KV_USAGE, SEATS,
          DESIRED, CURRENT, MAX_REPLICAS, DEMAND, REASON)  # fmt: skip
@@ -147,11 +155,19 @@ class GatewayMetrics:
     ) -> None:
         self._efforts = efforts
         self._m = {s.name: factory(s) for s in (TTFT, TTFA, ITL, DURATION, QUEUE_WAIT, REQUESTS,
-                                                SLO, TOKENS, COST_RATIO)}  # fmt: skip
+                                                SLO, TOKENS, COST_RATIO, KEY_REQUESTS,
+                                                KEY_TOKENS)}  # fmt: skip
 
     def record(self, r: RequestRecord) -> None:
         m, effort = self._m, {"effort": r.effort.value}
         m[REQUESTS.name].inc(1, effort | {"endpoint": r.endpoint, "outcome": r.outcome})
+        if r.key is not None:
+            m[KEY_REQUESTS.name].inc(1, {"key": r.key, "outcome": r.outcome})
+            for kind, n in (("prompt", r.prompt_tokens), ("completion", r.completion_tokens)):
+                if n:
+                    m[KEY_TOKENS.name].inc(n, {"key": r.key, "kind": kind})
+        if r.outcome == "quota":
+            return
         m[DURATION.name].observe(r.finished_at - r.arrived_at, effort | {"outcome": r.outcome})
         if r.admitted_at is not None:
             m[QUEUE_WAIT.name].observe(r.admitted_at - r.arrived_at, effort)

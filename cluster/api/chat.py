@@ -27,6 +27,7 @@ from openai.types.completion_usage import CompletionTokensDetails, CompletionUsa
 
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import (
+    Caller,
     Demand,
     Generation,
     Service,
@@ -120,8 +121,25 @@ class _Chat(Generation):
 
 
 class ChatService(Service):
-    def _prepare(self, body: ChatCompletionRequest, tenant: str) -> _Chat:
+    endpoint = "chat"
+
+    def _check_size(self, body: ChatCompletionRequest) -> None:
+        limits = self._config.gateway
+        if len(body.messages) > limits.max_messages:
+            raise OpenAIError(400, f"messages: {len(body.messages)} messages, above the limit of "
+                              f"{limits.max_messages}", param="messages")  # fmt: skip
+        tools = body.tools or []
+        if len(tools) > limits.max_tools:
+            raise OpenAIError(400, f"tools: {len(tools)} tools, above the limit of "
+                              f"{limits.max_tools}", param="tools")  # fmt: skip
+        size = sum(len(t.model_dump_json()) for t in tools)
+        if size > limits.max_tool_schema_bytes:
+            raise OpenAIError(400, f"tools: the definitions take {size} bytes, above the limit "
+                              f"of {limits.max_tool_schema_bytes}", param="tools")  # fmt: skip
+
+    def _prepare(self, body: ChatCompletionRequest, caller: Caller) -> _Chat:
         check_model(self._config, body.model)
+        self._check_size(body)
         effort = body.reasoning_effort or self._config.default_effort
         instructions, turns = to_turns(body.messages)
         tools = [
@@ -143,18 +161,19 @@ class ChatService(Service):
                                   self._harmony.stop_token_ids, "chatcmpl")  # fmt: skip
 
         demand = Demand(
-            tenant=tenant,
+            tenant=caller.tenant,
             prefix_key=prefix_key(effort, instructions, tools),
             tools=bool(tools),
             rerender=partial(render, degraded=True),
         )
-        return _Chat(render(effort), StopMatcher(body.stop), demand, "chat", self._on_done,
+        return _Chat(render(effort), StopMatcher(body.stop), demand, "chat", caller,
+                     self._config.efforts[effort].deadline_s,
                      parser=self._harmony.parser())  # fmt: skip
 
     async def create(
-        self, body: ChatCompletionRequest, tenant: str
+        self, body: ChatCompletionRequest, caller: Caller
     ) -> tuple[ChatCompletion | AsyncIterator[str], dict[str, str]]:
-        chat = self._prepare(body, tenant)
+        chat = self._prepare(body, caller)
         await chat.start(self._engine)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -15,6 +15,7 @@ from openai.types.completion_usage import CompletionUsage
 
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import (
+    Caller,
     Demand,
     Generation,
     Service,
@@ -27,8 +28,10 @@ from cluster.harmony import VOCAB_SIZE
 
 
 class CompletionService(Service):
+    endpoint = "completions"
+
     async def create(
-        self, body: CompletionRequest, tenant: str
+        self, body: CompletionRequest, caller: Caller
     ) -> tuple[Completion | AsyncIterator[str], dict[str, str]]:
         check_model(self._config, body.model)
         if isinstance(body.prompt, str):
@@ -47,8 +50,9 @@ class CompletionService(Service):
             (*self._harmony.stop_token_ids, self._harmony.special_id("<|endoftext|>")),
             "cmpl",
         )
-        run = Generation(request, StopMatcher(body.stop), Demand(tenant=tenant), "completions",
-                         self._on_done)  # fmt: skip
+        deadline = self._config.efforts[request.effort].deadline_s
+        run = Generation(request, StopMatcher(body.stop), Demand(tenant=caller.tenant),
+                         "completions", caller, deadline)  # fmt: skip
         await run.start(self._engine)
         created = int(time.time())
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -13,10 +12,11 @@ from fastapi.responses import JSONResponse
 from openai.types import Model
 from sse_starlette import EventSourceResponse
 
+from cluster.api.auth import Identity, KeyRing, Quotas
 from cluster.api.chat import ChatService
 from cluster.api.completions import CompletionService
 from cluster.api.errors import BodySizeLimit, OpenAIError, install_error_handlers
-from cluster.api.generation import EngineClient, RequestRecord
+from cluster.api.generation import Caller, EngineClient, RequestRecord
 from cluster.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from cluster.config import ClusterConfig
 from cluster.harmony import Harmony
@@ -45,35 +45,70 @@ def create_app(
     harmony: Harmony,
     engine: EngineClient,
     on_done: Callable[[RequestRecord], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
     """`on_done` hears what happened to every request (the gateway's metrics)."""
-    chat = ChatService(config, harmony, engine, on_done)
-    completions = CompletionService(config, harmony, engine, on_done)
-    keys = [k.get_secret_value().encode() for k in config.auth.api_keys]
+    chat = ChatService(config, harmony, engine)
+    completions = CompletionService(config, harmony, engine)
+    ring, quotas = KeyRing(config.auth.keys()), Quotas()
+    if ring.open:
+        logger.warning("auth: OPEN mode, no API keys configured: every request is accepted. "
+                       "Set auth.api_keys for anything but local use.")  # fmt: skip
     created = int(time.time())
 
-    def authorize(request: Request) -> str | None:
-        """Check the bearer key; the tenant it names (by position, never by key material)."""
-        if not keys:
+    def authorize(request: Request) -> Identity | None:
+        """The API key in `Authorization: Bearer`, by name (never by its material)."""
+        if ring.open:
             return None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        supplied = token.strip().encode() if scheme.lower() == "bearer" else b""
-        # Compare against every key (no short-circuit) so timing reveals nothing.
-        matched = None
-        for index, key in enumerate(keys):
-            if hmac.compare_digest(supplied, key):
-                matched = index
-        if matched is None:
+        if scheme.lower() != "bearer" or not token.strip():
             raise OpenAIError(
                 401,
-                "Incorrect or missing API key: send `Authorization: Bearer <key>`.",
-                code="invalid_api_key",
+                "You didn't provide an API key: send `Authorization: Bearer <key>`.",
+                code="missing_api_key",
             )
-        return f"key-{matched}"
+        identity = ring.identify(token.strip())
+        if identity is None:
+            raise OpenAIError(401, "Incorrect API key provided.", code="invalid_api_key")
+        if identity.revoked:
+            raise OpenAIError(403, f"The API key {identity.name} has been revoked.",
+                              code="api_key_revoked")  # fmt: skip
+        return identity
 
-    def tenant(key_tenant: str | None, body: SamplingRequest) -> str:
-        """Fairness is per API key; in open mode, per the request's `user` field."""
-        return key_tenant or body.user or "anonymous"
+    async def call(service, body: SamplingRequest, identity: Identity | None):
+        """Run one request within its key's quota: the slot is held until the request ends."""
+        if identity is None:  # open mode: fairness by the request's `user` field
+            return await service.create(body, Caller(body.user or "anonymous", None, on_done))
+        refusal = quotas.acquire(identity, clock())
+        if refusal is not None:
+            if on_done is not None:
+                effort = getattr(body, "reasoning_effort", None) or config.default_effort
+                now = time.time()
+                on_done(RequestRecord(service.endpoint, effort, identity.name, "quota", now, now))
+            raise OpenAIError(
+                429,
+                f"Rate limit reached for API key {identity.name}: {refusal.message}.",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(refusal.retry_after_s)},
+            )
+        released = False
+
+        def done(record: RequestRecord) -> None:
+            nonlocal released
+            if not released:
+                released = True
+                quotas.release(identity.name, record.prompt_tokens + record.completion_tokens,
+                               clock())  # fmt: skip
+            if on_done is not None:
+                on_done(record)
+
+        try:
+            return await service.create(body, Caller(identity.name, identity.name, done))
+        except BaseException:
+            if not released:  # failed before its generation began (a bad request)
+                released = True
+                quotas.release(identity.name, 0, clock())
+            raise
 
     app = FastAPI(title="gpt-oss-cluster", version="0.1.0", docs_url=None, redoc_url=None)
     install_error_handlers(app)
@@ -88,15 +123,15 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(
-        body: ChatCompletionRequest, key_tenant: str | None = Depends(authorize)
+        body: ChatCompletionRequest, identity: Identity | None = Depends(authorize)
     ):
-        return stream_or_json(await chat.create(body, tenant(key_tenant, body)))
+        return stream_or_json(await call(chat, body, identity))
 
     @app.post("/v1/completions")
     async def text_completions(
-        body: CompletionRequest, key_tenant: str | None = Depends(authorize)
+        body: CompletionRequest, identity: Identity | None = Depends(authorize)
     ):
-        return stream_or_json(await completions.create(body, tenant(key_tenant, body)))
+        return stream_or_json(await call(completions, body, identity))
 
     @app.get("/v1/models", dependencies=v1)
     async def models():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 import uuid
@@ -178,12 +179,25 @@ class Demand:
 
 
 @dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the tenant fairness is kept by, the API key's name (None in open mode),
+    and who hears how the request ended (metrics, the key's quota)."""
+
+    tenant: str = "anonymous"
+    key: str | None = None
+    on_done: Callable[[RequestRecord], None] | None = None
+
+
+@dataclass(frozen=True)
 class RequestRecord:
     """What happened to one request, for metrics: times are wall-clock seconds."""
 
     endpoint: str
     effort: Effort  # the effort it ran at
-    outcome: str  # completed, cancelled (the client left), failed, rejected (429)
+    key: str | None  # the API key's name
+    # completed, cancelled (the client left), failed, deadline (504), rejected (shed: 429),
+    # quota (over the API key's limits: 429)
+    outcome: str
     arrived_at: float
     finished_at: float
     admitted_at: float | None = None
@@ -213,7 +227,8 @@ class Generation:
     stop: StopMatcher
     demand: Demand = Demand()
     endpoint: str = "chat"
-    on_done: Callable[[RequestRecord], None] | None = field(default=None, repr=False)
+    caller: Caller = Caller()
+    deadline_s: float | None = None  # from arrival; past it, the engine work is aborted (504)
     completion_tokens: int = 0
     finish_reason: str | None = None
     degraded_from: Effort | None = None
@@ -226,6 +241,8 @@ class Generation:
     _first_at: float | None = field(default=None, repr=False)
     _first_answer_at: float | None = field(default=None, repr=False)
     _gaps: list[float] = field(default_factory=list, repr=False)
+    _recorded: bool = field(default=False, repr=False)
+    _deadline_at: float | None = field(default=None, repr=False)  # event-loop time
 
     @property
     def prompt_tokens(self) -> int:
@@ -241,11 +258,12 @@ class Generation:
             self._first_answer_at = time.time()
 
     def _done(self, outcome: str) -> None:
-        if self.on_done is None:
+        if self.caller.on_done is None or self._recorded:
             return
-        on_done, self.on_done = self.on_done, None  # once
-        on_done(RequestRecord(
-            endpoint=self.endpoint, effort=self.request.effort, outcome=outcome,
+        self._recorded = True
+        self.caller.on_done(RequestRecord(
+            endpoint=self.endpoint, effort=self.request.effort, key=self.caller.key,
+            outcome=outcome,
             arrived_at=self._arrived_at, finished_at=time.time(), admitted_at=self._admitted_at,
             first_token_at=self._first_at, first_answer_at=self._first_answer_at,
             token_gaps=tuple(self._gaps), prompt_tokens=self.prompt_tokens,
@@ -265,19 +283,26 @@ class Generation:
         """Admit the request and wait for its first output, so a shed request (429) still gets
         a proper HTTP status."""
         demand = self.demand
+        if self.deadline_s is not None:
+            self._deadline_at = asyncio.get_running_loop().time() + self.deadline_s
         try:
-            admission = await engine.admit(self.request, demand.tenant, demand.prefix_key,
-                                           demand.tools, demand.rerender is not None)  # fmt: skip
-            self._engine, self._admission = engine, admission  # released on any failure below
-            self._admitted_at = time.time()
-            if admission.effort is not None and demand.rerender is not None:
-                self.degraded_from = self.request.effort
-                self.request = demand.rerender(admission.effort)
-            outputs = engine.generate(
-                replace(self.request, replica=admission.replica, gateway=admission.signal)
-            )
-            self._first = await anext(outputs)
+            async with asyncio.timeout_at(self._deadline_at):
+                admission = await engine.admit(self.request, demand.tenant, demand.prefix_key,
+                                               demand.tools, demand.rerender is not None)  # fmt: skip
+                self._engine, self._admission = engine, admission  # released on failure below
+                self._admitted_at = time.time()
+                if admission.effort is not None and demand.rerender is not None:
+                    self.degraded_from = self.request.effort
+                    self.request = demand.rerender(admission.effort)
+                outputs = engine.generate(
+                    replace(self.request, replica=admission.replica, gateway=admission.signal)
+                )
+                self._first = await anext(outputs)
             self._first_at = time.time()
+        except TimeoutError:
+            self._release(None)
+            self._done("deadline")
+            raise self._deadline_error() from None
         except Overloaded as err:
             self._release(None)
             self._done("rejected")
@@ -297,6 +322,14 @@ class Generation:
             raise
         self._rest = outputs
 
+    def _deadline_error(self) -> OpenAIError:
+        return OpenAIError(
+            504,
+            f"The request ran past its deadline of {self.deadline_s:g} s for reasoning effort "
+            f"{self.request.effort.value} and was stopped.",
+            code="deadline_exceeded",
+        )
+
     def _release(self, output_tokens: int | None) -> None:
         if self._engine is not None and self._admission is not None:
             self._engine.release(self._admission, output_tokens, self._first_at)
@@ -305,7 +338,7 @@ class Generation:
     async def token_batches(self) -> AsyncIterator[list[int]]:
         """Token ids as they arrive; stopping early (or a stop string) aborts the engine work."""
         assert self._rest is not None, "start() first"
-        output, last_at, failed = self._first, self._first_at, False
+        output, last_at, failed = self._first, self._first_at, None
         try:
             while output is not None:
                 self.completion_tokens += len(output.token_ids)
@@ -313,13 +346,17 @@ class Generation:
                 yield output.token_ids
                 if output.finish_reason is not None or self.stop.stopped:
                     break
-                output = await anext(self._rest, None)
+                async with asyncio.timeout_at(self._deadline_at):
+                    output = await anext(self._rest, None)
                 if output is not None and output.token_ids and last_at is not None:
                     now = time.time()
                     self._gaps.append((now - last_at) / len(output.token_ids))
                     last_at = now
+        except TimeoutError:
+            failed = "deadline"
+            raise self._deadline_error() from None
         except Exception:
-            failed = True
+            failed = "failed"
             raise
         finally:
             await self._rest.aclose()
@@ -328,24 +365,18 @@ class Generation:
             if self.stop.stopped:
                 self.finish_reason = "stop"
             finished = ran_to_end or self.stop.stopped
-            self._done("failed" if failed else "completed" if finished else "cancelled")
+            self._done(failed or ("completed" if finished else "cancelled"))
 
 
 class Service:
-    """What an endpoint's service holds: the config, harmony, the engines, and who hears how each
-    request ended (the gateway's metrics)."""
+    """What an endpoint's service holds: the config, harmony and the engines."""
 
-    def __init__(
-        self,
-        config: ClusterConfig,
-        harmony: Harmony,
-        engine: EngineClient,
-        on_done: Callable[[RequestRecord], None] | None = None,
-    ) -> None:
+    endpoint: str
+
+    def __init__(self, config: ClusterConfig, harmony: Harmony, engine: EngineClient) -> None:
         self._config = config
         self._harmony = harmony
         self._engine = engine
-        self._on_done = on_done
 
 
 class InProcessEngine:

@@ -7,7 +7,7 @@ import pytest
 
 from cluster.api.chat import ChatService
 from cluster.api.gateway import create_app
-from cluster.api.generation import InProcessEngine, Overloaded, RequestRecord
+from cluster.api.generation import Caller, InProcessEngine, Overloaded, RequestRecord
 from cluster.api.protocol import ChatCompletionRequest
 from cluster.config import ClusterConfig, Effort
 from cluster.engine.base import LoadReport
@@ -104,9 +104,9 @@ async def test_completions_and_rejections_are_recorded(harmony, engine):
 
 async def test_a_client_that_leaves_mid_stream_is_recorded_as_cancelled(harmony, engine):
     records: list[RequestRecord] = []
-    service = ChatService(fast_config(), harmony, InProcessEngine(engine), records.append)
+    service = ChatService(fast_config(), harmony, InProcessEngine(engine))
     body = ChatCompletionRequest.model_validate(chat(stream=True, reasoning_effort="high"))
-    events, _ = await service.create(body, "t")
+    events, _ = await service.create(body, Caller("t", None, records.append))
     await anext(events)
     await anext(events)
     await events.aclose()
@@ -115,7 +115,7 @@ async def test_a_client_that_leaves_mid_stream_is_recorded_as_cancelled(harmony,
 
 
 def record(**kw) -> RequestRecord:
-    base = {"endpoint": "chat", "effort": Effort.LOW, "outcome": "completed", "arrived_at": 100.0,
+    base = {"endpoint": "chat", "effort": Effort.LOW, "key": None, "outcome": "completed", "arrived_at": 100.0,
                 "admitted_at": 100.2, "first_token_at": 100.5, "first_answer_at": 101.0,
                 "finished_at": 102.5, "token_gaps": (0.02, 0.03), "prompt_tokens": 50,
                 "reasoning_tokens": 40, "completion_tokens": 101, "expected_output_tokens": 202}  # fmt: skip

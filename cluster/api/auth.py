@@ -1,0 +1,134 @@
+"""API keys and per-key quotas: who may call, and how much.
+
+Keys are kept only as SHA-256 digests: a key in the config or the mounted Secret is hashed at load,
+or given as its digest so the config never holds it. A supplied bearer token is hashed and compared
+with every digest in constant time (no early exit), so timing says nothing about which key came
+close. Keys are known by their name in logs, tenants and metrics, never by their material.
+
+`Quotas` enforces each key's requests and tokens per minute (sliding 60 s windows) and concurrent
+requests, per gateway replica: Ray Serve spreads requests over the gateway replicas, so a key's
+cluster-wide ceiling is its limits times the replica count. Pure: the caller passes the time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cluster.config import ApiKey
+
+WINDOW_S = 60.0
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    revoked: bool
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    max_concurrent: int | None
+
+
+class KeyRing:
+    def __init__(self, keys: Sequence[ApiKey]) -> None:
+        self._keys = [(self._digest(k), self._identity(k)) for k in keys]
+
+    @staticmethod
+    def _digest(key: ApiKey) -> bytes:
+        if key.sha256 is not None:
+            return bytes.fromhex(key.sha256)
+        assert key.key is not None  # the config requires one of them
+        return digest(key.key.get_secret_value())
+
+    @staticmethod
+    def _identity(key: ApiKey) -> Identity:
+        return Identity(key.name, key.revoked, key.requests_per_minute, key.tokens_per_minute,
+                        key.max_concurrent)  # fmt: skip
+
+    @property
+    def open(self) -> bool:
+        """No keys configured: every request is let in (local use only)."""
+        return not self._keys
+
+    def identify(self, supplied: str) -> Identity | None:
+        """The key `supplied` is, compared against every key in constant time; None: unknown."""
+        candidate = digest(supplied)
+        found = None
+        for key_digest, identity in self._keys:
+            if hmac.compare_digest(candidate, key_digest):
+                found = identity
+        return found
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str  # requests_per_minute, tokens_per_minute, max_concurrent
+    retry_after_s: int
+    message: str
+
+
+@dataclass
+class _Usage:
+    requests: deque[float] = field(default_factory=deque)
+    tokens: deque[tuple[float, int]] = field(default_factory=deque)
+    token_sum: int = 0
+    in_flight: int = 0
+
+    def expire(self, now: float) -> None:
+        while self.requests and self.requests[0] <= now - WINDOW_S:
+            self.requests.popleft()
+        while self.tokens and self.tokens[0][0] <= now - WINDOW_S:
+            self.token_sum -= self.tokens.popleft()[1]
+
+
+class Quotas:
+    def __init__(self) -> None:
+        self._usage: dict[str, _Usage] = {}
+
+    def acquire(self, key: Identity, now: float) -> Refusal | None:
+        """Take a request slot for `key`, or say which limit refuses it and for how long."""
+        usage = self._usage.setdefault(key.name, _Usage())
+        usage.expire(now)
+        rpm, tpm, concurrent = key.requests_per_minute, key.tokens_per_minute, key.max_concurrent
+        if concurrent is not None and usage.in_flight >= concurrent:
+            return Refusal("max_concurrent", 1, f"{concurrent} concurrent requests per key")
+        if rpm is not None and len(usage.requests) >= rpm:
+            wait = usage.requests[0] + WINDOW_S - now
+            return Refusal("requests_per_minute", _ceil(wait), f"{rpm} requests per minute")
+        if tpm is not None and usage.token_sum >= tpm:
+            wait = _until_below(usage.tokens, usage.token_sum - tpm, now)
+            return Refusal("tokens_per_minute", _ceil(wait), f"{tpm} tokens per minute")
+        usage.requests.append(now)
+        usage.in_flight += 1
+        return None
+
+    def release(self, key: str, tokens: int, now: float) -> None:
+        """The request is over: free its slot and charge the tokens it used (prompt + output)."""
+        usage = self._usage.get(key)
+        if usage is None:
+            return
+        usage.in_flight = max(0, usage.in_flight - 1)
+        if tokens:
+            usage.tokens.append((now, tokens))
+            usage.token_sum += tokens
+
+
+def _ceil(seconds: float) -> int:
+    return max(1, int(-(-seconds // 1)))
+
+
+def _until_below(tokens: deque[tuple[float, int]], excess: int, now: float) -> float:
+    """Seconds until enough charged tokens leave the window to drop `excess` + 1 of them."""
+    dropped = 0
+    for at, n in tokens:
+        dropped += n
+        if dropped > excess:
+            return at + WINDOW_S - now
+    return WINDOW_S
