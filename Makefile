@@ -9,7 +9,7 @@ HELM := .cache/bin/helm
 CHECKOV := .cache/checkov/bin/checkov
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-fast chart chart-check bench bench-engine bench-sched bench-live bench-autoscale loadtest lint render clean
+.PHONY: serve test test-fast chart chart-check bench bench-engine bench-sched bench-live bench-autoscale bench-overload loadtest lint render clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -89,6 +89,10 @@ bench-sched: $(STAMP)
 ## Backlog autoscaling vs Ray Serve's ongoing-requests policy (simulator: a step and a day)
 bench-autoscale: $(STAMP)
 	$(VENV)/bin/gpt-oss-cluster bench-autoscale
+
+## 3x the local cluster's capacity for 60 s: admitted goodput, 429 share, p99 vs SLO, RSS, recovery
+bench-overload: $(STAMP)
+	$(VENV)/bin/gpt-oss-cluster bench-overload
 
 ## The scheduler hosted in Ray Serve vs Serve's push routing, live on a local cluster
 bench-live: $(STAMP)

@@ -149,6 +149,14 @@ def bench_autoscale() -> None:
     run()
 
 
+@app.command("bench-overload")
+def bench_overload() -> None:
+    """3x the local cluster's capacity for 60 s: goodput, 429s, p99 vs SLO, memory, recovery."""
+    from cluster.bench.overload import run
+
+    run()
+
+
 @app.command("bench-live")
 def bench_live(
     rate: Annotated[float, typer.Option(help="Offered requests per second.")] = 14.0,

@@ -311,6 +311,9 @@ class GatewayConfig(_Strict):
     port: int = Field(8000, ge=1, le=65_535)
     replicas: ReplicaConfig = ReplicaConfig(max_ongoing_requests=1_000, target_ongoing_requests=200)
     max_request_body_bytes: PositiveInt = 4 * 1024 * 1024
+    max_header_bytes: PositiveInt = Field(
+        8 * 1024, description="Request headers (431 beyond; the HTTP server refuses over 16 KiB)."
+    )
     max_messages: PositiveInt = Field(2_048, description="Messages in one chat request.")
     max_tools: PositiveInt = Field(128, description="Function tools in one request.")
     max_tool_schema_bytes: PositiveInt = Field(

@@ -20,6 +20,7 @@ _TYPES = {
     404: "invalid_request_error",
     405: "invalid_request_error",
     413: "invalid_request_error",
+    431: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
     503: "server_error",
@@ -128,3 +129,22 @@ class BodySizeLimit:
             return received
 
         await self.app(scope, limited_receive, send)
+
+
+class HeaderSizeLimit:
+    """ASGI middleware: an OpenAI-shaped 431 for oversized request headers (below the HTTP
+    server's own hard limit, which answers in plain text)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            size = sum(len(k) + len(v) + 4 for k, v in scope.get("headers", ()))
+            if size > self.max_bytes:
+                message = f"request headers take {size} bytes, above the limit of {self.max_bytes}"
+                error = OpenAIError(431, message, code="headers_too_large")
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -15,7 +15,7 @@ from sse_starlette import EventSourceResponse
 from cluster.api.auth import Identity, KeyRing, Quotas
 from cluster.api.chat import ChatService
 from cluster.api.completions import CompletionService
-from cluster.api.errors import BodySizeLimit, OpenAIError, install_error_handlers
+from cluster.api.errors import BodySizeLimit, HeaderSizeLimit, OpenAIError, install_error_handlers
 from cluster.api.generation import Caller, EngineClient, RequestRecord
 from cluster.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from cluster.config import ClusterConfig
@@ -113,6 +113,7 @@ def create_app(
     app = FastAPI(title="gpt-oss-cluster", version="0.1.0", docs_url=None, redoc_url=None)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=config.gateway.max_request_body_bytes)
+    app.add_middleware(HeaderSizeLimit, max_bytes=config.gateway.max_header_bytes)
     v1 = [Depends(authorize)]
 
     def stream_or_json(reply):

@@ -39,12 +39,24 @@ class EngineClient(Protocol):
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]: ...
 
     def release(
-        self, admission: Admission, output_tokens: int | None, first_output_at: float | None
+        self,
+        admission: Admission,
+        output_tokens: int | None,
+        first_output_at: float | None,
+        replica_failed: bool = False,
     ) -> None:
         """The request is done with its replica (`output_tokens` None: it did not finish;
-        `first_output_at`: wall time of its first output, None if there was none)."""
+        `first_output_at`: wall time of its first output, None if there was none;
+        `replica_failed`: the replica went away under it)."""
 
     async def ready(self) -> bool: ...
+
+
+START_ATTEMPTS = 2  # a replica that dies before the first output: once more elsewhere
+
+
+class EngineUnavailable(Exception):
+    """The engine replica went away (died, restarted) while holding the request."""
 
 
 class Overloaded(Exception):
@@ -281,23 +293,20 @@ class Generation:
 
     async def start(self, engine: EngineClient) -> None:
         """Admit the request and wait for its first output, so a shed request (429) still gets
-        a proper HTTP status."""
-        demand = self.demand
+        a proper HTTP status. A replica that goes away before any output is told to the
+        scheduler and the request runs elsewhere (once more): the client sees nothing of it."""
         if self.deadline_s is not None:
             self._deadline_at = asyncio.get_running_loop().time() + self.deadline_s
         try:
             async with asyncio.timeout_at(self._deadline_at):
-                admission = await engine.admit(self.request, demand.tenant, demand.prefix_key,
-                                               demand.tools, demand.rerender is not None)  # fmt: skip
-                self._engine, self._admission = engine, admission  # released on failure below
-                self._admitted_at = time.time()
-                if admission.effort is not None and demand.rerender is not None:
-                    self.degraded_from = self.request.effort
-                    self.request = demand.rerender(admission.effort)
-                outputs = engine.generate(
-                    replace(self.request, replica=admission.replica, gateway=admission.signal)
-                )
-                self._first = await anext(outputs)
+                for attempt in range(1, START_ATTEMPTS + 1):
+                    try:
+                        outputs = await self._attempt(engine)
+                        break
+                    except EngineUnavailable:
+                        self._release(None, replica_failed=True)
+                        if attempt == START_ATTEMPTS:
+                            raise
             self._first_at = time.time()
         except TimeoutError:
             self._release(None)
@@ -312,6 +321,10 @@ class Generation:
                 code="rate_limit_exceeded",
                 headers={"Retry-After": str(err.retry_after_s)},
             ) from None
+        except EngineUnavailable:
+            self._done("failed")
+            raise OpenAIError(503, "No engine replica could take the request; retry.",
+                              code="engine_unavailable") from None  # fmt: skip
         except StopAsyncIteration:
             self._release(None)
             self._done("failed")
@@ -322,6 +335,22 @@ class Generation:
             raise
         self._rest = outputs
 
+    async def _attempt(self, engine: EngineClient) -> AsyncIterator[EngineOutput]:
+        """One admission and engine call, up to the first output."""
+        demand = self.demand
+        admission = await engine.admit(self.request, demand.tenant, demand.prefix_key,
+                                       demand.tools, demand.rerender is not None)  # fmt: skip
+        self._engine, self._admission = engine, admission  # released on failure
+        self._admitted_at = time.time()
+        if admission.effort is not None and demand.rerender is not None:
+            self.degraded_from = self.request.effort
+            self.request = demand.rerender(admission.effort)
+        outputs = engine.generate(
+            replace(self.request, replica=admission.replica, gateway=admission.signal)
+        )
+        self._first = await anext(outputs)
+        return outputs
+
     def _deadline_error(self) -> OpenAIError:
         return OpenAIError(
             504,
@@ -330,9 +359,9 @@ class Generation:
             code="deadline_exceeded",
         )
 
-    def _release(self, output_tokens: int | None) -> None:
+    def _release(self, output_tokens: int | None, replica_failed: bool = False) -> None:
         if self._engine is not None and self._admission is not None:
-            self._engine.release(self._admission, output_tokens, self._first_at)
+            self._engine.release(self._admission, output_tokens, self._first_at, replica_failed)
             self._admission = None
 
     async def token_batches(self) -> AsyncIterator[list[int]]:
@@ -355,6 +384,10 @@ class Generation:
         except TimeoutError:
             failed = "deadline"
             raise self._deadline_error() from None
+        except EngineUnavailable:
+            failed = "failed"
+            raise OpenAIError(503, "The engine replica serving this request stopped; retry.",
+                              code="engine_unavailable") from None  # fmt: skip
         except Exception:
             failed = "failed"
             raise
@@ -392,7 +425,11 @@ class InProcessEngine:
         return Admission()
 
     def release(
-        self, admission: Admission, output_tokens: int | None, first_output_at: float | None
+        self,
+        admission: Admission,
+        output_tokens: int | None,
+        first_output_at: float | None,
+        replica_failed: bool = False,
     ) -> None:
         pass
 

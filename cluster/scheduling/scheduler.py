@@ -24,6 +24,11 @@ OFFERED_WINDOW_S = 30.0  # as Ray Serve's autoscaling look-back
 _LOWER = {Effort.HIGH: Effort.MEDIUM, Effort.MEDIUM: Effort.LOW}
 
 
+# A request placed within this long of its arrival never waited (live, the clock moves between
+# submitting and dispatching in the same call): its dispatch says nothing about capacity.
+IMMEDIATE_S = 0.001
+
+
 @dataclass(frozen=True)
 class Admitted:
     ticket: Ticket
@@ -247,7 +252,8 @@ class Scheduler:
                 break
             self.queue.pop(ticket, now)
             self._replicas[replica].place(ticket, now)
-            self.drain.dispatched(now, waited=now > ticket.arrival, tokens=ticket.cost_tokens)
+            waited = now - ticket.arrival > IMMEDIATE_S
+            self.drain.dispatched(now, waited=waited, tokens=ticket.cost_tokens)
             if ticket.prefix_key:
                 self._prefix_home[ticket.prefix_key] = replica
             out.append((ticket, replica))

@@ -83,7 +83,9 @@ def build(config: ClusterConfig) -> Application:
         health_check_period_s=5,
     )
     gateway = serve.deployment(Gateway, name="gateway").options(
-        **_replica_options(config.gateway.replicas)
+        **_replica_options(config.gateway.replicas),
+        # A gateway replica leaving (scale-down, upgrade) finishes its streams first.
+        graceful_shutdown_timeout_s=config.engine.drain_timeout_s,
     )
     return gateway.bind(args, engine.bind(args))
 

@@ -8,12 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
-from ray.exceptions import RayError
+from ray.exceptions import RayActorError, RayError
 from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from cluster.api.gateway import create_app
-from cluster.api.generation import Admission, Overloaded
+from cluster.api.generation import Admission, EngineUnavailable, Overloaded
 from cluster.config import ClusterConfig, validate_config, with_secret_env
 from cluster.engine.base import EngineOutput, EngineRequest
 from cluster.engine.factory import build_engine
@@ -79,10 +79,14 @@ class ServeEngineClient:
         return await self._dispatcher.admit(request, tenant, prefix_key, tools, degradable)
 
     def release(
-        self, admission: Admission, output_tokens: int | None, first_output_at: float | None
+        self,
+        admission: Admission,
+        output_tokens: int | None,
+        first_output_at: float | None,
+        replica_failed: bool = False,
     ) -> None:
         if self._dispatcher is not None:
-            self._dispatcher.release(admission, output_tokens, first_output_at)
+            self._dispatcher.release(admission, output_tokens, first_output_at, replica_failed)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         responses = self._stream.remote(request)
@@ -91,6 +95,8 @@ class ServeEngineClient:
                 yield output
         except BackPressureError:
             raise Overloaded(self._retry_after_s) from None
+        except RayActorError as err:  # died, or unreachable (ActorDiedError, ActorUnavailableError)
+            raise EngineUnavailable(type(err).__name__) from None
         finally:
             responses.cancel()
 

@@ -134,14 +134,21 @@ class Dispatcher:
         return Admission(replica, effort, decision.ticket, tools, self.signal(self._clock()))
 
     def release(
-        self, admission: Admission, output_tokens: int | None, first_output_at: float | None
+        self,
+        admission: Admission,
+        output_tokens: int | None,
+        first_output_at: float | None,
+        replica_failed: bool = False,
     ) -> None:
-        """The request left its replica; `output_tokens` is None when it did not run to the end."""
+        """The request left its replica; `output_tokens` is None when it did not run to the end.
+        A replica that failed under it gets nothing more until a load report shows it alive."""
         ticket = admission.ticket
         if ticket is None:
             return
         now = self._clock()
         self.scheduler.completed(ticket, admission.replica, output_tokens, now, admission.tools)
+        if replica_failed and admission.replica is not None:
+            self.scheduler.drop(admission.replica)
         if output_tokens is not None and first_output_at is not None:
             slo = self._efforts[ticket.effort]
             itl = (now - first_output_at) / (output_tokens - 1) if output_tokens > 1 else 0.0

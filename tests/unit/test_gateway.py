@@ -314,7 +314,7 @@ class _Recorder(InProcessEngine):
         self.requests.append(request)
         return self.engine.generate(request)
 
-    def release(self, admission, output_tokens, first_output_at):
+    def release(self, admission, output_tokens, first_output_at, replica_failed=False):
         self.released.append(output_tokens)
 
 

@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from cluster.api.gateway import create_app
-from cluster.api.generation import InProcessEngine
+from cluster.api.generation import Admission, EngineUnavailable, InProcessEngine
 from cluster.engine.mock import MockEngine
 from tests.helpers import fast_config
 
@@ -92,6 +92,8 @@ async def test_oversized_and_odd_requests(client):
     openai_error(r, 400)
     r = await client.get("/v1/chat/completions")
     openai_error(r, 405)
+    r = await client.post("/v1/chat/completions", json=chat(), headers={"x-junk": "j" * 10_000})
+    assert openai_error(r, 431)["code"] == "headers_too_large"
 
 
 async def test_harmony_special_tokens_in_user_text_stay_text(harmony, engine):
@@ -128,4 +130,55 @@ async def test_a_request_past_its_deadline_is_stopped_and_frees_the_engine(harmo
         events = [json.loads(line[6:]) for line in r.text.splitlines()
                   if line.startswith("data: {")]  # fmt: skip
         assert events[-1]["error"]["code"] == "deadline_exceeded"
+    assert engine.load_report().running == 0
+
+
+class _Dying(InProcessEngine):
+    """Its replica goes away: before the first output for the first `before` calls, or after
+    `after` outputs."""
+
+    def __init__(self, engine, before=0, after=None):
+        super().__init__(engine)
+        self.before, self.after, self.calls, self.failed = before, after, 0, []
+
+    async def admit(self, request, tenant, prefix_key, tools, degradable):
+        return Admission(replica=f"r-{self.calls}")
+
+    def release(self, admission, output_tokens, first_output_at, replica_failed=False):
+        self.failed.append((admission.replica, replica_failed))
+
+    async def generate(self, request):
+        self.calls += 1
+        if self.calls <= self.before:
+            raise EngineUnavailable("ActorDiedError")
+        n = 0
+        async for output in self.engine.generate(request):
+            if self.after is not None and n >= self.after:
+                raise EngineUnavailable("ActorDiedError")
+            n += 1
+            yield output
+
+
+async def test_a_replica_lost_before_any_output_is_retried_elsewhere_unseen(harmony, engine):
+    dying = _Dying(engine, before=1)
+    app = create_app(fast_config(), harmony, dying)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        assert (await c.post("/v1/chat/completions", json=chat())).status_code == 200
+        assert dying.failed[0] == ("r-0", True)  # the scheduler hears which replica failed
+        never = _Dying(engine, before=5)
+        app = create_app(fast_config(), harmony, never)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c2:
+            error = openai_error(await c2.post("/v1/chat/completions", json=chat()), 503)
+        assert error["code"] == "engine_unavailable" and never.calls == 2
+
+
+async def test_a_replica_lost_mid_stream_ends_the_stream_with_an_error_event(harmony, engine):
+    app = create_app(fast_config(), harmony, _Dying(engine, after=3))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        body = chat(stream=True, reasoning_effort="medium", max_tokens=200)
+        r = await c.post("/v1/chat/completions", json=body)
+    data = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    assert json.loads(data[-2])["error"]["code"] == "engine_unavailable"
     assert engine.load_report().running == 0

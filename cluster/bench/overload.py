@@ -1,0 +1,124 @@
+"""`make bench-overload`: three times the cluster's capacity for 60 s, live, then normal service.
+
+A local Ray cluster (two mock engine replicas of eight seats, outputs 10x shorter than the
+reference mix, as `make bench-live`) is first measured closed-loop (16 clients back to back: the
+requests per second it completes), then takes an open-loop Poisson load at 3x that for 60 s. The
+mock runs at a quarter of H100 TP2 speed with every SLO stretched by the same factor (the same
+schedule in slower time): at full speed, 3x capacity streams more tokens than two CPU cores can
+carry through the proxy, the gateway and the engines, and the figures would measure the CPU. Printed: admitted goodput (requests within both SLOs per second), the 429 share, p99 TTFT of
+admitted requests per effort against its SLO, 5xx count, and the peak memory of the cluster. Then
+ten requests right after the overload must all be served within their SLOs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+
+from cluster.bench.live_scheduling import Outcome, _config, _drive, _one, _q
+from cluster.config import ClusterConfig, Effort
+from cluster.serve.local import local_cluster
+from cluster.sim.workload import Lognormal, WorkloadSpec
+
+SEATS = 16
+SLOWDOWN = 4.0  # mock time scale: 4x slower than an H100; SLOs stretched alike
+FACTOR, DURATION_S, CALIBRATE_S = 3.0, 60.0, 20.0
+
+
+async def _closed_loop(url: str, seconds: float) -> float:
+    """Requests completed per second by `SEATS` clients sending back to back (the mix's shares)."""
+    mix = [Effort.LOW] * 10 + [Effort.MEDIUM] * 7 + [Effort.HIGH] * 3
+    done = 0
+    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+        stop = time.perf_counter() + seconds
+
+        async def worker(i: int) -> None:
+            nonlocal done
+            n = i
+            while time.perf_counter() < stop:
+                outcome = await _one(client, mix[n % len(mix)], f"u{i}", "word " * 60)
+                done += outcome.status == 200
+                n += SEATS
+
+        await asyncio.gather(*(worker(i) for i in range(SEATS)))
+    return done / seconds
+
+
+def _sample_rss(cluster, peak: list[int], stop: threading.Event) -> None:
+    while not stop.is_set():
+        peak[0] = max(peak[0], cluster.rss_bytes())
+        stop.wait(1.0)
+
+
+def _after(url: str) -> list[Outcome]:
+    async def go() -> list[Outcome]:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            return [await _one(client, Effort.LOW, "after", "Why is the sky blue?")
+                    for _ in range(10)]  # fmt: skip
+
+    return asyncio.run(go())
+
+
+def _slowed_config() -> ClusterConfig:
+    data = _config("effort_aware").to_args()
+    data["engine"]["mock"]["time_scale"] = SLOWDOWN
+    for effort in data["efforts"].values():
+        effort["ttft_slo_s"] *= SLOWDOWN
+        effort["itl_slo_s"] *= SLOWDOWN
+    return ClusterConfig.model_validate(data)
+
+
+def run() -> None:
+    config = _slowed_config()
+    with local_cluster(config) as cluster:
+        capacity = asyncio.run(_closed_loop(cluster.url, CALIBRATE_S))
+        rate = FACTOR * capacity
+        print(f"overload (mock at 1/{SLOWDOWN:g} H100 speed, SLOs x{SLOWDOWN:g}): capacity "
+              f"{capacity:.2f} req/s measured closed-loop ({SEATS} clients, {CALIBRATE_S:g} s); "
+              f"offering {rate:.2f} req/s ({FACTOR:g}x) for {DURATION_S:g} s")  # fmt: skip
+        workload = WorkloadSpec(rate=rate, duration_s=DURATION_S,
+                                prompt_tokens=Lognormal(median=60, sigma=0.5), seed=11)  # fmt: skip
+        peak, stop = [cluster.rss_bytes()], threading.Event()
+        sampler = threading.Thread(target=_sample_rss, args=(cluster, peak, stop))
+        sampler.start()
+        try:
+            outcomes = asyncio.run(_drive(cluster.url, workload))
+        finally:
+            stop.set()
+            sampler.join()
+        after = _after(cluster.url)
+    _report(outcomes, after, config, peak[0])
+
+
+def _report(outcomes: list[Outcome], after: list[Outcome], config, peak_rss: int) -> None:
+    served = [o for o in outcomes if o.status == 200]
+    shed = sum(o.status == 429 for o in outcomes)
+    errors = sum(o.status >= 500 for o in outcomes)
+    other = len(outcomes) - len(served) - shed - errors
+
+    def meets(o: Outcome) -> bool:
+        slo = config.efforts[o.effort]
+        return o.status == 200 and o.ttft_s <= slo.ttft_slo_s and o.mean_itl_s <= slo.itl_slo_s
+
+    good = sum(meets(o) for o in outcomes)
+    print(f"\n{len(outcomes)} requests: {len(served)} admitted and served, {shed} shed with 429 "
+          f"({shed / len(outcomes):.1%}), {errors} 5xx, {other} other")  # fmt: skip
+    print(f"admitted goodput {good / DURATION_S:.2f} req/s within both SLOs "
+          f"({good / max(len(served), 1):.1%} of admitted)")  # fmt: skip
+    for effort in Effort:
+        rows = [o for o in served if o.effort is effort]
+        ttfts = [o.ttft_s for o in rows]
+        slo = config.efforts[effort].ttft_slo_s
+        itl = [o.mean_itl_s * 1000 for o in rows]
+        ttft_ok = sum(t <= slo for t in ttfts) / max(len(rows), 1)
+        print(f"  {effort.value:<7} admitted {len(rows):4}  TTFT p50 {_q(ttfts, 50):5.2f} s "
+              f"p99 {_q(ttfts, 99):6.2f} s (SLO {slo:g} s, {_q(ttfts, 99) / slo:4.2f}x, "
+              f"{ttft_ok:4.0%} within)  mean ITL p50 {_q(itl, 50):5.1f} ms p99 {_q(itl, 99):5.1f} "
+              f"ms  both SLOs {sum(meets(o) for o in rows) / max(len(rows), 1):4.0%}")  # fmt: skip
+    print(f"peak memory of the local cluster: {peak_rss / 2**30:.2f} GiB RSS")
+    ok = sum(meets(o) for o in after)
+    print(f"right after: {sum(o.status == 200 for o in after)}/10 served, {ok}/10 within SLO "
+          f"(TTFT p50 {_q([o.ttft_s for o in after if o.ttft_s is not None], 50):.2f} s)")  # fmt: skip

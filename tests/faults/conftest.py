@@ -1,0 +1,23 @@
+import os
+
+import pytest
+
+from cluster.serve.local import free_port, local_cluster
+from tests.helpers import fast_config
+
+
+@pytest.fixture(scope="package")
+def cluster():
+    """Two engine replicas of eight seats, high effort long and steady (~10 s a request at 20x an
+    H100), so streams are mid-flight when a replica dies or their clients leave."""
+    high = {"output_tokens": {"median_tokens": 12_000, "sigma": 0.3}, "deadline_s": 90}
+    config = fast_config(
+        0.05,
+        gateway={"port": free_port()},
+        efforts={"high": high},
+        engine={"mock": {"max_num_seqs": 8}},
+        engine_replicas={"min_replicas": 2, "max_replicas": 2},
+    )
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
+    with local_cluster(config, metrics_port=free_port()) as running:
+        yield running
