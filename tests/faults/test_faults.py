@@ -114,3 +114,49 @@ def test_50_clients_leaving_mid_stream_free_the_engines(cluster):
             break
         time.sleep(1)
     assert running == 0 and queued == 0
+
+
+def gateway_actor_names() -> list[str]:
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if "#gateway#" in a["name"]]  # fmt: skip
+
+
+def test_a_gateway_restart_loses_no_request_silently(cluster):
+    """The gateway replica holding streams and a queue dies: every client learns it (a complete
+    stream, an error event, an HTTP error or a broken connection: never a stream that just stops
+    looking finished), Serve restarts the gateway, and service resumes."""
+    outcomes: list = []
+    threads = [threading.Thread(target=stream, args=(cluster.url, outcomes)) for _ in range(24)]
+    for t in threads:
+        t.start()
+    time.sleep(4)  # 16 running, 8 queued in the gateway
+    (victim,) = gateway_actor_names()
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a client hung"
+    assert len(outcomes) == 24
+    # Streams in flight break (incomplete chunked body), queued ones get the proxy's 5xx; none
+    # ends as if it had finished (no stream that merely stops: `None` here).
+    kinds = [kind for kind, _ in outcomes]
+    assert all(k is not None and (k == "done" or k.startswith(("http 5", "transport")))
+               for k in kinds), kinds  # fmt: skip
+    assert any(k != "done" for k in kinds)
+    # The engines notice their caller is gone and free the seats.
+    deadline = time.monotonic() + 30
+    while gauge_sum(cluster.metrics_url, "engine_running_requests") and time.monotonic() < deadline:
+        time.sleep(1)
+    assert gauge_sum(cluster.metrics_url, "engine_running_requests") == 0
+    deadline = time.monotonic() + 60
+    while (victim in gateway_actor_names() or not gateway_actor_names()) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.5)
+    after: list = []
+    for _ in range(30):  # the proxy learns of the new replica within seconds
+        after.clear()
+        stream(cluster.url, after)
+        if after[0][0] == "done":
+            break
+        time.sleep(1)
+    assert after[0][0] == "done"
