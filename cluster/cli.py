@@ -150,11 +150,15 @@ def bench_autoscale() -> None:
 
 
 @app.command("bench-overload")
-def bench_overload() -> None:
+def bench_overload(
+    admission_slack: Annotated[
+        float | None, typer.Option(help="router.admission_slack (default: the config's).")
+    ] = None,
+) -> None:
     """3x the local cluster's capacity for 60 s: goodput, 429s, p99 vs SLO, memory, recovery."""
     from cluster.bench.overload import run
 
-    run()
+    run(admission_slack)
 
 
 @app.command("bench-live")

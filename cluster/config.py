@@ -289,7 +289,9 @@ class RouterConfig(_Strict):
         2_000.0, description="Converts expected cost to seconds of queue key: lower favours short."
     )
     admission_slack: PositiveFloat = Field(
-        1.0, description="Shed when the projected wait exceeds this many TTFT SLOs."
+        0.5,
+        description="Shed when the projected wait exceeds this share of the TTFT SLO: the "
+        "projection is a mean, the rest absorbs the spread of real waits (make bench-overload).",
     )
     degrade_effort: bool = Field(
         False, description="Lower the effort (high -> medium -> low) before shedding."

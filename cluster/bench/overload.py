@@ -62,21 +62,24 @@ def _after(url: str) -> list[Outcome]:
     return asyncio.run(go())
 
 
-def _slowed_config() -> ClusterConfig:
+def _slowed_config(admission_slack: float | None) -> ClusterConfig:
     data = _config("effort_aware").to_args()
     data["engine"]["mock"]["time_scale"] = SLOWDOWN
+    if admission_slack is not None:
+        data["router"]["admission_slack"] = admission_slack
     for effort in data["efforts"].values():
         effort["ttft_slo_s"] *= SLOWDOWN
         effort["itl_slo_s"] *= SLOWDOWN
     return ClusterConfig.model_validate(data)
 
 
-def run() -> None:
-    config = _slowed_config()
+def run(admission_slack: float | None = None) -> None:
+    config = _slowed_config(admission_slack)
     with local_cluster(config) as cluster:
         capacity = asyncio.run(_closed_loop(cluster.url, CALIBRATE_S))
         rate = FACTOR * capacity
-        print(f"overload (mock at 1/{SLOWDOWN:g} H100 speed, SLOs x{SLOWDOWN:g}): capacity "
+        print(f"overload (mock at 1/{SLOWDOWN:g} H100 speed, SLOs x{SLOWDOWN:g}, admission slack "
+              f"{config.router.admission_slack:g}): capacity "
               f"{capacity:.2f} req/s measured closed-loop ({SEATS} clients, {CALIBRATE_S:g} s); "
               f"offering {rate:.2f} req/s ({FACTOR:g}x) for {DURATION_S:g} s")  # fmt: skip
         workload = WorkloadSpec(rate=rate, duration_s=DURATION_S,

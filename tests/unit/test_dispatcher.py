@@ -100,7 +100,7 @@ async def test_overload_sheds_and_degradation_is_reported():
         await admit(d, "r2")
     assert shed.value.retry_after_s >= 1
     queued.cancel()
-    d, clock = dispatcher(degrade_effort=True, drain_rate_window_s=10.0)
+    d, clock = dispatcher(degrade_effort=True, drain_rate_window_s=10.0, admission_slack=1.0)
     d.publish({"a": report(seats=1)})
     running = await admit(d, "h0", Effort.HIGH)
     d.scheduler.drain.backlogged(clock.now - 10, waiting=True)  # 10 s of waiting, 1 req/s

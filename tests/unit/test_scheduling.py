@@ -238,10 +238,13 @@ def test_admission_sheds_with_retry_after_from_the_drain_time():
 
 
 def test_high_effort_waits_within_its_own_longer_slo():
-    s = loaded(rate=10.0, queued=30)
+    # 20 queued at 10/s: ~2 s, inside high's budget (half its 5 s SLO), far past low's.
+    s = loaded(rate=10.0, queued=20)
     assert isinstance(
         s.submit(s.ticket("h", Effort.HIGH, "t", 100, 30_000, now=10.0), 10.0), Admitted
     )
+    s = loaded(rate=10.0, queued=20)
+    assert isinstance(s.submit(s.ticket("l", Effort.LOW, "t", 100, 300, now=10.0), 10.0), Rejected)
 
 
 def test_effort_degradation_before_shedding():
