@@ -32,6 +32,7 @@ from cluster.api.generation import (
     Generation,
     Service,
     StopMatcher,
+    Stream,
     check_model,
     engine_request,
 )
@@ -172,12 +173,12 @@ class ChatService(Service):
 
     async def create(
         self, body: ChatCompletionRequest, caller: Caller
-    ) -> tuple[ChatCompletion | AsyncIterator[str], dict[str, str]]:
+    ) -> tuple[ChatCompletion | Stream, dict[str, str]]:
         chat = self._prepare(body, caller)
         await chat.start(self._engine)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return self._stream(chat, body.model, include_usage), chat.headers
+            return Stream(self._stream(chat, body.model, include_usage), chat.close), chat.headers
         return await self._complete(chat, body.model), chat.headers
 
     async def _complete(self, run: _Chat, model: str) -> ChatCompletion:

@@ -20,6 +20,7 @@ from cluster.api.generation import (
     Generation,
     Service,
     StopMatcher,
+    Stream,
     check_model,
     engine_request,
 )
@@ -32,7 +33,7 @@ class CompletionService(Service):
 
     async def create(
         self, body: CompletionRequest, caller: Caller
-    ) -> tuple[Completion | AsyncIterator[str], dict[str, str]]:
+    ) -> tuple[Completion | Stream, dict[str, str]]:
         check_model(self._config, body.model)
         if isinstance(body.prompt, str):
             prompt = self._harmony.encode_raw(body.prompt)
@@ -91,7 +92,7 @@ class CompletionService(Service):
             if include_usage:
                 yield completion([], with_usage=True).model_dump_json(exclude_none=True)
 
-        return events(), run.headers
+        return Stream(events(), run.close), run.headers
 
     async def _texts(self, run: Generation) -> AsyncIterator[str]:
         """Decoded text (special tokens dropped) with client stop strings applied."""

@@ -11,12 +11,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from openai.types import Model
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from cluster.api.auth import Identity, KeyRing, Quotas
 from cluster.api.chat import ChatService
 from cluster.api.completions import CompletionService
 from cluster.api.errors import BodySizeLimit, HeaderSizeLimit, OpenAIError, install_error_handlers
-from cluster.api.generation import Caller, EngineClient, RequestRecord
+from cluster.api.generation import Caller, EngineClient, RequestRecord, Stream
 from cluster.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
 from cluster.config import ClusterConfig
 from cluster.harmony import Harmony
@@ -118,8 +119,10 @@ def create_app(
 
     def stream_or_json(reply):
         result, headers = reply
-        if isinstance(result, AsyncIterator):
-            return EventSourceResponse(_sse(result), sep="\n", ping=15, headers=headers)
+        if isinstance(result, Stream):
+            # The background task runs after the stream ends, disconnects included.
+            return EventSourceResponse(_sse(result.events), sep="\n", ping=15, headers=headers,
+                                       background=BackgroundTask(result.close))  # fmt: skip
         return JSONResponse(result.model_dump(exclude_none=True), headers=headers)
 
     @app.post("/v1/chat/completions")

@@ -6,7 +6,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -191,6 +191,15 @@ class Demand:
 
 
 @dataclass(frozen=True)
+class Stream:
+    """A streamed reply: its SSE payloads, and `close`, which frees the request's engine work and
+    seat even when the payloads were never read (a client gone before the first write)."""
+
+    events: AsyncIterator[str]
+    close: Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
 class Caller:
     """Who sent a request: the tenant fairness is kept by, the API key's name (None in open mode),
     and who hears how the request ended (metrics, the key's quota)."""
@@ -350,6 +359,13 @@ class Generation:
         )
         self._first = await anext(outputs)
         return outputs
+
+    async def close(self) -> None:
+        """Abort whatever is left (idempotent: after a finished stream it does nothing)."""
+        if self._rest is not None:
+            await self._rest.aclose()
+        self._release(None)
+        self._done("cancelled")
 
     def _deadline_error(self) -> OpenAIError:
         return OpenAIError(

@@ -106,12 +106,26 @@ async def test_a_client_that_leaves_mid_stream_is_recorded_as_cancelled(harmony,
     records: list[RequestRecord] = []
     service = ChatService(fast_config(), harmony, InProcessEngine(engine))
     body = ChatCompletionRequest.model_validate(chat(stream=True, reasoning_effort="high"))
-    events, _ = await service.create(body, Caller("t", None, records.append))
-    await anext(events)
-    await anext(events)
-    await events.aclose()
+    stream, _ = await service.create(body, Caller("t", None, records.append))
+    await anext(stream.events)
+    await anext(stream.events)
+    await stream.events.aclose()
     assert [r.outcome for r in records] == ["cancelled"]
     assert engine.load_report().running == 0
+    await stream.close()  # the response's background task: nothing more to do
+    assert len(records) == 1
+
+
+async def test_a_stream_never_read_is_freed_by_its_close(harmony, engine):
+    """A client gone between the first engine output and the first SSE write: the generators
+    never start, so the response's background `close` frees the engine and the seat."""
+    records: list[RequestRecord] = []
+    service = ChatService(fast_config(), harmony, InProcessEngine(engine))
+    body = ChatCompletionRequest.model_validate(chat(stream=True, reasoning_effort="high"))
+    stream, _ = await service.create(body, Caller("t", None, records.append))
+    assert engine.load_report().running == 1
+    await stream.close()
+    assert engine.load_report().running == 0 and [r.outcome for r in records] == ["cancelled"]
 
 
 def record(**kw) -> RequestRecord:
