@@ -351,15 +351,27 @@ class AuthConfig(_Strict):
         "limits and `revoked`; empty means open (local use only).",
     )
 
-    def keys(self) -> list[ApiKey]:
+    quota_sync_s: PositiveFloat = Field(
+        1.0,
+        description="How often gateway replicas share per-key usage: a key can overshoot its "
+        "limits by about this much of its traffic.",
+    )
+
+    def named_keys(self) -> list[ApiKey]:
         return [
             k if isinstance(k, ApiKey) else ApiKey(name=f"key-{i}", key=k)
             for i, k in enumerate(self.api_keys)
         ]
 
+    @property
+    def limited(self) -> bool:
+        """Some key has limits (the gateways then share per-key usage)."""
+        return any(k.requests_per_minute or k.tokens_per_minute or k.max_concurrent
+                   for k in self.named_keys())  # fmt: skip
+
     def first_key(self) -> str | None:
         """A usable key for examples (the first with its material and not revoked)."""
-        usable = [k.key for k in self.keys() if k.key is not None and not k.revoked]
+        usable = [k.key for k in self.named_keys() if k.key is not None and not k.revoked]
         return usable[0].get_secret_value() if usable else None
 
 

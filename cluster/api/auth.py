@@ -6,8 +6,10 @@ with every digest in constant time (no early exit), so timing says nothing about
 close. Keys are known by their name in logs, tenants and metrics, never by their material.
 
 `Quotas` enforces each key's requests and tokens per minute (sliding 60 s windows) and concurrent
-requests, per gateway replica: Ray Serve spreads requests over the gateway replicas, so a key's
-cluster-wide ceiling is its limits times the replica count. Pure: the caller passes the time.
+requests across the whole cluster: each gateway replica counts its own requests exactly and adds
+what the other replicas last reported (`elsewhere`, synced about once a second through
+`cluster/serve/quota_ledger.py`), so a key can overshoot its limits by at most one sync period of
+traffic. Pure: the caller passes the time.
 """
 
 from __future__ import annotations
@@ -88,22 +90,57 @@ class _Usage:
             self.token_sum -= self.tokens.popleft()[1]
 
 
+@dataclass(frozen=True)
+class KeyUsage:
+    """One key's use over the last window: what replicas tell each other."""
+
+    requests: int = 0
+    tokens: int = 0
+    in_flight: int = 0
+
+    def __add__(self, other: KeyUsage) -> KeyUsage:
+        return KeyUsage(self.requests + other.requests, self.tokens + other.tokens,
+                        self.in_flight + other.in_flight)  # fmt: skip
+
+
 class Quotas:
     def __init__(self) -> None:
         self._usage: dict[str, _Usage] = {}
+        self._elsewhere: dict[str, KeyUsage] = {}
+
+    def usage(self, now: float) -> dict[str, KeyUsage]:
+        """This replica's use per key, for the other replicas."""
+        out = {}
+        for name, usage in self._usage.items():
+            usage.expire(now)
+            out[name] = KeyUsage(len(usage.requests), usage.token_sum, usage.in_flight)
+        return out
+
+    def elsewhere(self, usage: dict[str, KeyUsage]) -> None:
+        """What the other gateway replicas last reported, summed per key."""
+        self._elsewhere = usage
 
     def acquire(self, key: Identity, now: float) -> Refusal | None:
         """Take a request slot for `key`, or say which limit refuses it and for how long."""
         usage = self._usage.setdefault(key.name, _Usage())
         usage.expire(now)
+        other = self._elsewhere.get(key.name, KeyUsage())
         rpm, tpm, concurrent = key.requests_per_minute, key.tokens_per_minute, key.max_concurrent
-        if concurrent is not None and usage.in_flight >= concurrent:
+        if concurrent is not None and usage.in_flight + other.in_flight >= concurrent:
             return Refusal("max_concurrent", 1, f"{concurrent} concurrent requests per key")
-        if rpm is not None and len(usage.requests) >= rpm:
-            wait = usage.requests[0] + WINDOW_S - now
+        requests = len(usage.requests) + other.requests
+        if rpm is not None and requests >= rpm:
+            if other.requests:  # spread over the window, as far as this replica knows
+                wait = WINDOW_S * (requests - rpm + 1) / requests
+            else:
+                wait = usage.requests[0] + WINDOW_S - now
             return Refusal("requests_per_minute", _ceil(wait), f"{rpm} requests per minute")
-        if tpm is not None and usage.token_sum >= tpm:
-            wait = _until_below(usage.tokens, usage.token_sum - tpm, now)
+        tokens = usage.token_sum + other.tokens
+        if tpm is not None and tokens >= tpm:
+            if other.tokens:
+                wait = WINDOW_S * (tokens - tpm + 1) / tokens
+            else:
+                wait = _until_below(usage.tokens, usage.token_sum - tpm, now)
             return Refusal("tokens_per_minute", _ceil(wait), f"{tpm} tokens per minute")
         usage.requests.append(now)
         usage.in_flight += 1

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -47,11 +48,14 @@ def create_app(
     engine: EngineClient,
     on_done: Callable[[RequestRecord], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    quotas: Quotas | None = None,
+    background: Callable[[], Awaitable[None]] | None = None,
 ) -> FastAPI:
-    """`on_done` hears what happened to every request (the gateway's metrics)."""
+    """`on_done` hears what happened to every request (the gateway's metrics); `quotas` are
+    the keys' limits (shared by `background`, which runs for the app's life)."""
     chat = ChatService(config, harmony, engine)
     completions = CompletionService(config, harmony, engine)
-    ring, quotas = KeyRing(config.auth.keys()), Quotas()
+    ring, quotas = KeyRing(config.auth.named_keys()), quotas or Quotas()
     if ring.open:
         logger.warning("auth: OPEN mode, no API keys configured: every request is accepted. "
                        "Set auth.api_keys for anything but local use.")  # fmt: skip
@@ -111,7 +115,15 @@ def create_app(
                 quotas.release(identity.name, 0, clock())
             raise
 
-    app = FastAPI(title="gpt-oss-cluster", version="0.1.0", docs_url=None, redoc_url=None)
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        task = asyncio.create_task(background()) if background else None
+        yield
+        if task is not None:
+            task.cancel()
+
+    app = FastAPI(title="gpt-oss-cluster", version="0.1.0", docs_url=None, redoc_url=None,
+                  lifespan=lifespan)  # fmt: skip
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=config.gateway.max_request_body_bytes)
     app.add_middleware(HeaderSizeLimit, max_bytes=config.gateway.max_header_bytes)

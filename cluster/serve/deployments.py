@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 from ray import serve
@@ -12,6 +13,7 @@ from ray.exceptions import RayActorError, RayError
 from ray.serve.exceptions import BackPressureError, RayServeException
 from ray.serve.handle import DeploymentHandle
 
+from cluster.api.auth import Quotas
 from cluster.api.gateway import create_app
 from cluster.api.generation import Admission, EngineUnavailable, Overloaded
 from cluster.config import ClusterConfig, validate_config, with_secret_env
@@ -21,6 +23,7 @@ from cluster.harmony import Harmony
 from cluster.metrics import EngineMetrics, GatewayMetrics, RouterMetrics
 from cluster.scheduling.autoscaling import SignalBoard
 from cluster.serve.dispatcher import Dispatcher, subscribe_load_reports
+from cluster.serve.quota_ledger import sync_forever
 
 READY_TIMEOUT_S = 2.0
 
@@ -120,4 +123,10 @@ class Gateway:
 
     def __serve_build_asgi_app__(self):
         metrics = GatewayMetrics(self._config.efforts)
-        return create_app(self._config, self._harmony, self._engine, metrics.record)
+        quotas, background = Quotas(), None
+        if self._config.auth.limited:
+            context = serve.get_replica_context()
+            background = partial(sync_forever, quotas, context.app_name,
+                                 context.replica_id.unique_id, self._config.auth.quota_sync_s)  # fmt: skip
+        return create_app(self._config, self._harmony, self._engine, metrics.record,
+                          quotas=quotas, background=background)  # fmt: skip

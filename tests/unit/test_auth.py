@@ -7,11 +7,12 @@ import logging
 import httpx
 import pytest
 
-from cluster.api.auth import KeyRing, Quotas
+from cluster.api.auth import KeyRing, KeyUsage, Quotas
 from cluster.api.gateway import create_app
 from cluster.api.generation import InProcessEngine, RequestRecord
 from cluster.config import ApiKey
 from cluster.engine.mock import MockEngine
+from cluster.serve.quota_ledger import STALE_S, QuotaLedger
 from tests.helpers import fast_config
 
 SECRET = "sk-very-secret-0123456789"
@@ -103,3 +104,26 @@ async def test_open_mode_says_so_at_start(harmony, caplog):
     with caplog.at_level(logging.WARNING):
         create_app(config, harmony, InProcessEngine(MockEngine(config, harmony)))
     assert "OPEN mode" in caplog.text
+
+
+def test_limits_count_what_the_other_gateway_replicas_report():
+    quotas = Quotas()
+    team = KeyRing([key(requests_per_minute=4, max_concurrent=3)]).identify(SECRET)
+    quotas.elsewhere({"team-a": KeyUsage(requests=3, tokens=500, in_flight=1)})
+    assert quotas.acquire(team, 0.0) is None  # 3 requests elsewhere + this one = 4
+    refusal = quotas.acquire(team, 1.0)  # in flight 1 + 1 < 3, but 5 requests > 4 a minute
+    assert refusal.reason == "requests_per_minute" and refusal.retry_after_s == 15  # 1/4 window
+    quotas.elsewhere({"team-a": KeyUsage(requests=0, tokens=0, in_flight=2)})
+    assert quotas.acquire(team, 2.0).reason == "max_concurrent"  # 2 elsewhere + 1 here
+
+
+def test_the_ledger_sums_the_other_live_replicas():
+    ledger = QuotaLedger()
+    assert ledger.sync("a", {"k": KeyUsage(2, 100, 1)}, now=0.0) == {}
+    assert ledger.sync("b", {"k": KeyUsage(1, 50, 0)}, now=1.0) == {"k": KeyUsage(2, 100, 1)}
+    ledger.sync("c", {"k": KeyUsage(5, 0, 2), "j": KeyUsage(1, 1, 1)}, now=2.0)
+    assert ledger.sync("a", {"k": KeyUsage(0, 0, 0)}, now=3.0) == {
+        "k": KeyUsage(6, 50, 2), "j": KeyUsage(1, 1, 1)}  # fmt: skip
+    # b falls silent (died, scaled away): after STALE_S it no longer counts
+    assert ledger.sync("a", {}, now=1.0 + STALE_S + 0.5) == {
+        "k": KeyUsage(5, 0, 2), "j": KeyUsage(1, 1, 1)}  # fmt: skip
