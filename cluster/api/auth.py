@@ -132,8 +132,8 @@ class Quotas:
         if rpm is not None and requests >= rpm:
             if other.requests:  # spread over the window, as far as this replica knows
                 wait = WINDOW_S * (requests - rpm + 1) / requests
-            else:
-                wait = usage.requests[0] + WINDOW_S - now
+            else:  # when enough of the oldest have left for one more
+                wait = usage.requests[len(usage.requests) - rpm] + WINDOW_S - now
             return Refusal("requests_per_minute", _ceil(wait), f"{rpm} requests per minute")
         tokens = usage.token_sum + other.tokens
         if tpm is not None and tokens >= tpm:

@@ -8,11 +8,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, asynccontextmanager
 
+import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from openai.types import Model
 from sse_starlette import EventSourceResponse
-from starlette.background import BackgroundTask
 
 from cluster.api.auth import Identity, KeyRing, Quotas
 from cluster.api.chat import ChatService
@@ -40,6 +40,23 @@ async def _sse(events: AsyncIterator[str]) -> AsyncIterator[str]:
         error = OpenAIError(500, "the engine failed while streaming", code="engine_error")
         yield JSONResponse(error.body()).body.decode()
     yield "[DONE]"
+
+
+class _SSE(EventSourceResponse):
+    """The SSE response of a stream, which frees the request's engine work and seat however the
+    response ends: finished, failed, or cancelled before it wrote anything (the generators then
+    never start, so their own clean-up cannot run)."""
+
+    def __init__(self, stream: Stream, headers: dict[str, str]) -> None:
+        super().__init__(_sse(stream.events), sep="\n", ping=15, headers=headers)
+        self._close = stream.close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._close()
 
 
 def create_app(
@@ -102,8 +119,13 @@ def create_app(
             nonlocal released
             if not released:
                 released = True
-                quotas.release(identity.name, record.prompt_tokens + record.completion_tokens,
-                               clock())  # fmt: skip
+                used = (
+                    0
+                    if record.outcome == "rejected"
+                    # shed by us: not the key's use
+                    else (record.prompt_tokens + record.completion_tokens)
+                )
+                quotas.release(identity.name, used, clock())
             if on_done is not None:
                 on_done(record)
 
@@ -132,9 +154,7 @@ def create_app(
     def stream_or_json(reply):
         result, headers = reply
         if isinstance(result, Stream):
-            # The background task runs after the stream ends, disconnects included.
-            return EventSourceResponse(_sse(result.events), sep="\n", ping=15, headers=headers,
-                                       background=BackgroundTask(result.close))  # fmt: skip
+            return _SSE(result, headers)
         return JSONResponse(result.model_dump(exclude_none=True), headers=headers)
 
     @app.post("/v1/chat/completions")

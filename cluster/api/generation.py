@@ -352,7 +352,7 @@ class Generation:
         self._engine, self._admission = engine, admission  # released on failure
         self._admitted_at = time.time()
         if admission.effort is not None and demand.rerender is not None:
-            self.degraded_from = self.request.effort
+            self.degraded_from = self.degraded_from or self.request.effort  # the asked-for one
             self.request = demand.rerender(admission.effort)
         outputs = engine.generate(
             replace(self.request, replica=admission.replica, gateway=admission.signal)
@@ -362,15 +362,18 @@ class Generation:
 
     async def close(self) -> None:
         """Abort whatever is left (idempotent: after a finished stream it does nothing)."""
-        if self._rest is not None:
-            await self._rest.aclose()
-        self._release(None)
-        self._done("cancelled")
+        try:
+            if self._rest is not None:
+                await self._rest.aclose()
+        finally:
+            self._release(None)
+            self._done("cancelled")
 
     def _deadline_error(self) -> OpenAIError:
+        limit = f" of {self.deadline_s:g} s" if self.deadline_s is not None else ""
         return OpenAIError(
             504,
-            f"The request ran past its deadline of {self.deadline_s:g} s for reasoning effort "
+            f"The request ran past its deadline{limit} for reasoning effort "
             f"{self.request.effort.value} and was stopped.",
             code="deadline_exceeded",
         )
@@ -402,6 +405,7 @@ class Generation:
             raise self._deadline_error() from None
         except EngineUnavailable:
             failed = "failed"
+            self._release(None, replica_failed=True)
             raise OpenAIError(503, "The engine replica serving this request stopped; retry.",
                               code="engine_unavailable") from None  # fmt: skip
         except Exception:

@@ -10,6 +10,7 @@ Serve's router, so a cold cluster never deadlocks on missing reports.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -62,6 +63,9 @@ class Dispatcher:
         self._attainment = Attainment()  # recent outcomes: met both SLOs?
         self._waiting: dict[str, _Waiter] = {}
         self._latest: Mapping[str, LoadReport] | None = None
+        # Replicas that failed under a request -> the last report seen from them then: they get
+        # nothing more until a newer report shows them alive.
+        self._failed: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def publish(self, reports: Mapping[str, LoadReport]) -> None:
@@ -74,8 +78,15 @@ class Dispatcher:
     def _refresh(self, reports: Mapping[str, LoadReport] | None = None) -> None:
         reports = reports if reports is not None else self._latest
         if reports is not None:
-            self.scheduler.forget(reports)
+            alive = {}
             for replica, report in reports.items():
+                if report.reported_at <= self._failed.get(replica, -math.inf):
+                    continue
+                self._failed.pop(replica, None)
+                alive[replica] = report
+            self._failed = {r: at for r, at in self._failed.items() if r in reports}
+            self.scheduler.forget(alive)
+            for replica, report in alive.items():
                 self.scheduler.report(replica, report)
         self._release()
         if self._metrics is not None:
@@ -148,6 +159,8 @@ class Dispatcher:
         now = self._clock()
         self.scheduler.completed(ticket, admission.replica, output_tokens, now, admission.tools)
         if replica_failed and admission.replica is not None:
+            last = (self._latest or {}).get(admission.replica)
+            self._failed[admission.replica] = last.reported_at if last else -math.inf
             self.scheduler.drop(admission.replica)
         if output_tokens is not None and first_output_at is not None:
             slo = self._efforts[ticket.effort]

@@ -4,7 +4,8 @@ One named Ray actor per application keeps each gateway replica's latest per-key 
 replica syncs about once a second, handing in its own and getting back the others' sums
 (`Quotas.elsewhere`). Admission stays local (no remote call on the request path), so a key can
 overshoot by at most one sync period of traffic. A replica unheard from for `STALE_S` no longer
-counts (it died or was scaled away); a lost ledger is recreated and refilled by the next syncs.
+counts (it died or was scaled away). The ledger lives as long as the gateway replica that made
+it; when it goes, the next sync makes (or finds) a new one, refilled within a period.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class QuotaLedger:
 def _ledger(app_name: str):
     actor = ray.remote(QuotaLedger).options(
         name=f"gpt-oss-quota-ledger-{app_name}", namespace="serve", get_if_exists=True,
-        lifetime="detached", num_cpus=0,
+        num_cpus=0,  # owned by the gateway replica that made it; found or remade by the rest
     )  # fmt: skip
     return actor.remote()
 
@@ -55,8 +56,13 @@ async def sync_forever(quotas: Quotas, app_name: str, replica: str, period_s: fl
         try:
             ledger = ledger or _ledger(app_name)
             mine = quotas.usage(time.monotonic())
-            quotas.elsewhere(await ledger.sync.remote(replica, mine, time.time()))
-        except RayError as err:  # the ledger went away: make (or find) it again next time
+            reply = ledger.sync.remote(replica, mine, time.time())
+            quotas.elsewhere(await asyncio.wait_for(reply, timeout=5 * period_s))
+        except (RayError, TimeoutError) as err:  # lost or hung: make (or find) it again
             logger.warning("quota ledger unavailable (%s): limits count this replica only", err)
+            quotas.elsewhere({})
             ledger = None
+        except Exception:
+            logger.exception("quota ledger sync failed: limits count this replica only")
+            quotas.elsewhere({})
         await asyncio.sleep(period_s)

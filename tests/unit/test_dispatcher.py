@@ -148,3 +148,17 @@ async def test_a_client_that_leaves_just_after_placement_gives_its_seat_back():
         await waiting
     third = await asyncio.wait_for(admit(d, "r2"), 1)  # the seat was handed back
     assert third.replica == "a"
+
+
+async def test_a_failed_replica_gets_nothing_until_a_newer_report():
+    d, _ = dispatcher()
+    d.publish({"a": report(seats=4, at=100.0), "b": report(seats=4, at=100.0)})
+    first = await admit(d, "r0")
+    d.release(first, None, None, replica_failed=True)
+    survivor = "b" if first.replica == "a" else "a"
+    for i in range(3):  # the cached reports still list the failed one: it stays out
+        assert (await admit(d, f"r{i + 1}")).replica == survivor
+    assert d.scheduler.replicas == 1
+    d.publish({"a": report(seats=4, at=101.0), "b": report(seats=4, at=101.0)})
+    await admit(d, "s0")  # applies the broadcast
+    assert d.scheduler.replicas == 2  # a newer report shows it alive: back in placement
