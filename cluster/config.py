@@ -375,6 +375,12 @@ class AuthConfig(_Strict):
         return usable[0].get_secret_value() if usable else None
 
 
+class ResponsesConfig(_Strict):
+    """Stored responses of `/v1/responses` (`previous_response_id`, retrieve, delete)."""
+
+    ttl_s: PositiveFloat = Field(86_400.0, description="How long a stored response is kept.")
+
+
 class HarmonyConfig(_Strict):
     vocab_dir: str | None = Field(
         None, description="Directory holding o200k_base.tiktoken (built from quicktok if unset)."
@@ -412,6 +418,7 @@ class ClusterConfig(_Strict):
     router: RouterConfig = RouterConfig()
     gateway: GatewayConfig = GatewayConfig()
     auth: AuthConfig = AuthConfig()
+    responses: ResponsesConfig = ResponsesConfig()
     harmony: HarmonyConfig = HarmonyConfig()
     efforts: dict[Effort, EffortProfile] = Field(default_factory=_default_efforts)
     default_effort: Effort = Effort.MEDIUM

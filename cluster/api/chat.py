@@ -80,7 +80,7 @@ def to_turns(messages: list[ChatMessage]) -> tuple[str | None, list[Turn]]:
 
 
 @dataclass(kw_only=True)
-class _Chat(Generation):
+class ChatGeneration(Generation):
     """A chat generation: the engine stream seen through the harmony channel parser."""
 
     parser: ChannelParser
@@ -138,7 +138,7 @@ class ChatService(Service):
             raise OpenAIError(400, f"tools: the definitions take {size} bytes, above the limit "
                               f"of {limits.max_tool_schema_bytes}", param="tools")  # fmt: skip
 
-    def _prepare(self, body: ChatCompletionRequest, caller: Caller) -> _Chat:
+    def _prepare(self, body: ChatCompletionRequest, caller: Caller) -> ChatGeneration:
         check_model(self._config, body.model)
         self._check_size(body)
         effort = body.reasoning_effort or self._config.default_effort
@@ -167,7 +167,7 @@ class ChatService(Service):
             tools=bool(tools),
             rerender=partial(render, degraded=True),
         )
-        return _Chat(render(effort), StopMatcher(body.stop), demand, "chat", caller,
+        return ChatGeneration(render(effort), StopMatcher(body.stop), demand, "chat", caller,
                      self._config.efforts[effort].deadline_s,
                      parser=self._harmony.parser())  # fmt: skip
 
@@ -181,7 +181,7 @@ class ChatService(Service):
             return Stream(self._stream(chat, body.model, include_usage), chat.close), chat.headers
         return await self._complete(chat, body.model), chat.headers
 
-    async def _complete(self, run: _Chat, model: str) -> ChatCompletion:
+    async def _complete(self, run: ChatGeneration, model: str) -> ChatCompletion:
         content: list[str] = []
         reasoning: list[str] = []
         async with aclosing(run.deltas()) as deltas:
@@ -211,7 +211,9 @@ class ChatService(Service):
             usage=run.usage(),
         )
 
-    async def _stream(self, run: _Chat, model: str, include_usage: bool) -> AsyncIterator[str]:
+    async def _stream(
+        self, run: ChatGeneration, model: str, include_usage: bool
+    ) -> AsyncIterator[str]:
         created = int(time.time())
 
         def chunk(delta: ck.ChoiceDelta | None, finish: str | None = None, usage=None) -> str:

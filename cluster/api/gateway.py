@@ -19,14 +19,21 @@ from cluster.api.chat import ChatService
 from cluster.api.completions import CompletionService
 from cluster.api.errors import BodySizeLimit, HeaderSizeLimit, OpenAIError, install_error_handlers
 from cluster.api.generation import Caller, EngineClient, RequestRecord, Stream
-from cluster.api.protocol import ChatCompletionRequest, CompletionRequest, SamplingRequest
+from cluster.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponsesRequest,
+    SamplingRequest,
+)
+from cluster.api.response_store import InMemoryStore, ResponseStore
+from cluster.api.responses import ResponsesService
 from cluster.config import ClusterConfig
 from cluster.harmony import Harmony
 
 logger = logging.getLogger(__name__)
 
 
-async def _sse(events: AsyncIterator[str]) -> AsyncIterator[str]:
+async def _sse(events: AsyncIterator, done_marker: bool = True) -> AsyncIterator:
     """OpenAI's stream framing: `data: <json>` per chunk, an error event if the engine fails
     mid-stream (headers are already sent), then `data: [DONE]`."""
     try:
@@ -39,7 +46,8 @@ async def _sse(events: AsyncIterator[str]) -> AsyncIterator[str]:
         logger.exception("stream failed")
         error = OpenAIError(500, "the engine failed while streaming", code="engine_error")
         yield JSONResponse(error.body()).body.decode()
-    yield "[DONE]"
+    if done_marker:
+        yield "[DONE]"
 
 
 class _SSE(EventSourceResponse):
@@ -48,7 +56,8 @@ class _SSE(EventSourceResponse):
     never start, so their own clean-up cannot run)."""
 
     def __init__(self, stream: Stream, headers: dict[str, str]) -> None:
-        super().__init__(_sse(stream.events), sep="\n", ping=15, headers=headers)
+        super().__init__(_sse(stream.events, stream.done_marker), sep="\n", ping=15,
+                         headers=headers)  # fmt: skip
         self._close = stream.close
 
     async def __call__(self, scope, receive, send) -> None:
@@ -67,11 +76,14 @@ def create_app(
     clock: Callable[[], float] = time.monotonic,
     quotas: Quotas | None = None,
     background: Callable[[], Awaitable[None]] | None = None,
+    store: ResponseStore | None = None,
 ) -> FastAPI:
     """`on_done` hears what happened to every request (the gateway's metrics); `quotas` are
     the keys' limits (shared by `background`, which runs for the app's life)."""
     chat = ChatService(config, harmony, engine)
     completions = CompletionService(config, harmony, engine)
+    responses = ResponsesService(config, harmony, engine,
+                                 store or InMemoryStore(config.responses.ttl_s))  # fmt: skip
     ring, quotas = KeyRing(config.auth.named_keys()), quotas or Quotas()
     if ring.open:
         logger.warning("auth: OPEN mode, no API keys configured: every request is accepted. "
@@ -155,6 +167,8 @@ def create_app(
         result, headers = reply
         if isinstance(result, Stream):
             return _SSE(result, headers)
+        if isinstance(result, dict):  # a Responses object, already JSON-shaped
+            return JSONResponse(result, headers=headers)
         return JSONResponse(result.model_dump(exclude_none=True), headers=headers)
 
     @app.post("/v1/chat/completions")
@@ -168,6 +182,20 @@ def create_app(
         body: CompletionRequest, identity: Identity | None = Depends(authorize)
     ):
         return stream_or_json(await call(completions, body, identity))
+
+    @app.post("/v1/responses")
+    async def create_response(
+        body: ResponsesRequest, identity: Identity | None = Depends(authorize)
+    ):
+        return stream_or_json(await call(responses, body, identity))
+
+    @app.get("/v1/responses/{response_id}", dependencies=v1)
+    async def retrieve_response(response_id: str):
+        return JSONResponse(await responses.retrieve(response_id))
+
+    @app.delete("/v1/responses/{response_id}", dependencies=v1)
+    async def delete_response(response_id: str):
+        return JSONResponse(await responses.delete(response_id))
 
     @app.get("/v1/models", dependencies=v1)
     async def models():

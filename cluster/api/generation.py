@@ -195,8 +195,9 @@ class Stream:
     """A streamed reply: its SSE payloads, and `close`, which frees the request's engine work and
     seat even when the payloads were never read (a client gone before the first write)."""
 
-    events: AsyncIterator[str]
+    events: AsyncIterator[str | dict[str, str]]  # data, or {"event": ..., "data": ...}
     close: Callable[[], Awaitable[None]]
+    done_marker: bool = True  # chat and completions end with `data: [DONE]`; Responses not
 
 
 @dataclass(frozen=True)

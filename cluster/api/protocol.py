@@ -144,3 +144,91 @@ class CompletionRequest(SamplingRequest):
         if not v:
             raise ValueError("prompt must not be empty")
         return v
+
+
+# -- /v1/responses --------------------------------------------------------------------------------
+
+
+class ContentText(_Lenient):
+    type: Literal["input_text", "output_text", "text"]
+    text: str
+
+
+class MessageItem(_Lenient):
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[ContentText]
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content
+
+
+class FunctionCallItem(_Lenient):
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    arguments: str
+
+
+class FunctionCallOutputItem(_Lenient):
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str
+
+
+class ReasoningText(_Lenient):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class ReasoningItemIn(_Lenient):
+    type: Literal["reasoning"]
+    content: list[ReasoningText] | None = None
+
+
+InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItemIn
+
+
+class ReasoningParam(_Request):
+    effort: Effort | None = None
+    summary: str | None = None  # accepted; gpt-oss returns the full reasoning text instead
+
+
+class FunctionTool(_Request):
+    type: Literal["function"]
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ResponsesRequest(_Request):
+    model: str
+    input: str | list[InputItem]
+    instructions: str | None = None
+    reasoning: ReasoningParam | None = None
+    max_output_tokens: PositiveInt | None = None
+    tools: list[FunctionTool] | None = None
+    tool_choice: Literal["auto", "none"] | None = None
+    parallel_tool_calls: bool | None = None
+    store: bool = True
+    previous_response_id: str | None = None
+    stream: bool = False
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+
+    @property
+    def seed(self) -> None:  # the Responses API has none; the engine request reads it
+        return None
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, v: str | list) -> str | list:
+        if not v:
+            raise ValueError("input must not be empty")
+        return v

@@ -49,7 +49,7 @@ def enough_requests():
 
 
 @schema.parametrize()
-@settings(max_examples=800, deadline=None, derandomize=True,
+@settings(max_examples=500, deadline=None, derandomize=True,
           suppress_health_check=list(HealthCheck))  # fmt: skip
 def test_no_generated_request_gets_a_5xx(case):
     case.call_and_validate(checks=[not_a_server_error, openai_error_shape])
