@@ -34,18 +34,20 @@ $(CHECKOV):
 	$(PYTHON) -m venv .cache/checkov
 	.cache/checkov/bin/pip install --quiet checkov==3.3.30
 
-# Prometheus and promtool (Debian package): the scrape test and the alert-rule tests run them.
+# Prometheus and promtool (the scrape and alert-rule tests), redis-server (the Responses store test):
+# Debian packages.
 PROMTOOL := /usr/bin/promtool
-$(PROMTOOL):
+REDIS := /usr/bin/redis-server
+$(PROMTOOL) $(REDIS):
 	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends prometheus redis-server >/dev/null
 
 ## Local Ray cluster + mock engine + gateway on 127.0.0.1:8000 (Ctrl-C stops it)
 serve: $(STAMP)
 	$(VENV)/bin/gpt-oss-cluster serve --config $(CONFIG)
 
 ## The whole suite: lint, unit, integration (local Ray), engine (real vLLM on the CPU)
-test: $(ENGINE_STAMP) $(HELM) $(CHECKOV) $(PROMTOOL) lint
+test: $(ENGINE_STAMP) $(HELM) $(CHECKOV) $(PROMTOOL) $(REDIS) lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Inner loop: unit tests only (no Ray cluster, no vLLM)

@@ -378,7 +378,21 @@ class AuthConfig(_Strict):
 class ResponsesConfig(_Strict):
     """Stored responses of `/v1/responses` (`previous_response_id`, retrieve, delete)."""
 
+    store: Literal["memory", "redis"] = Field(
+        "memory",
+        description="memory: in each gateway replica (one gateway, or tests). redis: shared by "
+        "every gateway replica, so a follow-up finds its conversation wherever it lands.",
+    )
+    redis_url: SecretStr | None = Field(
+        None, description="redis://[:password@]host:port/db (for store: redis)."
+    )
     ttl_s: PositiveFloat = Field(86_400.0, description="How long a stored response is kept.")
+
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> ResponsesConfig:
+        if self.store == "redis" and self.redis_url is None:
+            raise ValueError("responses.redis_url: required when responses.store is redis")
+        return self
 
 
 class HarmonyConfig(_Strict):
@@ -466,6 +480,8 @@ class ClusterConfig(_Strict):
     def to_args(self) -> dict[str, Any]:
         """JSON-safe dict that round-trips through `ClusterConfig.model_validate` (secrets kept)."""
         data = self.model_dump(mode="json")
+        if self.responses.redis_url is not None:
+            data["responses"]["redis_url"] = self.responses.redis_url.get_secret_value()
         data["auth"]["api_keys"] = [
             k.get_secret_value()
             if isinstance(k, SecretStr)

@@ -14,11 +14,11 @@ def fast_config(time_scale: float = 0.01, **sections: Any) -> ClusterConfig:
 
 
 def system_tool(name: str) -> str:
-    """A system binary the suite needs (Prometheus' `prometheus`, `promtool`): `make test` and
-    .ci/run install it, so under CI its absence fails instead of skipping."""
+    """A system binary the suite needs (`prometheus`, `promtool`, `redis-server`): `make test` and
+    .ci/run install them with apt, so under CI an absence fails instead of skipping."""
     found = shutil.which(name)
     if found is None:
         if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is missing: `make test` installs the prometheus package")
-        pytest.skip(f"{name} not installed (apt-get install prometheus)")
+            pytest.fail(f"{name} is missing: `make test` installs it with apt")
+        pytest.skip(f"{name} not installed (`make test` installs it with apt)")
     return found

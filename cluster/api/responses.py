@@ -12,6 +12,7 @@ unless its turn called a tool); the model's channels become output items: analys
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -43,6 +44,8 @@ from cluster.api.response_store import ResponseStore, StoredResponse, StoreUnava
 from cluster.config import ClusterConfig, Effort
 from cluster.engine.base import EngineRequest
 from cluster.harmony import Harmony, ToolCall, ToolSpec, Turn
+
+logger = logging.getLogger(__name__)
 
 
 def _id(prefix: str) -> str:
@@ -244,8 +247,8 @@ class _Reply:
             stored = StoredResponse(self.response(status), (*self.conversation, output))
             try:
                 await self.store.put(self.id, stored)
-            except StoreUnavailable:
-                pass  # served anyway; a follow-up naming it gets 404 (store back) or 503
+            except StoreUnavailable:  # served anyway; a follow-up naming it gets 404 or 503
+                logger.warning("response store unavailable: %s was not stored", self.id)
         return status
 
     def _open(self, kind: str, delta) -> dict[str, Any]:

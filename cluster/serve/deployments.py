@@ -16,6 +16,7 @@ from ray.serve.handle import DeploymentHandle
 from cluster.api.auth import Quotas
 from cluster.api.gateway import create_app
 from cluster.api.generation import Admission, EngineUnavailable, Overloaded
+from cluster.api.response_store import make_store
 from cluster.config import ClusterConfig, validate_config, with_secret_env
 from cluster.engine.base import EngineOutput, EngineRequest
 from cluster.engine.factory import build_engine
@@ -129,4 +130,5 @@ class Gateway:
             background = partial(sync_forever, quotas, context.app_name,
                                  context.replica_id.unique_id, self._config.auth.quota_sync_s)  # fmt: skip
         return create_app(self._config, self._harmony, self._engine, metrics.record,
-                          quotas=quotas, background=background)  # fmt: skip
+                          quotas=quotas, background=background,
+                          store=make_store(self._config.responses))  # fmt: skip
