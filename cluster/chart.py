@@ -185,6 +185,17 @@ class HTTPRoute(_Values):
     )
 
 
+class Redis(_Values):
+    """A small Redis for the Responses API's stored conversations, shared by every gateway
+    replica (sets cluster.responses.store and redis_url). Bring your own instead: leave this off
+    and set cluster.responses yourself."""
+
+    enabled: bool = Field(False, description="Deploy Redis and point the Responses store at it.")
+    image: str = Field("redis:7.4-alpine", description="Redis image.")
+    maxMemory: str = Field("1gb", description="maxmemory; least recently used keys go first.")
+    memory: str = Field("1536Mi", description="Memory request and limit of the pod.")
+
+
 class IngressTLS(_Values):
     secretName: str = Field(description="TLS Secret for the host.")
 
@@ -236,6 +247,7 @@ class ChartValues(_Values):
     httpRoute: HTTPRoute = HTTPRoute()
     prometheusRule: PrometheusRule = PrometheusRule()
     grafanaDashboards: GrafanaDashboards = GrafanaDashboards()
+    redis: Redis = Redis()
     podDisruptionBudget: Toggle = Toggle()
     networkPolicy: NetworkPolicy = NetworkPolicy()
 

@@ -33,7 +33,7 @@ OPTIONAL_ON = ("serviceMonitor.enabled=true", "podMonitor.enabled=true", "ingres
                "httpRoute.hostnames[0]=gpt-oss.example.com", "prometheusRule.enabled=true",
                "grafanaDashboards.enabled=true", "weights.copyJob.enabled=true",
                "weights.copyJob.vocabSource=mirror:vocab/o200k_base.tiktoken",
-               "weights.copyJob.configSecret=rclone-mirror")  # fmt: skip
+               "weights.copyJob.configSecret=rclone-mirror", "redis.enabled=true")  # fmt: skip
 # Gateway API v1 HTTPRoute, the fields the chart renders (no Gateway API CRD is in ../shared/crds):
 # from gateway-api's standard-install (v1.2) schema, unknown fields rejected.
 _NAME = {"type": "string", "minLength": 1, "maxLength": 253}
@@ -167,7 +167,7 @@ def test_lint_render_and_validate_every_object(values):
     # The Pod is `helm test`'s: a real chat request through the gateway.
     expected = {"RayService", "Service", "Secret", "PodDisruptionBudget", "NetworkPolicy",
                 "ServiceMonitor", "PodMonitor", "Ingress", "Pod", "HTTPRoute", "PrometheusRule",
-                "ConfigMap", "Job", "PersistentVolumeClaim"}  # fmt: skip
+                "ConfigMap", "Job", "PersistentVolumeClaim", "Deployment"}  # fmt: skip
     assert expected <= kinds
     for doc in docs:
         validate(doc)
@@ -176,6 +176,8 @@ def test_lint_render_and_validate_every_object(values):
     serve = yaml.safe_load(service["spec"]["serveConfigV2"])
     (app,) = serve["applications"]
     config = validate_config(app["args"])  # the application accepts what the chart passes
+    assert config.responses.store == "redis"  # the chart's Redis, wired in
+    assert config.responses.redis_url.get_secret_value().startswith("redis://gpt-oss-")
     workers = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     limits = workers["template"]["spec"]["containers"][0]["resources"]["limits"]
     gpus = int(limits.get("nvidia.com/gpu", 0))

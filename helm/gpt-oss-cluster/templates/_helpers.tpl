@@ -111,3 +111,16 @@ checkov.io/skip2: CKV_K8S_9=KubeRay injects the Ray readiness probe
 checkov.io/skip3: CKV_K8S_43=the chart pins image.tag; set it to a digest where required
 checkov.io/skip4: CKV_K8S_15=IfNotPresent with pinned tags; Always re-pulls a multi-GB image
 {{- end -}}
+
+{{/* The application config passed to Serve: .Values.cluster, pointed at the chart's Redis when
+it deploys one. */}}
+{{- define "gpt-oss.clusterArgs" -}}
+{{- $cluster := deepCopy .Values.cluster -}}
+{{- if .Values.redis.enabled -}}
+{{- $responses := deepCopy (default dict $cluster.responses) -}}
+{{- $_ := set $responses "store" "redis" -}}
+{{- $_ := set $responses "redis_url" (printf "redis://%s-redis:6379/0" (include "gpt-oss.fullname" .)) -}}
+{{- $_ := set $cluster "responses" $responses -}}
+{{- end -}}
+{{- toYaml $cluster -}}
+{{- end -}}
