@@ -2,9 +2,12 @@
 `previous_response_id` land on either gateway and all find their conversation; with Redis down,
 stateful calls get a clear 503 and stateless ones still work."""
 
+import os
+import re
 import subprocess
 import time
 
+import httpx
 import openai
 import pytest
 import redis
@@ -46,8 +49,22 @@ def cluster(redis_server):
         gateway={"port": free_port(), "replicas": {"min_replicas": 2, "max_replicas": 2}},
         responses={"store": "redis", "redis_url": f"redis://127.0.0.1:{port}/0"},
     )
-    with local_cluster(config) as running:
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
+    with local_cluster(config, metrics_port=free_port()) as running:
         yield running
+
+
+def gateway_requests(metrics_url: str) -> dict[str, float]:
+    """Requests each gateway replica served, from Ray Serve's own per-replica counter."""
+    counts: dict[str, float] = {}
+    for line in httpx.get(metrics_url, timeout=10).text.splitlines():
+        if (
+            line.startswith("ray_serve_deployment_request_counter")
+            and 'deployment="gateway"' in line
+        ):
+            replica = re.search(r'replica="([^"]+)"', line).group(1)
+            counts[replica] = counts.get(replica, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
 
 
 def test_follow_ups_find_their_conversation_on_either_gateway(cluster):
@@ -58,6 +75,8 @@ def test_follow_ups_find_their_conversation_on_either_gateway(cluster):
         first = client.responses.create(model=MODEL, input="Why is the sky blue?",
                                         reasoning={"effort": effort}, max_output_tokens=300)  # fmt: skip
         assert first.usage.output_tokens_details.reasoning_tokens > 0
+    time.sleep(4)  # Ray's metrics export catches up
+    before = gateway_requests(cluster.metrics_url)
     # Ten follow-ups spread over two gateways (in-process stores would lose about half).
     for _ in range(10):
         follow = client.responses.create(model=MODEL, input="And at sunset?",
@@ -65,6 +84,15 @@ def test_follow_ups_find_their_conversation_on_either_gateway(cluster):
         assert follow.previous_response_id == first.id
         assert follow.usage.input_tokens > first.usage.input_tokens
     assert client.responses.retrieve(first.id).id == first.id
+
+    def both_took_follow_ups() -> bool:
+        after = gateway_requests(cluster.metrics_url)
+        return len(after) == 2 and all(n > before.get(r, 0.0) for r, n in after.items())
+
+    deadline = time.monotonic() + 30  # the follow-ups did land on both gateways
+    while not both_took_follow_ups() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert both_took_follow_ups(), (before, gateway_requests(cluster.metrics_url))
     with client.responses.stream(model=MODEL, input="Hi", max_output_tokens=100) as stream:
         kinds = [event.type for event in stream]
     assert kinds[0] == "response.created" and kinds[-1] in ("response.completed",
