@@ -97,6 +97,24 @@ def test_follow_ups_find_their_conversation_on_either_gateway(cluster):
         kinds = [event.type for event in stream]
     assert kinds[0] == "response.created" and kinds[-1] in ("response.completed",
                                                             "response.incomplete")  # fmt: skip
+    client.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(first.id)
+
+
+def test_a_function_call_round_trip(cluster):
+    client = OpenAI(base_url=f"{cluster.url}/v1", api_key="unused", max_retries=0)
+    tools = [{"type": "function", "name": "get_weather",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                             "required": ["city"]}}]  # fmt: skip
+    r = client.responses.create(model=MODEL, input="Call get_weather for Lisbon", tools=tools)
+    (call,) = [o for o in r.output if o.type == "function_call"]
+    assert call.name == "get_weather" and "city" in call.arguments
+    answer = client.responses.create(
+        model=MODEL, previous_response_id=r.id, tools=tools, max_output_tokens=200,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": '{"c": 19}'}],
+    )  # fmt: skip
+    assert answer.status in ("completed", "incomplete") and answer.usage.input_tokens > 0
 
 
 def test_with_redis_down_stateful_calls_fail_clearly(cluster, redis_server):
