@@ -15,6 +15,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
 from cluster.config import ResponsesConfig
 from cluster.harmony import ToolCall, Turn
 
@@ -82,15 +85,11 @@ class RedisStore:
     PREFIX = "gpt-oss:response:"
 
     def __init__(self, url: str, ttl_s: float, timeout_s: float = 2.0) -> None:
-        from redis.asyncio import Redis
-
         self._redis = Redis.from_url(url, socket_timeout=timeout_s,
                                      socket_connect_timeout=timeout_s)  # fmt: skip
         self._ttl_s = max(1, int(ttl_s))
 
     async def _call(self, method: str, *args):
-        from redis.exceptions import RedisError
-
         try:
             return await getattr(self._redis, method)(*args)
         except (RedisError, OSError) as err:

@@ -142,8 +142,11 @@ class ResponsesService(Service):
 
         def render(effort: Effort, degraded: bool = False) -> EngineRequest:
             prompt = self._harmony.render(conversation, effort, instructions, tools)
-            return engine_request(self._config, body, prompt, effort, body.max_output_tokens,
-                                  "max_output_tokens", self._harmony.stop_token_ids, "resp")  # fmt: skip
+            ask, cap = body.max_output_tokens, self._config.efforts[effort].max_tokens
+            if degraded and ask and cap:  # the client's budget, within the lower effort's cap
+                ask = min(ask, cap)
+            return engine_request(self._config, body, prompt, effort, ask, "max_output_tokens",
+                                  self._harmony.stop_token_ids, "resp")  # fmt: skip
 
         demand = Demand(caller.tenant, prefix_key(effort, instructions, tools), bool(tools),
                         partial(render, degraded=True))  # fmt: skip
