@@ -153,13 +153,8 @@ class ChatService(Service):
 
         def render(effort: Effort, degraded: bool = False) -> EngineRequest:
             prompt = self._harmony.render(turns, effort, instructions, tools)
-            cap = self._config.efforts[effort].max_tokens
-            if degraded and requested and cap:  # the client's budget, within the lower cap
-                ask = min(requested, cap)
-            else:
-                ask = requested
-            return engine_request(self._config, body, prompt, effort, ask, param,
-                                  self._harmony.stop_token_ids, "chatcmpl")  # fmt: skip
+            return engine_request(self._config, body, prompt, effort, requested, param,
+                                  self._harmony.stop_token_ids, "chatcmpl", degraded)  # fmt: skip
 
         demand = Demand(
             tenant=caller.tenant,

@@ -126,8 +126,13 @@ def engine_request(
     max_tokens_param: str,
     stop_token_ids: Sequence[int],
     id_prefix: str,
+    degraded: bool = False,
 ) -> EngineRequest:
-    """The engine's view of a request: output budget checked, sampling set, cost prior attached."""
+    """The engine's view of a request: output budget checked, sampling set, cost prior attached.
+    A request `degraded` to a lower effort keeps the client's budget within that effort's cap."""
+    cap = config.efforts[effort].max_tokens
+    if degraded and requested_max_tokens and cap:
+        requested_max_tokens = min(requested_max_tokens, cap)
     max_tokens = resolve_max_tokens(
         config, effort, requested_max_tokens, len(prompt), max_tokens_param
     )

@@ -142,11 +142,9 @@ class ResponsesService(Service):
 
         def render(effort: Effort, degraded: bool = False) -> EngineRequest:
             prompt = self._harmony.render(conversation, effort, instructions, tools)
-            ask, cap = body.max_output_tokens, self._config.efforts[effort].max_tokens
-            if degraded and ask and cap:  # the client's budget, within the lower effort's cap
-                ask = min(ask, cap)
-            return engine_request(self._config, body, prompt, effort, ask, "max_output_tokens",
-                                  self._harmony.stop_token_ids, "resp")  # fmt: skip
+            return engine_request(self._config, body, prompt, effort, body.max_output_tokens,
+                                  "max_output_tokens", self._harmony.stop_token_ids, "resp",
+                                  degraded)  # fmt: skip
 
         demand = Demand(caller.tenant, prefix_key(effort, instructions, tools), bool(tools),
                         partial(render, degraded=True))  # fmt: skip
@@ -171,6 +169,7 @@ class _Reply:
         self.created = int(time.time())
         self.items: list[dict[str, Any]] = []
         self.seq = 0
+        self.final: dict[str, Any] = {}  # the finished Response
 
     def response(self, status: str) -> dict[str, Any]:
         body, run = self.body, self.run
@@ -197,7 +196,8 @@ class _Reply:
             "incomplete_details": incomplete, "text": {"format": {"type": "text"}},
             "truncation": "disabled", "user": body.user,
         }  # fmt: skip
-        Response.model_validate(data)  # the wire shape is OpenAI's, checked
+        if status != "in_progress":
+            Response.model_validate(data)  # the final wire shape is OpenAI's, checked once
         return data
 
     def _event(self, kind: str, **fields: Any) -> dict[str, str]:
@@ -226,18 +226,19 @@ class _Reply:
         if open_item is not None:
             for event in self._close(open_item):
                 yield event
-        status = await self._finish()
-        yield self._event(f"response.{status}", response=self.response(status))
+        self.final = await self._finish()
+        yield self._event(f"response.{self.final['status']}", response=self.final)
 
     async def complete(self) -> dict[str, Any]:
         async for _ in self.events():
             pass
-        return self.response(self._status())
+        return self.final
 
     def _status(self) -> str:
         return "incomplete" if self.run.finish_reason == "length" else "completed"
 
-    async def _finish(self) -> str:
+    async def _finish(self) -> dict[str, Any]:
+        """The final Response, stored (when asked) with the conversation it ends."""
         output = Turn(
             "assistant",
             "".join(i["content"][0]["text"] for i in self.items if i["type"] == "message") or None,
@@ -245,14 +246,14 @@ class _Reply:
             tuple(ToolCall(i["call_id"], i["name"], i["arguments"])
                   for i in self.items if i["type"] == "function_call"),
         )  # fmt: skip
-        status = self._status()
+        final = self.response(self._status())
         if self.body.store:
-            stored = StoredResponse(self.response(status), (*self.conversation, output))
+            stored = StoredResponse(final, (*self.conversation, output))
             try:
                 await self.store.put(self.id, stored)
             except StoreUnavailable:  # served anyway; a follow-up naming it gets 404 or 503
                 logger.warning("response store unavailable: %s was not stored", self.id)
-        return status
+        return final
 
     def _open(self, kind: str, delta) -> dict[str, Any]:
         if kind == "reasoning":
