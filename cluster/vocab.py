@@ -68,13 +68,25 @@ def ensure_vocab(vocab_dir: str | Path | None = None) -> Path:
                 f"{path} does not exist: mount o200k_base.tiktoken there "
                 f"(sha256 {VOCAB_SHA256}) or leave harmony.vocab_dir unset to build it locally"
             )
-        data = _tiktoken_from_quicktok()
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        write_vocab(directory)
+    verify_vocab(path)
+    os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(directory)
+    return directory
+
+
+def write_vocab(directory: str | Path) -> Path:
+    """Build o200k_base.tiktoken from quicktok into `directory` (atomically), verified."""
+    path = Path(directory) / VOCAB_FILE
+    data = _tiktoken_from_quicktok()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return verify_vocab(path)
+
+
+def verify_vocab(path: Path) -> Path:
     digest = _sha256(path)
     if digest != VOCAB_SHA256:
         raise VocabError(f"{path} has sha256 {digest}, expected {VOCAB_SHA256}: replace the file")
-    os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(directory)
-    return directory
+    return path

@@ -44,10 +44,12 @@ class EngineClient(Protocol):
         output_tokens: int | None,
         first_output_at: float | None,
         replica_failed: bool = False,
+        ended_at: float | None = None,
     ) -> None:
         """The request is done with its replica (`output_tokens` None: it did not finish;
         `first_output_at`: wall time of its first output, None if there was none;
-        `replica_failed`: the replica went away under it)."""
+        `replica_failed`: the replica went away under it; `ended_at`: when the replica freed
+        its seat, if it said so)."""
 
     async def ready(self) -> bool: ...
 
@@ -266,6 +268,7 @@ class Generation:
     _arrived_at: float = field(default_factory=time.time, repr=False)
     _admitted_at: float | None = field(default=None, repr=False)
     _first_at: float | None = field(default=None, repr=False)
+    _ended_at: float | None = field(default=None, repr=False)  # the replica's, on the last output
     _first_answer_at: float | None = field(default=None, repr=False)
     _gaps: list[float] = field(default_factory=list, repr=False)
     _recorded: bool = field(default=False, repr=False)
@@ -386,7 +389,9 @@ class Generation:
 
     def _release(self, output_tokens: int | None, replica_failed: bool = False) -> None:
         if self._engine is not None and self._admission is not None:
-            self._engine.release(self._admission, output_tokens, self._first_at, replica_failed)
+            self._engine.release(
+                self._admission, output_tokens, self._first_at, replica_failed, self._ended_at
+            )
             self._admission = None
 
     async def token_batches(self) -> AsyncIterator[list[int]]:
@@ -397,6 +402,7 @@ class Generation:
             while output is not None:
                 self.completion_tokens += len(output.token_ids)
                 self.finish_reason = output.finish_reason or self.finish_reason
+                self._ended_at = output.ended_at
                 yield output.token_ids
                 if output.finish_reason is not None or self.stop.stopped:
                     break
@@ -456,6 +462,7 @@ class InProcessEngine:
         output_tokens: int | None,
         first_output_at: float | None,
         replica_failed: bool = False,
+        ended_at: float | None = None,
     ) -> None:
         pass
 

@@ -49,10 +49,13 @@ class EngineRequest:
 
 @dataclass(frozen=True)
 class EngineOutput:
-    """Tokens generated since the last output; `finish_reason` set on the last one."""
+    """Tokens generated since the last output; `finish_reason` set on the last one, with
+    `ended_at`: when the replica freed the request's seat, on the clock of its load reports (so a
+    router can tell exactly whether a report already counts the seat as free)."""
 
     token_ids: list[int]
     finish_reason: FinishReason | None = None
+    ended_at: float | None = None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ class _Stream:
     script: list[int]
     produced: int = 0
     done: bool = False
+    ended_at: float | None = None  # wall time the model freed its seat
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -77,7 +78,10 @@ class MockEngine(Engine):
                 stream.wake.clear()
                 produced = stream.produced
                 if produced > sent or stream.done:
-                    yield EngineOutput(script[sent:produced], finish if stream.done else None)
+                    if stream.done:
+                        yield EngineOutput(script[sent:produced], finish, stream.ended_at)
+                    else:
+                        yield EngineOutput(script[sent:produced])
                     sent = produced
                 if stream.done:
                     return
@@ -120,7 +124,7 @@ class MockEngine(Engine):
             for request_id in result.finished:
                 stream = self._streams.get(request_id)
                 if stream is not None:
-                    stream.done = True
+                    stream.done, stream.ended_at = True, time.time()
                     stream.wake.set()
             ahead = anchor_wall + (self._model.now - anchor_model) * self._time_scale - loop.time()
             steps_without_sleep += 1

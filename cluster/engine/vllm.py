@@ -100,8 +100,11 @@ class VLLMEngine(Engine):
                     max(request.expected_output_tokens - generated, 1),
                 )
                 finished = out.finished
-                reason = _finish_reason(completion.finish_reason) if finished else None
-                yield EngineOutput(list(completion.token_ids), reason)
+                if finished:  # the engine core has freed its seat by now
+                    reason = _finish_reason(completion.finish_reason)
+                    yield EngineOutput(list(completion.token_ids), reason, time.time())
+                else:
+                    yield EngineOutput(list(completion.token_ids))
         finally:
             self._inflight.pop(request.request_id, None)
             if not finished:

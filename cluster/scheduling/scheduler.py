@@ -67,7 +67,8 @@ class _Replica:
 
     report: LoadReport
     placed: list[tuple[float, Ticket]] = field(default_factory=list)
-    finished: list[float] = field(default_factory=list)
+    # (time, exact): exact when the replica said when it freed the seat (its own clock).
+    finished: list[tuple[float, bool]] = field(default_factory=list)
     placed_prompt: int = 0
     placed_cost: int = 0
 
@@ -76,22 +77,27 @@ class _Replica:
         self.placed_prompt += ticket.prompt_tokens
         self.placed_cost += ticket.cost_tokens
 
-    def finish(self, ticket: Ticket, now: float) -> None:
+    def finish(self, ticket: Ticket, now: float, ended_at: float | None = None) -> None:
         for i, (_, placed) in enumerate(self.placed):
             if placed is ticket:  # placed and done between two reports: it was never counted
                 del self.placed[i]
                 self.placed_prompt -= ticket.prompt_tokens
                 self.placed_cost -= ticket.cost_tokens
                 return
-        self.finished.append(now)
+        self.finished.append((now, False) if ended_at is None else (ended_at, True))
 
     def refresh(self, report: LoadReport, transit_s: float) -> None:
         self.report = report
         # A request placed just before the report may still be on its way to the engine.
         self.placed = [(at, t) for at, t in self.placed if at > report.reported_at - transit_s]
-        # A finish seen just after the report may already be in it (its last output was in
-        # flight): keep counting only the ones the report cannot have seen.
-        self.finished = [at for at in self.finished if at > report.reported_at + transit_s]
+        # A finish the replica timed is in the report exactly when it came first; one seen just
+        # after the report may already be in it (its last output was in flight): keep counting
+        # only the ones the report cannot have seen.
+        self.finished = [
+            (at, exact)
+            for at, exact in self.finished
+            if at > report.reported_at + (0.0 if exact else transit_s)
+        ]
         self.placed_prompt = sum(t.prompt_tokens for _, t in self.placed)
         self.placed_cost = sum(t.cost_tokens for _, t in self.placed)
 
@@ -287,11 +293,13 @@ class Scheduler:
         output_tokens: int | None,
         now: float,
         tools: bool = False,
+        ended_at: float | None = None,
     ) -> None:
         """A request left its replica: its seat is free before the next report says so. If it
-        ran to the end (`output_tokens` known), its true length teaches the cost model."""
+        ran to the end (`output_tokens` known), its true length teaches the cost model.
+        `ended_at` (the replica's clock) says exactly which reports already count it free."""
         if (state := self._replicas.get(replica)) is not None:
-            state.finish(ticket, now)
+            state.finish(ticket, now, ended_at)
         if output_tokens is not None:
             self.cost.observe(ticket.effort, ticket.tenant, tools, output_tokens,
                               ticket.expected_output_tokens)  # fmt: skip

@@ -88,9 +88,12 @@ class ServeEngineClient:
         output_tokens: int | None,
         first_output_at: float | None,
         replica_failed: bool = False,
+        ended_at: float | None = None,
     ) -> None:
         if self._dispatcher is not None:
-            self._dispatcher.release(admission, output_tokens, first_output_at, replica_failed)
+            self._dispatcher.release(
+                admission, output_tokens, first_output_at, replica_failed, ended_at
+            )
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         responses = self._stream.remote(request)
@@ -105,10 +108,13 @@ class ServeEngineClient:
             responses.cancel()
 
     async def ready(self) -> bool:
+        """An engine replica answers and, when this gateway schedules, its load has reached it
+        (the call itself starts the router that carries the load reports)."""
         try:
-            return await asyncio.wait_for(self._ready.remote(), READY_TIMEOUT_S)
+            answered = await asyncio.wait_for(self._ready.remote(), READY_TIMEOUT_S)
         except (TimeoutError, RayError, RayServeException):
             return False
+        return answered and (self._dispatcher is None or self._dispatcher.has_reports)
 
 
 @serve.ingress()

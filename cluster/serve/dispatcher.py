@@ -75,6 +75,12 @@ class Dispatcher:
         if (loop := self._loop) is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._refresh, reports)
 
+    @property
+    def has_reports(self) -> bool:
+        """Whether any engine replica's load report has reached this gateway: until then it
+        cannot bind late, and requests go straight to Serve's router."""
+        return bool(self._latest)
+
     def _refresh(self, reports: Mapping[str, LoadReport] | None = None) -> None:
         reports = reports if reports is not None else self._latest
         if reports is not None:
@@ -150,14 +156,18 @@ class Dispatcher:
         output_tokens: int | None,
         first_output_at: float | None,
         replica_failed: bool = False,
+        ended_at: float | None = None,
     ) -> None:
-        """The request left its replica; `output_tokens` is None when it did not run to the end.
-        A replica that failed under it gets nothing more until a load report shows it alive."""
+        """The request left its replica; `output_tokens` is None when it did not run to the end,
+        `ended_at` the replica's time of freeing its seat when it said. A replica that failed
+        under it gets nothing more until a load report shows it alive."""
         ticket = admission.ticket
         if ticket is None:
             return
         now = self._clock()
-        self.scheduler.completed(ticket, admission.replica, output_tokens, now, admission.tools)
+        self.scheduler.completed(
+            ticket, admission.replica, output_tokens, now, admission.tools, ended_at=ended_at
+        )
         if replica_failed and admission.replica is not None:
             last = (self._latest or {}).get(admission.replica)
             self._failed[admission.replica] = last.reported_at if last else -math.inf

@@ -22,10 +22,10 @@ from tests.helpers import system_tool
 ROOT = Path(__file__).resolve().parents[2]
 HELM = ROOT / ".cache" / "bin" / "helm"
 CHECKOV = ROOT / ".cache" / "checkov" / "bin" / "checkov"
-CRDS = ROOT.parent / "shared" / "crds"
+CRDS = Path(__file__).parent / "crds"  # vendored: see crds/README.md
 KUBE_VERSION = "1.30.0"
 API_VERSIONS = ["ray.io/v1", "monitoring.coreos.com/v1"]
-CUSTOM_GROUPS = {v.split("/")[0] for v in API_VERSIONS}  # validated against ../shared/crds
+CUSTOM_GROUPS = {v.split("/")[0] for v in API_VERSIONS}  # validated against crds/
 VALUES = [None, *sorted(p.name for p in CHART_DIR.glob("values-*.yaml"))]
 # Every optional object rendered too, so each is validated.
 OPTIONAL_ON = ("serviceMonitor.enabled=true", "podMonitor.enabled=true", "ingress.enabled=true",
@@ -34,7 +34,7 @@ OPTIONAL_ON = ("serviceMonitor.enabled=true", "podMonitor.enabled=true", "ingres
                "grafanaDashboards.enabled=true", "weights.copyJob.enabled=true",
                "weights.copyJob.vocabSource=mirror:vocab/o200k_base.tiktoken",
                "weights.copyJob.configSecret=rclone-mirror", "redis.enabled=true")  # fmt: skip
-# Gateway API v1 HTTPRoute, the fields the chart renders (no Gateway API CRD is in ../shared/crds):
+# Gateway API v1 HTTPRoute, the fields the chart renders (no Gateway API CRD is vendored):
 # from gateway-api's standard-install (v1.2) schema, unknown fields rejected.
 _NAME = {"type": "string", "minLength": 1, "maxLength": 253}
 HTTPROUTE_SCHEMA = {
@@ -134,7 +134,7 @@ def _strict(schema: dict) -> dict:
 
 @cache
 def crd_schemas() -> dict[tuple[str, str], dict]:
-    """(apiVersion, kind) -> strict schema, from ../shared/crds (test data, not chart files)."""
+    """(apiVersion, kind) -> strict schema, from the vendored crds/ (test data, not chart files)."""
     out = {}
     for path in CRDS.glob("*.yaml"):
         for crd in yaml.safe_load_all(path.read_text()):

@@ -34,6 +34,18 @@ def gauge_sum(metrics_url: str, name: str) -> float:
                if line.startswith(f"ray_gpt_oss_{name}{{"))  # fmt: skip
 
 
+def wait_for(condition, timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.25)
+
+
+def running_at_least(cluster, n: int):
+    return lambda: gauge_sum(cluster.metrics_url, "engine_running_requests") >= n
+
+
 def stream(url: str, outcomes: list, started: threading.Event | None = None) -> None:
     """One streamed request to its end; records ('done' | error code | 'http <status>', secs)."""
     t0 = time.monotonic()
@@ -66,7 +78,8 @@ def test_a_replica_killed_under_20_streams(cluster):
     for t in threads:
         t.start()
     assert started.wait(30)
-    time.sleep(2)  # every seat busy, tokens flowing
+    # Every seat busy, tokens flowing (the metrics export lags by its report interval).
+    wait_for(running_at_least(cluster, 16), 60, "both engines running 8 streams each")
     victim = engine_actor_names()[0]
     ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
     for t in threads:
@@ -102,8 +115,9 @@ def test_50_clients_leaving_mid_stream_free_the_engines(cluster):
             streams.append(response)
         lines = streams[0].iter_lines()
         assert next(lines).startswith("data: ")
-        time.sleep(3)  # 16 running, the rest waiting in the gateway's queue
-        assert gauge_sum(cluster.metrics_url, "engine_running_requests") > 0
+        # 16 running, the rest waiting in the gateway's queue; the metrics export lags by its
+        # report interval, and more under a loaded machine.
+        wait_for(running_at_least(cluster, 1), 60, "the engines to report running requests")
         for response in streams:
             response.close()
     deadline = time.monotonic() + 30
@@ -129,7 +143,8 @@ def test_a_gateway_restart_loses_no_request_silently(cluster):
     threads = [threading.Thread(target=stream, args=(cluster.url, outcomes)) for _ in range(24)]
     for t in threads:
         t.start()
-    time.sleep(4)  # 16 running, 8 queued in the gateway
+    # Every seat busy (16 streams through the gateway), the rest queued behind them.
+    wait_for(running_at_least(cluster, 16), 60, "both engines running 8 streams each")
     (victim,) = gateway_actor_names()
     ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
     for t in threads:

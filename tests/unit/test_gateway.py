@@ -314,7 +314,9 @@ class _Recorder(InProcessEngine):
         self.requests.append(request)
         return self.engine.generate(request)
 
-    def release(self, admission, output_tokens, first_output_at, replica_failed=False):
+    def release(
+        self, admission, output_tokens, first_output_at, replica_failed=False, ended_at=None
+    ):
         self.released.append(output_tokens)
 
 

@@ -144,7 +144,9 @@ class _Dying(InProcessEngine):
     async def admit(self, request, tenant, prefix_key, tools, degradable):
         return Admission(replica=f"r-{self.calls}")
 
-    def release(self, admission, output_tokens, first_output_at, replica_failed=False):
+    def release(
+        self, admission, output_tokens, first_output_at, replica_failed=False, ended_at=None
+    ):
         self.failed.append((admission.replica, replica_failed))
 
     async def generate(self, request):

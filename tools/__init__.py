@@ -1,0 +1,1 @@
+"""Build and release tooling, run from the repository root (`python -m tools.<name>`)."""
