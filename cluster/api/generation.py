@@ -38,6 +38,9 @@ class EngineClient(Protocol):
 
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]: ...
 
+    def arrived(self, admission: Admission, received_at: float) -> None:
+        """The replica took the request at `received_at` (its clock; from the first output)."""
+
     def release(
         self,
         admission: Admission,
@@ -367,6 +370,8 @@ class Generation:
             replace(self.request, replica=admission.replica, gateway=admission.signal)
         )
         self._first = await anext(outputs)
+        if self._first.received_at is not None:
+            engine.arrived(admission, self._first.received_at)
         return outputs
 
     async def close(self) -> None:
@@ -455,6 +460,9 @@ class InProcessEngine:
         self, request: EngineRequest, tenant: str, prefix_key: str, tools: bool, degradable: bool
     ) -> Admission:
         return Admission()
+
+    def arrived(self, admission: Admission, received_at: float) -> None:
+        pass
 
     def release(
         self,

@@ -49,12 +49,14 @@ class EngineRequest:
 
 @dataclass(frozen=True)
 class EngineOutput:
-    """Tokens generated since the last output; `finish_reason` set on the last one, with
-    `ended_at`: when the replica freed the request's seat, on the clock of its load reports (so a
-    router can tell exactly whether a report already counts the seat as free)."""
+    """Tokens generated since the last output; `finish_reason` set on the last one. Times are
+    the replica's, on the clock of its load reports, so a router can tell exactly whether a
+    report already counts the request: `received_at` (on the first output) when the replica took
+    it, `ended_at` (on the last) when it freed its seat."""
 
     token_ids: list[int]
     finish_reason: FinishReason | None = None
+    received_at: float | None = None
     ended_at: float | None = None
 
 

@@ -63,6 +63,7 @@ class MockEngine(Engine):
         finish = "stop" if cut <= request.sampling.max_tokens else "length"
         script = script[: min(cut, request.sampling.max_tokens)]
         stream = _Stream(script)
+        received_at = time.time()
         self._streams[request.request_id] = stream
         self._model.add(
             request.request_id,
@@ -78,10 +79,11 @@ class MockEngine(Engine):
                 stream.wake.clear()
                 produced = stream.produced
                 if produced > sent or stream.done:
+                    first = received_at if sent == 0 else None
                     if stream.done:
-                        yield EngineOutput(script[sent:produced], finish, stream.ended_at)
+                        yield EngineOutput(script[sent:produced], finish, first, stream.ended_at)
                     else:
-                        yield EngineOutput(script[sent:produced])
+                        yield EngineOutput(script[sent:produced], received_at=first)
                     sent = produced
                 if stream.done:
                     return

@@ -89,6 +89,7 @@ class VLLMEngine(Engine):
         )
         finished = False
         generated = 0
+        received_at: float | None = time.time()  # on the first output only
         try:
             async for out in self._llm.generate(
                 prompt, params, request.request_id, priority=request.priority
@@ -100,11 +101,13 @@ class VLLMEngine(Engine):
                     max(request.expected_output_tokens - generated, 1),
                 )
                 finished = out.finished
+                tokens = list(completion.token_ids)
                 if finished:  # the engine core has freed its seat by now
                     reason = _finish_reason(completion.finish_reason)
-                    yield EngineOutput(list(completion.token_ids), reason, time.time())
+                    yield EngineOutput(tokens, reason, received_at, time.time())
                 else:
-                    yield EngineOutput(list(completion.token_ids))
+                    yield EngineOutput(tokens, received_at=received_at)
+                received_at = None
         finally:
             self._inflight.pop(request.request_id, None)
             if not finished:

@@ -66,7 +66,10 @@ class _Replica:
     placed there (not in the report yet) and requests that finished there (still in it)."""
 
     report: LoadReport
+    # (time placed, ticket); `received` holds the replica's own time of taking a ticket once
+    # its first output said so (exact), else the placement time plus the transit allowance holds.
     placed: list[tuple[float, Ticket]] = field(default_factory=list)
+    received: dict[str, float] = field(default_factory=dict)  # by request id
     # (time, exact): exact when the replica said when it freed the seat (its own clock).
     finished: list[tuple[float, bool]] = field(default_factory=list)
     placed_prompt: int = 0
@@ -77,19 +80,43 @@ class _Replica:
         self.placed_prompt += ticket.prompt_tokens
         self.placed_cost += ticket.cost_tokens
 
+    def arrived(self, ticket: Ticket, received_at: float) -> None:
+        if not any(placed is ticket for _, placed in self.placed):
+            return
+        if received_at <= self.report.reported_at:  # the last report already counts it
+            self._unplace(ticket)
+        else:
+            self.received[ticket.request_id] = received_at
+
+    def _unplace(self, ticket: Ticket) -> None:
+        self.placed = [(at, t) for at, t in self.placed if t is not ticket]
+        self.received.pop(ticket.request_id, None)
+        self.placed_prompt -= ticket.prompt_tokens
+        self.placed_cost -= ticket.cost_tokens
+
     def finish(self, ticket: Ticket, now: float, ended_at: float | None = None) -> None:
-        for i, (_, placed) in enumerate(self.placed):
-            if placed is ticket:  # placed and done between two reports: it was never counted
-                del self.placed[i]
-                self.placed_prompt -= ticket.prompt_tokens
-                self.placed_cost -= ticket.cost_tokens
-                return
-        self.finished.append((now, False) if ended_at is None else (ended_at, True))
+        if any(placed is ticket for _, placed in self.placed):
+            self._unplace(ticket)  # placed and done between two reports: it was never counted
+        elif ended_at is None:
+            self.finished.append((now, False))
+        elif ended_at > self.report.reported_at:  # else the last report already counts it free
+            self.finished.append((ended_at, True))
 
     def refresh(self, report: LoadReport, transit_s: float) -> None:
         self.report = report
-        # A request placed just before the report may still be on its way to the engine.
-        self.placed = [(at, t) for at, t in self.placed if at > report.reported_at - transit_s]
+        # A request the replica took after the report is not in it; one placed just before the
+        # report may still be on its way to the engine (until its first output says).
+        self.placed = [
+            (at, t)
+            for at, t in self.placed
+            if (
+                self.received[t.request_id] > report.reported_at
+                if t.request_id in self.received
+                else at > report.reported_at - transit_s
+            )
+        ]
+        kept = {t.request_id for _, t in self.placed}
+        self.received = {r: at for r, at in self.received.items() if r in kept}
         # A finish the replica timed is in the report exactly when it came first; one seen just
         # after the report may already be in it (its last output was in flight): keep counting
         # only the ones the report cannot have seen.
@@ -285,6 +312,12 @@ class Scheduler:
         return least
 
     # -- feedback --------------------------------------------------------------------------
+
+    def arrived(self, ticket: Ticket, replica: Hashable, received_at: float) -> None:
+        """The replica took `ticket` at `received_at` (its clock): a report from that time on
+        counts it, an earlier one does not, whatever the transit took."""
+        if (state := self._replicas.get(replica)) is not None:
+            state.arrived(ticket, received_at)
 
     def completed(
         self,

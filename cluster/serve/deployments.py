@@ -82,6 +82,10 @@ class ServeEngineClient:
             return Admission()
         return await self._dispatcher.admit(request, tenant, prefix_key, tools, degradable)
 
+    def arrived(self, admission: Admission, received_at: float) -> None:
+        if self._dispatcher is not None:
+            self._dispatcher.arrived(admission, received_at)
+
     def release(
         self,
         admission: Admission,

@@ -24,7 +24,10 @@ from cluster.scheduling.autoscaling import Attainment, GatewaySignal
 from cluster.scheduling.queue import Ticket
 from cluster.scheduling.scheduler import Rejected, Scheduler
 
-TRANSIT_S = 0.05  # gateway -> Serve router -> engine replica, with room to spare
+# Gateway -> Serve router -> engine replica, with room to spare. Only placements whose first
+# output has not come back yet, and aborted requests, lean on it: the rest are timed exactly by
+# the replica's own clock (a busy gateway hears of them seconds late).
+TRANSIT_S = 0.05
 
 ReportListener = Callable[[Mapping[str, LoadReport]], None]
 _listeners: dict[tuple[str, str], ReportListener] = {}  # (app, deployment) -> listener
@@ -149,6 +152,11 @@ class Dispatcher:
             raise
         effort = decision.ticket.effort if decision.degraded_from else None
         return Admission(replica, effort, decision.ticket, tools, self.signal(self._clock()))
+
+    def arrived(self, admission: Admission, received_at: float) -> None:
+        """The replica took the request at `received_at`: reports from then on count it."""
+        if admission.ticket is not None and admission.replica is not None:
+            self.scheduler.arrived(admission.ticket, admission.replica, received_at)
 
     def release(
         self,

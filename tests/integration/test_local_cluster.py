@@ -138,8 +138,4 @@ def test_requests_wait_in_the_gateway_not_in_the_engine(cluster, client):
             time.sleep(0.05)
     assert all(r.result().status_code == 200 for r in replies)
     assert all(r.result().headers["x-reasoning-effort"] == "high" for r in replies)
-    # Pushed to the engine, six of the ten would wait there. Known defect (left to the request-
-    # path rebuild, issue 15): the gateway's seat ledger sometimes places one request more than
-    # a full engine holds, around a load report (seen here as 1-2 waiting for ~0.3 s, also at the
-    # commit before this one), so this bounds it instead of asserting 0.
-    assert peak_running == 4 and peak_waiting <= 2
+    assert peak_running == 4 and peak_waiting == 0

@@ -183,6 +183,27 @@ def test_a_finished_request_frees_its_seat_before_the_next_report():
     assert s.dispatch(0.5) == []
 
 
+def test_the_replicas_own_times_say_which_report_counts_a_request():
+    """A gateway hears of a finish or an arrival late (seconds, when its loop is busy): the
+    replica's own timestamps, not the gateway's clock, decide whether a report counts it."""
+    s = scheduler()
+    s.report("a", idle(running=2, seats=2, at=10.0))
+    done = Ticket("done", Effort.LOW, "t", 100, 200, 0.0, 1.0)
+    s.completed(done, "a", output_tokens=None, now=12.0, ended_at=9.5)  # already free at 10.0
+    s.submit(s.ticket("r1", Effort.LOW, "t", 100, 1000, now=12.0), 12.0)
+    assert s.dispatch(12.0) == []  # counted free twice, this would overfill the replica
+    s.completed(done, "a", output_tokens=None, now=12.1, ended_at=10.5)  # after the report
+    ((placed, _),) = s.dispatch(12.1)
+    # The replica took it at 12.3; a report made at 12.2 (before) leaves it out, whatever the
+    # transit allowance says, and one made at 12.4 counts it.
+    s.arrived(placed, "a", received_at=12.3)
+    s.report("a", idle(running=1, seats=2, at=12.2))
+    s.submit(s.ticket("r2", Effort.LOW, "t", 100, 1000, now=12.5), 12.5)
+    assert s.dispatch(12.5) == []
+    s.report("a", idle(running=1, seats=2, at=12.4))  # r1 in it, a seat free
+    assert len(s.dispatch(12.6)) == 1
+
+
 def test_gone_replicas_and_withdrawn_requests_are_forgotten():
     s, home = prefix_placed(1, admission_slack=100)
     s.forget(["b" if home == "a" else "a"])
