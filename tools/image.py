@@ -34,8 +34,18 @@ BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "wget")
 # Named for what it holds, so a changed package list makes a new base instead of reusing the old.
 BASE_TAG = hashlib.sha256(" ".join(BASE_PACKAGES).encode()).hexdigest()[:12]
 BASE_IMAGE = f"localhost/gpt-oss-cluster-base:bookworm-{BASE_TAG}"
+# Documentation and translations out of the base (copyright files stay).
+SLIM = [
+    f"--dpkgopt=path-{rule}=/usr/share/{path}"
+    for rule, path in (
+        ("exclude", "man/*"),
+        ("exclude", "locale/*"),
+        ("exclude", "doc/*"),
+        ("include", "doc/*/copyright"),
+    )
+]
 # The images' target, whatever the host: pip takes wheels for these tags only.
-PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in range(28, 4, -1)] + [
+PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in range(36, 4, -1)] + [
     "manylinux2014_x86_64",
     "manylinux2010_x86_64",
     "manylinux1_x86_64",
@@ -153,18 +163,10 @@ def ensure_base() -> str:
     tar = CACHE / "base" / f"bookworm-{BASE_TAG}.tar"
     tar.parent.mkdir(parents=True, exist_ok=True)
     if not tar.is_file():
-        run(
-            "mmdebstrap",
-            "--variant=minbase",
-            "--include=" + ",".join(BASE_PACKAGES),
-            "--dpkgopt=path-exclude=/usr/share/man/*",
-            "--dpkgopt=path-exclude=/usr/share/locale/*",
-            "--dpkgopt=path-exclude=/usr/share/doc/*",
-            "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-            "bookworm",
-            tar.with_suffix(".partial.tar"),
-        )
-        tar.with_suffix(".partial.tar").replace(tar)
+        partial = tar.with_suffix(".partial.tar")
+        packages = "--include=" + ",".join(BASE_PACKAGES)
+        run("mmdebstrap", "--variant=minbase", packages, *SLIM, "bookworm", partial)
+        partial.replace(tar)
     run("podman", "import", "--quiet", tar, BASE_IMAGE, stdout=subprocess.DEVNULL)
     return BASE_IMAGE
 

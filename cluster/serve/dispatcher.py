@@ -24,10 +24,10 @@ from cluster.scheduling.autoscaling import Attainment, GatewaySignal
 from cluster.scheduling.queue import Ticket
 from cluster.scheduling.scheduler import Rejected, Scheduler
 
-# Gateway -> Serve router -> engine replica, with room to spare. Only placements whose first
-# output has not come back yet, and aborted requests, lean on it: the rest are timed exactly by
-# the replica's own clock (a busy gateway hears of them seconds late).
-TRANSIT_S = 0.05
+# Gateway -> Serve router -> engine replica, generously: a busy gateway's event loop delays the
+# hop by hundreds of milliseconds. It only covers placements whose first output has not come back
+# yet (and aborted requests): the rest are timed exactly by the replica's own clock.
+TRANSIT_S = 1.0
 
 ReportListener = Callable[[Mapping[str, LoadReport]], None]
 _listeners: dict[tuple[str, str], ReportListener] = {}  # (app, deployment) -> listener

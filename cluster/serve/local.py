@@ -101,15 +101,17 @@ def local_cluster(
     from cluster.serve.app import build
 
     temp_dir = tempfile.mkdtemp(prefix="gpt-oss-ray-")
-    ray.init(
-        address="local",
-        include_dashboard=False,
-        _temp_dir=temp_dir,
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-        _metrics_export_port=metrics_port,
-    )
     try:
+        # A start that fails half-way (a GCS that does not come up in time) must not leave
+        # Ray's global state set, or every later start in this process fails too.
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            _temp_dir=temp_dir,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+            _metrics_export_port=metrics_port,
+        )
         serve.start(http_options={"host": config.gateway.host, "port": config.gateway.port})
         # serve.run blocks until every replica is up: report replica states meanwhile.
         with ThreadPoolExecutor(1) as pool:

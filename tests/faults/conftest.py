@@ -14,6 +14,8 @@ def cluster():
     config = fast_config(
         0.05,
         gateway={"port": free_port()},
+        # Faults are under test, not shedding: every request is admitted however slow the box.
+        router={"admission_slack": 100.0},
         efforts={"high": high},
         engine={"mock": {"max_num_seqs": 8}},
         engine_replicas={"min_replicas": 2, "max_replicas": 2},
