@@ -107,11 +107,14 @@ def wheelhouse(variant: str, torch_index: str = TORCH_CPU_INDEX) -> Path:
         "-d",
         out,
     )
-    wanted = pins(lock.path.read_text())
-    for wheel in out.glob("*.whl"):
+    wanted, kept = pins(lock.path.read_text()), set()
+    # Newest first: of two files of one pin (another platform tag chosen), the last download wins.
+    for wheel in sorted(out.glob("*.whl"), key=lambda w: w.stat().st_mtime, reverse=True):
         name, version = wheel.name.split("-")[:2]
-        if wanted.get(normalize(name)) != version:
+        if wanted.get(normalize(name)) != version or normalize(name) in kept:
             wheel.unlink()  # left from an older lock
+        else:
+            kept.add(normalize(name))
     return out
 
 
