@@ -1,5 +1,7 @@
 import os
 import shutil
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,3 +24,11 @@ def system_tool(name: str) -> str:
             pytest.fail(f"{name} is missing: `make test` installs it with apt")
         pytest.skip(f"{name} not installed (`make test` installs it with apt)")
     return found
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.25)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from cluster.release import image_ref, image_tag
 from cluster.vocab import write_vocab
-from tools.image import BuildError, builder, save, stage
+from tools.image import BuildError, builder, copy_recipe, save, stage
 from tools.lock import LOCKS, ROOT
 
 MANIFEST = "SHA256SUMS"
@@ -67,11 +67,8 @@ def make(out: Path, variants: tuple[str, ...], helm: Path, tool: str = "auto") -
         save(image_ref(variant), out / "images" / f"gpt-oss-cluster-{image_tag(variant)}.oci.tar")
         stage(variant, out / "contexts" / variant)
     recipe = out / "recipe"
-    (recipe / "locks").mkdir(parents=True)
-    for name in ("Dockerfile", "preflight.sh"):
-        shutil.copy2(ROOT / "images" / name, recipe / name)
-    shutil.copy2(ROOT / "tools" / "lock.py", recipe / "lock.py")
-    shutil.copy2(ROOT / "pyproject.toml", recipe / "pyproject.toml")
+    copy_recipe(recipe)
+    (recipe / "locks").mkdir()
     for lock in LOCKS.values():
         shutil.copy2(lock.path, recipe / "locks" / lock.path.name)
     charts = out / "charts"

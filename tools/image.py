@@ -126,14 +126,19 @@ def package_wheel(out: Path) -> Path:
     return wheel
 
 
+def copy_recipe(out: Path) -> None:
+    """The files every build context holds: the Dockerfile, its preflight, the lock checker and
+    the pyproject.toml it checks against."""
+    out.mkdir(parents=True, exist_ok=True)
+    for source in ("images/Dockerfile", "images/preflight.sh", "tools/lock.py", "pyproject.toml"):
+        shutil.copy2(ROOT / source, out / Path(source).name)
+
+
 def stage(variant: str, out: Path, torch_index: str = TORCH_CPU_INDEX) -> Path:
     """A complete, offline build context for `variant` in `out` (replaced)."""
     shutil.rmtree(out, ignore_errors=True)
     (out / "wheels").mkdir(parents=True)
-    for name in ("Dockerfile", "preflight.sh"):
-        shutil.copy2(ROOT / "images" / name, out / name)
-    shutil.copy2(ROOT / "tools" / "lock.py", out / "lock.py")
-    shutil.copy2(ROOT / "pyproject.toml", out / "pyproject.toml")
+    copy_recipe(out)
     shutil.copy2(LOCKS[variant].path, out / "lock.txt")
     for wheel in wheelhouse(variant, torch_index).glob("*.whl"):
         os.link(wheel, out / "wheels" / wheel.name)  # same filesystem: no copy

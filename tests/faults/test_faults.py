@@ -11,6 +11,7 @@ import ray
 from ray import serve
 
 from cluster.serve.local import APP_NAME
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 BODY = {"model": "gpt-oss-120b", "reasoning_effort": "high", "stream": True,
@@ -32,14 +33,6 @@ def gauge_sum(metrics_url: str, name: str) -> float:
     text = httpx.get(metrics_url, timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(f"ray_gpt_oss_{name}{{"))  # fmt: skip
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.25)
 
 
 def running_at_least(cluster, n: int):

@@ -12,12 +12,12 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 
 from cluster.vocab import VOCAB_SHA256
+from tests.helpers import wait_for
 from tests.image.conftest import netns_pids
 from tools import bundle, image
 
@@ -48,13 +48,6 @@ def call(*command: str | Path, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(c) for c in command], capture_output=True, text=True, check=False, **kwargs
     )
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.5)
 
 
 def serving_pid(netns: str) -> int | None:

@@ -10,6 +10,7 @@ from ray import serve
 
 from cluster.engine.base import LoadReport
 from cluster.serve.local import APP_NAME
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 MODEL = "gpt-oss-120b"
@@ -117,12 +118,13 @@ def test_requests_wait_in_the_gateway_not_in_the_engine(cluster, client):
     that reaches a free seat between two engine steps counts as waiting until the next step: only
     waiting beside four running requests is queueing.)"""
     client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=1)
+
     # The engine's load report reaches the gateway's scheduler (/ready says so): until then the
     # gateway cannot bind late.
-    deadline = time.monotonic() + 30
-    while httpx.get(f"{cluster.url}/ready", timeout=10).status_code != 200:
-        assert time.monotonic() < deadline, "the gateway never heard the engine's load report"
-        time.sleep(0.2)
+    def ready() -> bool:
+        return httpx.get(f"{cluster.url}/ready", timeout=10).status_code == 200
+
+    wait_for(ready, 30, "the engine's load report to reach the gateway")
     body = {"model": MODEL, "messages": QUESTION, "reasoning_effort": "high"}
     with ThreadPoolExecutor(10) as pool:
         replies = [

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from cluster.chart import CHART_DIR
-from cluster.release import VERSION, image_tag
+from cluster.release import VARIANTS, VERSION, image_tag
 from tools.lock import LOCKS, ROOT, check, pins
 
 
@@ -68,6 +68,12 @@ def test_the_dockerfile_lints_clean():
         [hadolint, str(ROOT / "images" / "Dockerfile")], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_image_variant_has_its_lock():
+    """tools/lock.py stays standard-library only (it runs in the image before any install), so
+    the variants are spelled there and in cluster/release.py: they must agree."""
+    assert set(VARIANTS) == set(LOCKS)
 
 
 def test_the_chart_names_the_images_make_image_tags():
