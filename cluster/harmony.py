@@ -31,7 +31,7 @@ from openai_harmony import (
     load_harmony_encoding,
 )
 
-from cluster.config import Effort
+from cluster.contracts import Effort
 from cluster.vocab import ensure_vocab
 
 TOOL_NAMESPACE = "functions"

@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ray.util.metrics import Counter, Gauge, Histogram
 
-from cluster.config import Effort, EffortProfile
+from cluster.config import EffortProfile
+from cluster.contracts import Effort, Outcome
 from cluster.scheduling.autoscaling import Decision
 
 if TYPE_CHECKING:
     from cluster.api.generation import RequestRecord
-    from cluster.engine.base import LoadReport
+    from cluster.contracts import LoadReport
     from cluster.scheduling.scheduler import Scheduler
 
 RAY_PREFIX = "ray_"
@@ -166,7 +167,7 @@ class GatewayMetrics:
             for kind, n in (("prompt", r.prompt_tokens), ("completion", r.completion_tokens)):
                 if n:
                     m[KEY_TOKENS.name].inc(n, {"key": r.key, "kind": kind})
-        if r.outcome == "quota":
+        if r.outcome == Outcome.QUOTA:
             return
         m[DURATION.name].observe(r.finished_at - r.arrived_at, effort | {"outcome": r.outcome})
         if r.admitted_at is not None:
@@ -181,10 +182,10 @@ class GatewayMetrics:
                         ("completion", r.completion_tokens)):  # fmt: skip
             if n:
                 m[TOKENS.name].inc(n, effort | {"kind": kind})
-        if r.outcome in ("completed", "rejected"):
-            met = r.outcome == "completed" and r.meets_slo(self._efforts[r.effort])
+        if r.outcome in (Outcome.COMPLETED, Outcome.REJECTED):
+            met = r.met(self._efforts[r.effort])
             m[SLO.name].inc(1, effort | {"met": str(met).lower()})
-        if r.outcome == "completed" and r.expected_output_tokens:
+        if r.outcome == Outcome.COMPLETED and r.expected_output_tokens:
             ratio = r.completion_tokens / r.expected_output_tokens
             m[COST_RATIO.name].observe(ratio, effort)
 

@@ -35,10 +35,10 @@ from cluster.api.generation import (
     Stream,
     check_model,
     engine_request,
+    new_id,
 )
 from cluster.api.protocol import ChatCompletionRequest, ChatMessage
-from cluster.config import Effort
-from cluster.engine.base import EngineRequest
+from cluster.contracts import Effort, EngineRequest
 from cluster.harmony import ChannelDelta, ChannelParser, ToolCall, ToolSpec, Turn
 
 
@@ -151,10 +151,21 @@ class ChatService(Service):
         requested = body.max_completion_tokens or body.max_tokens
         param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
 
+        request_id = new_id("chatcmpl")
+
         def render(effort: Effort, degraded: bool = False) -> EngineRequest:
             prompt = self._harmony.render(turns, effort, instructions, tools)
-            return engine_request(self._config, body, prompt, effort, requested, param,
-                                  self._harmony.stop_token_ids, "chatcmpl", degraded)  # fmt: skip
+            return engine_request(
+                self._config,
+                body,
+                prompt,
+                request_id=request_id,
+                effort=effort,
+                requested_max_tokens=requested,
+                max_tokens_param=param,
+                stop_token_ids=self._harmony.stop_token_ids,
+                degraded=degraded,
+            )
 
         demand = Demand(
             tenant=caller.tenant,

@@ -23,6 +23,7 @@ from cluster.api.generation import (
     Stream,
     check_model,
     engine_request,
+    new_id,
 )
 from cluster.api.protocol import CompletionRequest
 from cluster.harmony import VOCAB_SIZE
@@ -45,11 +46,14 @@ class CompletionService(Service):
             self._config,
             body,
             prompt,
-            self._config.default_effort,
-            body.max_tokens,
-            "max_tokens",
-            (*self._harmony.stop_token_ids, self._harmony.special_id("<|endoftext|>")),
-            "cmpl",
+            request_id=new_id("cmpl"),
+            effort=self._config.default_effort,
+            requested_max_tokens=body.max_tokens,
+            max_tokens_param="max_tokens",
+            stop_token_ids=(
+                *self._harmony.stop_token_ids,
+                self._harmony.special_id("<|endoftext|>"),
+            ),
         )
         deadline = self._config.efforts[request.effort].deadline_s
         run = Generation(request, StopMatcher(body.stop), Demand(tenant=caller.tenant),

@@ -28,6 +28,7 @@ from cluster.api.protocol import (
 from cluster.api.response_store import InMemoryStore, ResponseStore
 from cluster.api.responses import ResponsesService
 from cluster.config import ClusterConfig
+from cluster.contracts import Outcome
 from cluster.harmony import Harmony
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,9 @@ def create_app(
             if on_done is not None:
                 effort = getattr(body, "reasoning_effort", None) or config.default_effort
                 now = time.time()
-                on_done(RequestRecord(service.endpoint, effort, identity.name, "quota", now, now))
+                on_done(
+                    RequestRecord(service.endpoint, effort, identity.name, Outcome.QUOTA, now, now)
+                )
             raise OpenAIError(
                 429,
                 f"Rate limit reached for API key {identity.name}: {refusal.message}.",
@@ -133,7 +136,7 @@ def create_app(
                 released = True
                 used = (
                     0
-                    if record.outcome == "rejected"
+                    if record.outcome == Outcome.REJECTED
                     # shed by us: not the key's use
                     else (record.prompt_tokens + record.completion_tokens)
                 )

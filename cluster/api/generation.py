@@ -8,33 +8,32 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Protocol
 
 from cluster.api.errors import OpenAIError
 from cluster.api.protocol import SamplingRequest
-from cluster.config import ClusterConfig, Effort, EffortProfile
-from cluster.engine.base import Engine, EngineOutput, EngineRequest, SamplingParams
+from cluster.config import ClusterConfig, EffortProfile
+from cluster.contracts import (
+    Admission,
+    Effort,
+    EngineOutput,
+    EngineRequest,
+    EngineUnavailable,
+    Outcome,
+    Overloaded,
+    SamplingParams,
+    SchedulingRequest,
+)
+from cluster.engine.base import Engine
 from cluster.harmony import Harmony
-
-
-@dataclass(frozen=True)
-class Admission:
-    """The scheduler's answer for one request: where it runs and at which effort."""
-
-    replica: str | None = None  # None: Serve's router picks
-    effort: Effort | None = None  # set when the scheduler lowered the effort (degradation)
-    ticket: Any = None  # the scheduler's handle, given back on release
-    tools: bool = False
-    signal: Any = None  # the gateway's demand signal for the engines' autoscaling metrics
 
 
 class EngineClient(Protocol):
     """How the gateway reaches engines: a Serve handle in the cluster, an engine object in tests."""
 
-    async def admit(
-        self, request: EngineRequest, tenant: str, prefix_key: str, tools: bool, degradable: bool
-    ) -> Admission:
-        """Wait until the request may run; raise `Overloaded` to shed it."""
+    async def admit(self, request: SchedulingRequest, degradable: bool) -> Admission:
+        """Wait until the request may run; raise `Overloaded` to shed it. `degradable`: the
+        caller can re-render it at a lower effort."""
 
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]: ...
 
@@ -58,18 +57,6 @@ class EngineClient(Protocol):
 
 
 START_ATTEMPTS = 2  # a replica that dies before the first output: once more elsewhere
-
-
-class EngineUnavailable(Exception):
-    """The engine replica went away (died, restarted) while holding the request."""
-
-
-class Overloaded(Exception):
-    """The router holds too many requests already; the gateway answers 429."""
-
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"overloaded, retry after {retry_after_s} s")
-        self.retry_after_s = retry_after_s
 
 
 def new_id(prefix: str) -> str:
@@ -126,15 +113,17 @@ def engine_request(
     config: ClusterConfig,
     body: SamplingRequest,
     prompt: list[int],
+    *,
+    request_id: str,
     effort: Effort,
     requested_max_tokens: int | None,
     max_tokens_param: str,
     stop_token_ids: Sequence[int],
-    id_prefix: str,
     degraded: bool = False,
 ) -> EngineRequest:
     """The engine's view of a request: output budget checked, sampling set, cost prior attached.
-    A request `degraded` to a lower effort keeps the client's budget within that effort's cap."""
+    A request `degraded` to a lower effort keeps its id and the client's budget within that
+    effort's cap."""
     cap = config.efforts[effort].max_tokens
     if degraded and requested_max_tokens and cap:
         requested_max_tokens = min(requested_max_tokens, cap)
@@ -143,7 +132,7 @@ def engine_request(
     )
     prior = config.efforts[effort].output_tokens
     return EngineRequest(
-        request_id=new_id(id_prefix),
+        request_id=request_id,
         prompt_token_ids=prompt,
         sampling=SamplingParams(
             max_tokens=max_tokens,
@@ -154,7 +143,6 @@ def engine_request(
         ),
         effort=effort,
         expected_output_tokens=min(max_tokens, math.ceil(prior.mean_tokens)),
-        priority=list(Effort).index(effort),
     )
 
 
@@ -227,9 +215,7 @@ class RequestRecord:
     endpoint: str
     effort: Effort  # the effort it ran at
     key: str | None  # the API key's name
-    # completed, cancelled (the client left), failed, deadline (504), rejected (shed: 429),
-    # quota (over the API key's limits: 429)
-    outcome: str
+    outcome: Outcome
     arrived_at: float
     finished_at: float
     admitted_at: float | None = None
@@ -241,14 +227,13 @@ class RequestRecord:
     completion_tokens: int = 0
     expected_output_tokens: int = 0  # the cost model's prediction
 
-    def meets_slo(self, slo: EffortProfile) -> bool:
-        """TTFT and mean inter-token latency within the effort's SLOs (as the scheduler judges)."""
-        if self.first_token_at is None:
+    def met(self, slo: EffortProfile) -> bool:
+        """Completed within both of its effort's SLOs."""
+        if self.outcome != Outcome.COMPLETED or self.first_token_at is None:
             return False
         n = self.completion_tokens
         itl = (self.finished_at - self.first_token_at) / (n - 1) if n > 1 else 0.0
-        ttft = self.first_token_at - self.arrived_at
-        return ttft <= slo.ttft_slo_s and itl <= slo.itl_slo_s
+        return slo.met(self.first_token_at - self.arrived_at, itl)
 
 
 @dataclass
@@ -285,12 +270,24 @@ class Generation:
     def reasoning_tokens(self) -> int:
         return 0  # no channels without harmony parsing
 
+    @property
+    def scheduling_request(self) -> SchedulingRequest:
+        return SchedulingRequest(
+            request_id=self.request.request_id,
+            effort=self.request.effort,
+            prompt_tokens=self.prompt_tokens,
+            max_tokens=self.request.sampling.max_tokens,
+            tenant=self.demand.tenant,
+            prefix_key=self.demand.prefix_key,
+            tools=self.demand.tools,
+        )
+
     def answer_started(self) -> None:
         """The first final-channel text went out (chat calls this)."""
         if self._first_answer_at is None:
             self._first_answer_at = time.time()
 
-    def _done(self, outcome: str) -> None:
+    def _done(self, outcome: Outcome) -> None:
         if self.caller.on_done is None or self._recorded:
             return
         self._recorded = True
@@ -331,11 +328,11 @@ class Generation:
             self._first_at = time.time()
         except TimeoutError:
             self._release(None)
-            self._done("deadline")
+            self._done(Outcome.DEADLINE)
             raise self._deadline_error() from None
         except Overloaded as err:
             self._release(None)
-            self._done("rejected")
+            self._done(Outcome.REJECTED)
             raise OpenAIError(
                 429,
                 "The cluster is at capacity; retry after the Retry-After delay.",
@@ -343,31 +340,30 @@ class Generation:
                 headers={"Retry-After": str(err.retry_after_s)},
             ) from None
         except EngineUnavailable:
-            self._done("failed")
+            self._done(Outcome.FAILED)
             raise OpenAIError(503, "No engine replica could take the request; retry.",
                               code="engine_unavailable") from None  # fmt: skip
         except StopAsyncIteration:
             self._release(None)
-            self._done("failed")
+            self._done(Outcome.FAILED)
             raise OpenAIError(503, "the engine ended the request without output") from None
         except BaseException as err:
             self._release(None)
-            self._done("failed" if isinstance(err, Exception) else "cancelled")
+            self._done(Outcome.FAILED if isinstance(err, Exception) else Outcome.CANCELLED)
             raise
         self._rest = outputs
 
     async def _attempt(self, engine: EngineClient) -> AsyncIterator[EngineOutput]:
         """One admission and engine call, up to the first output."""
         demand = self.demand
-        admission = await engine.admit(self.request, demand.tenant, demand.prefix_key,
-                                       demand.tools, demand.rerender is not None)  # fmt: skip
+        admission = await engine.admit(self.scheduling_request, demand.rerender is not None)
         self._engine, self._admission = engine, admission  # released on failure
         self._admitted_at = time.time()
         if admission.effort is not None and demand.rerender is not None:
             self.degraded_from = self.degraded_from or self.request.effort  # the asked-for one
             self.request = demand.rerender(admission.effort)
         outputs = engine.generate(
-            replace(self.request, replica=admission.replica, gateway=admission.signal)
+            replace(self.request, replica=admission.replica, demand=admission.demand)
         )
         self._first = await anext(outputs)
         if self._first.received_at is not None:
@@ -381,7 +377,7 @@ class Generation:
                 await self._rest.aclose()
         finally:
             self._release(None)
-            self._done("cancelled")
+            self._done(Outcome.CANCELLED)
 
     def _deadline_error(self) -> OpenAIError:
         limit = f" of {self.deadline_s:g} s" if self.deadline_s is not None else ""
@@ -418,15 +414,15 @@ class Generation:
                     self._gaps.append((now - last_at) / len(output.token_ids))
                     last_at = now
         except TimeoutError:
-            failed = "deadline"
+            failed = Outcome.DEADLINE
             raise self._deadline_error() from None
         except EngineUnavailable:
-            failed = "failed"
+            failed = Outcome.FAILED
             self._release(None, replica_failed=True)
             raise OpenAIError(503, "The engine replica serving this request stopped; retry.",
                               code="engine_unavailable") from None  # fmt: skip
         except Exception:
-            failed = "failed"
+            failed = Outcome.FAILED
             raise
         finally:
             await self._rest.aclose()
@@ -435,7 +431,7 @@ class Generation:
             if self.stop.stopped:
                 self.finish_reason = "stop"
             finished = ran_to_end or self.stop.stopped
-            self._done(failed or ("completed" if finished else "cancelled"))
+            self._done(failed or (Outcome.COMPLETED if finished else Outcome.CANCELLED))
 
 
 class Service:
@@ -456,9 +452,7 @@ class InProcessEngine:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    async def admit(
-        self, request: EngineRequest, tenant: str, prefix_key: str, tools: bool, degradable: bool
-    ) -> Admission:
+    async def admit(self, request: SchedulingRequest, degradable: bool) -> Admission:
         return Admission()
 
     def arrived(self, admission: Admission, received_at: float) -> None:

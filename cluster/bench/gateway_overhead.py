@@ -23,8 +23,8 @@ from fastapi import FastAPI, Request
 
 from cluster.api.gateway import create_app
 from cluster.api.generation import InProcessEngine
-from cluster.config import ClusterConfig, Effort
-from cluster.engine.base import EngineRequest, SamplingParams
+from cluster.config import ClusterConfig
+from cluster.contracts import Effort, EngineRequest, SamplingParams
 from cluster.engine.mock import MockEngine
 from cluster.harmony import Harmony, Turn
 from cluster.serve.local import free_port, local_cluster

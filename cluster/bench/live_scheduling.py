@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from cluster.config import ClusterConfig, Effort, deep_merge
+from cluster.config import ClusterConfig, deep_merge
+from cluster.contracts import Effort
 from cluster.serve.local import free_port, local_cluster
 from cluster.sim.workload import Lognormal, WorkloadSpec, generate
 
@@ -106,8 +107,7 @@ def _report(policy: str, outcomes: list[Outcome], config: ClusterConfig, duratio
     failed = sum(o.status not in (200, 429) for o in outcomes)
 
     def meets(o: Outcome) -> bool:
-        slo = config.efforts[o.effort]
-        return o.status == 200 and o.ttft_s <= slo.ttft_slo_s and o.mean_itl_s <= slo.itl_slo_s
+        return o.status == 200 and config.efforts[o.effort].met(o.ttft_s, o.mean_itl_s)
 
     good = sum(meets(o) for o in outcomes)
     served = [o for o in outcomes if o.status == 200]

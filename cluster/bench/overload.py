@@ -19,7 +19,8 @@ import time
 import httpx
 
 from cluster.bench.live_scheduling import Outcome, _config, _drive, _one, _q
-from cluster.config import ClusterConfig, Effort
+from cluster.config import ClusterConfig
+from cluster.contracts import Effort
 from cluster.serve.local import local_cluster
 from cluster.sim.workload import Lognormal, WorkloadSpec
 
@@ -103,8 +104,7 @@ def _report(outcomes: list[Outcome], after: list[Outcome], config, peak_rss: int
     other = len(outcomes) - len(served) - shed - errors
 
     def meets(o: Outcome) -> bool:
-        slo = config.efforts[o.effort]
-        return o.status == 200 and o.ttft_s <= slo.ttft_slo_s and o.mean_itl_s <= slo.itl_slo_s
+        return o.status == 200 and config.efforts[o.effort].met(o.ttft_s, o.mean_itl_s)
 
     good = sum(meets(o) for o in outcomes)
     print(f"\n{len(outcomes)} requests: {len(served)} admitted and served, {shed} shed with 429 "

@@ -16,8 +16,8 @@ from pathlib import Path
 from matplotlib.figure import Figure  # the object API: no pyplot state, no GUI backend
 from rich.progress import MofNCompleteColumn, Progress
 
-from cluster.config import ClusterConfig, Effort, RouterConfig
-from cluster.engine.base import LoadReport
+from cluster.config import ClusterConfig, RouterConfig
+from cluster.contracts import Effort, LoadReport, SchedulingRequest
 from cluster.scheduling.scheduler import Scheduler
 from cluster.sim.simulator import SimResult, simulate
 from cluster.sim.workload import Arrivals, ClusterSpec, WorkloadSpec
@@ -134,8 +134,11 @@ def decisions_per_second(replicas: int = 64, queued: int = 10_000) -> float:
     rng = random.Random(0)
     efforts = list(Effort)
     for i in range(queued):
-        t = scheduler.ticket(f"r{i}", rng.choice(efforts), f"t{i % 10}", rng.randint(100, 2000),
-                             8192, now=i * 1e-4, prefix_key=f"p{i % 50}")  # fmt: skip
+        effort, prompt = rng.choice(efforts), rng.randint(100, 2000)
+        request = SchedulingRequest(
+            f"r{i}", effort, prompt, 8192, tenant=f"t{i % 10}", prefix_key=f"p{i % 50}"
+        )
+        t = scheduler.ticket(request, now=i * 1e-4)
         scheduler.queue.push(t)
     for k in range(replicas):
         scheduler.report(k, LoadReport(0, 0, 0, 10**9, 0, 10**6, 0.0))

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from cluster.config import ClusterConfig
-from cluster.engine.base import Engine, EngineOutput, EngineRequest, LoadReport
+from cluster.contracts import EngineOutput, EngineRequest, LoadReport
+from cluster.engine.base import Engine
 from cluster.engine.batching import BatchingModel
 from cluster.engine.mock_replies import ReplyWriter
 from cluster.harmony import Harmony

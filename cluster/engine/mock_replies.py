@@ -15,7 +15,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from cluster.config import Effort, EffortProfile
+from cluster.config import EffortProfile
+from cluster.contracts import Effort
 from cluster.harmony import TOOL_NAMESPACE, Harmony
 
 _VOCABULARY = (

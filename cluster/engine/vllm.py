@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig
-from cluster.engine.base import Engine, EngineOutput, EngineRequest, LoadReport
+from cluster.contracts import EngineOutput, EngineRequest, LoadReport
+from cluster.engine.base import Engine
 from cluster.engine.parallelism import vllm_engine_args
 
 logger = logging.getLogger(__name__)

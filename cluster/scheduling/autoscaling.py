@@ -24,7 +24,8 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from cluster.config import AutoscalingConfig, Effort
+from cluster.config import AutoscalingConfig
+from cluster.contracts import DemandSignal, Effort
 
 ATTAINMENT_WINDOW_S = 60.0  # SLO attainment is judged over the last minute of finished requests
 
@@ -155,30 +156,15 @@ class Attainment:
         return {e: sum(v) / len(v) for e, v in seen.items()}
 
 
-@dataclass(frozen=True)
-class GatewaySignal:
-    """What one gateway's scheduler knows about demand, carried to the engines on each request it
-    dispatches (Ray Serve's autoscaler reads metrics from the replicas it scales, and the queue
-    lives in the gateways)."""
-
-    gateway: str
-    at: float
-    offered_tokens_s: float
-    queued_tokens: float
-    waiting_requests: int
-    capacity_tokens_s: float | None  # its dispatch rate in tokens while saturated
-    attainment: tuple[tuple[Effort, float], ...] = ()
-
-
 @dataclass
 class SignalBoard:
     """An engine replica's latest signal from each gateway, summed into autoscaling metrics.
     A gateway unheard from for `stale_s` no longer counts (it sends nothing when idle)."""
 
     stale_s: float = 30.0
-    _latest: dict[str, GatewaySignal] = field(default_factory=dict)
+    _latest: dict[str, DemandSignal] = field(default_factory=dict)
 
-    def note(self, signal: GatewaySignal | None) -> None:
+    def note(self, signal: DemandSignal | None) -> None:
         if signal is not None:
             self._latest[signal.gateway] = signal
 

@@ -12,7 +12,8 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from cluster.config import Effort, EffortProfile
+from cluster.config import EffortProfile
+from cluster.contracts import Effort, SchedulingRequest
 
 _BINS_PER_DOUBLING = 8
 
@@ -52,24 +53,22 @@ class CostModel:
     def _keys(self, effort: Effort, tenant: str, tools: bool) -> list[tuple]:
         return [(effort, tools, tenant), (effort, tools)]
 
-    def expected_output_tokens(
-        self, effort: Effort, tenant: str = "", max_tokens: int | None = None, tools: bool = False
-    ) -> int:
-        for key in self._keys(effort, tenant, tools):
+    def expected(self, request: SchedulingRequest) -> int:
+        """Expected output tokens: the learned mean for the request's key, within its budget."""
+        for key in self._keys(request.effort, request.tenant, request.tools):
             sketch = self._sketches.get(key)
             if sketch is not None and sketch.n >= self.min_samples:
                 mean = sketch.mean()
                 break
         else:
-            mean = self.efforts[effort].output_tokens.mean_tokens
-        return max(1, math.ceil(min(mean, max_tokens or mean)))
+            mean = self.efforts[request.effort].output_tokens.mean_tokens
+        return max(1, math.ceil(min(mean, request.max_tokens or mean)))
 
-    def observe(
-        self, effort: Effort, tenant: str, tools: bool, output_tokens: int, predicted: int
-    ) -> None:
-        for key in self._keys(effort, tenant, tools):
+    def observe(self, request: SchedulingRequest, predicted: int, output_tokens: int) -> None:
+        """A request ran to the end with `output_tokens` (`predicted` was its expectation)."""
+        for key in self._keys(request.effort, request.tenant, request.tools):
             self._sketches[key].add(output_tokens)
-        errors = self._abs_log_error[effort]
+        errors = self._abs_log_error[request.effort]
         errors.append(abs(math.log(max(predicted, 1) / max(output_tokens, 1))))
         del errors[:-1000]
 

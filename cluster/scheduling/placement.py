@@ -12,7 +12,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cluster.engine.base import LoadReport
+from cluster.contracts import LoadReport
 
 
 @dataclass(frozen=True)

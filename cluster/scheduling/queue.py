@@ -16,28 +16,46 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.config import Effort
+from cluster.contracts import Effort, SchedulingRequest
 
 
 @dataclass(frozen=True)
 class Ticket:
-    """A request waiting for placement, with what scheduling needs to know about it."""
+    """A request in the scheduler's hands: the request, its expected output and its deadline."""
 
-    request_id: str
-    effort: Effort
-    tenant: str
-    prompt_tokens: int
+    request: SchedulingRequest
     expected_output_tokens: int
     arrival: float
     deadline: float
-    prefix_key: str = ""
-    payload: Any = field(default=None, compare=False)
-    max_tokens: int | None = None  # the output budget (bounds the expected length)
-    tools: bool = False
+    payload: Any = field(default=None, compare=False)  # the caller's own handle (the simulator)
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def effort(self) -> Effort:
+        return self.request.effort
+
+    @property
+    def tenant(self) -> str:
+        return self.request.tenant
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.request.prompt_tokens
+
+    @property
+    def prefix_key(self) -> str:
+        return self.request.prefix_key
+
+    @property
+    def tools(self) -> bool:
+        return self.request.tools
 
     @property
     def cost_tokens(self) -> int:
-        return self.prompt_tokens + self.expected_output_tokens
+        return self.request.prompt_tokens + self.expected_output_tokens
 
 
 @dataclass

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from cluster.config import Effort, EffortProfile, RouterConfig
-from cluster.engine.base import LoadReport
+from cluster.config import EffortProfile, RouterConfig
+from cluster.contracts import Effort, LoadReport, SchedulingRequest
 from cluster.scheduling.cost import CostModel
 from cluster.scheduling.drain import DrainRate, SlidingSum
 from cluster.scheduling.queue import SchedulingQueue, Ticket
 
 OFFERED_WINDOW_S = 30.0  # as Ray Serve's autoscaling look-back
-_LOWER = {Effort.HIGH: Effort.MEDIUM, Effort.MEDIUM: Effort.LOW}
 
 
 # A request placed within this long of its arrival never waited (live, the clock moves between
@@ -169,22 +169,15 @@ class Scheduler:
 
     # -- admission -------------------------------------------------------------------------
 
-    def ticket(
-        self,
-        request_id: str,
-        effort: Effort,
-        tenant: str,
-        prompt_tokens: int,
-        max_tokens: int,
-        now: float,
-        prefix_key: str = "",
-        tools: bool = False,
-        payload=None,
-    ) -> Ticket:
-        expected = self.cost.expected_output_tokens(effort, tenant, max_tokens, tools)
-        deadline = now + self.efforts[effort].ttft_slo_s
-        return Ticket(request_id, effort, tenant, prompt_tokens, expected, now, deadline,
-                      prefix_key, payload, max_tokens, tools)  # fmt: skip
+    def ticket(self, request: SchedulingRequest, now: float, payload: Any = None) -> Ticket:
+        """The request as it arrives at `now`: its expected output and its TTFT deadline."""
+        return Ticket(
+            request=request,
+            expected_output_tokens=self.cost.expected(request),
+            arrival=now,
+            deadline=now + self.efforts[request.effort].ttft_slo_s,
+            payload=payload,
+        )
 
     def _note_admission(self, ticket: Ticket, now: float) -> None:
         window = self.config.drain_rate_window_s
@@ -228,19 +221,17 @@ class Scheduler:
                 self.admitted += 1
                 self.degraded += degraded_from is not None
                 return Admitted(candidate, degraded_from)
-            lower = (
-                _LOWER.get(candidate.effort) if self.config.degrade_effort and degradable else None
-            )
+            lower = candidate.effort.lower if self.config.degrade_effort and degradable else None
             if lower is None:
                 break
             degraded_from = degraded_from or ticket.effort
-            expected = self.cost.expected_output_tokens(lower, ticket.tenant, ticket.max_tokens,
-                                                        ticket.tools)  # fmt: skip
-            candidate = Ticket(ticket.request_id, lower, ticket.tenant, ticket.prompt_tokens,
-                               expected, ticket.arrival,
-                               ticket.arrival + self.efforts[lower].ttft_slo_s,
-                               ticket.prefix_key, ticket.payload, ticket.max_tokens,
-                               ticket.tools)  # fmt: skip
+            request = replace(candidate.request, effort=lower)
+            candidate = replace(
+                candidate,
+                request=request,
+                expected_output_tokens=self.cost.expected(request),
+                deadline=ticket.arrival + self.efforts[lower].ttft_slo_s,
+            )
         self.rejected += 1
         rate = self.drain.rate(now)
         drain_s = len(self.queue) / rate if rate else self.config.retry_after_s
@@ -325,7 +316,6 @@ class Scheduler:
         replica: Hashable,
         output_tokens: int | None,
         now: float,
-        tools: bool = False,
         ended_at: float | None = None,
     ) -> None:
         """A request left its replica: its seat is free before the next report says so. If it
@@ -334,8 +324,7 @@ class Scheduler:
         if (state := self._replicas.get(replica)) is not None:
             state.finish(ticket, now, ended_at)
         if output_tokens is not None:
-            self.cost.observe(ticket.effort, ticket.tenant, tools, output_tokens,
-                              ticket.expected_output_tokens)  # fmt: skip
+            self.cost.observe(ticket.request, ticket.expected_output_tokens, output_tokens)
 
     def queued_tokens(self) -> int:
         return self.queue.queued_tokens

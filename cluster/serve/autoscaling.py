@@ -2,7 +2,7 @@
 the engine replicas' custom metrics (`record_autoscaling_stats`).
 
 The demand signals start in the gateways' schedulers and ride to the engines on the requests they
-dispatch (`GatewaySignal`); every engine replica reports what it last heard from each gateway, so
+dispatch (`DemandSignal`); every engine replica reports what it last heard from each gateway, so
 the policy takes the largest report (the freshest) for demand and the lowest for SLO attainment.
 Serve's own delays are set to zero for this policy: the autoscaler applies the configured ones
 with its hysteresis. With no replica at all, requests wait in Serve's handle queue, which Serve
@@ -17,7 +17,8 @@ from typing import Any
 
 from ray.serve.config import AutoscalingContext
 
-from cluster.config import AutoscalingConfig, Effort
+from cluster.config import AutoscalingConfig
+from cluster.contracts import Effort
 from cluster.metrics import AutoscalerMetrics
 from cluster.scheduling.autoscaling import BacklogAutoscaler, ScalingSignal
 

@@ -15,10 +15,16 @@ from ray.serve.handle import DeploymentHandle
 
 from cluster.api.auth import Quotas
 from cluster.api.gateway import create_app
-from cluster.api.generation import Admission, EngineUnavailable, Overloaded
 from cluster.api.response_store import make_store
 from cluster.config import ClusterConfig, validate_config, with_secret_env
-from cluster.engine.base import EngineOutput, EngineRequest
+from cluster.contracts import (
+    Admission,
+    EngineOutput,
+    EngineRequest,
+    EngineUnavailable,
+    Overloaded,
+    SchedulingRequest,
+)
 from cluster.engine.factory import build_engine
 from cluster.harmony import Harmony
 from cluster.metrics import EngineMetrics, GatewayMetrics, RouterMetrics
@@ -38,7 +44,7 @@ class EngineServer:
         self._metrics = EngineMetrics(serve.get_replica_context().replica_id.unique_id)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
-        self._signals.note(request.gateway)
+        self._signals.note(request.demand)
         # Serve cancels this generator when the caller goes away; closing the engine's
         # iterator then aborts the request and frees its batch slot and KV.
         async for output in self._engine.generate(request):
@@ -75,12 +81,10 @@ class ServeEngineClient:
                 handle.app_name, handle.deployment_name, self._dispatcher.publish
             )
 
-    async def admit(
-        self, request: EngineRequest, tenant: str, prefix_key: str, tools: bool, degradable: bool
-    ) -> Admission:
+    async def admit(self, request: SchedulingRequest, degradable: bool) -> Admission:
         if self._dispatcher is None:  # push at once: Serve's router and the engine queue
             return Admission()
-        return await self._dispatcher.admit(request, tenant, prefix_key, tools, degradable)
+        return await self._dispatcher.admit(request, degradable)
 
     def arrived(self, admission: Admission, received_at: float) -> None:
         if self._dispatcher is not None:

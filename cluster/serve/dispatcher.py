@@ -16,11 +16,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from cluster.api.generation import Admission, Overloaded
 from cluster.config import ClusterConfig
-from cluster.engine.base import EngineRequest, LoadReport
+from cluster.contracts import Admission, DemandSignal, LoadReport, Overloaded, SchedulingRequest
 from cluster.metrics import RouterMetrics
-from cluster.scheduling.autoscaling import Attainment, GatewaySignal
+from cluster.scheduling.autoscaling import Attainment
 from cluster.scheduling.queue import Ticket
 from cluster.scheduling.scheduler import Rejected, Scheduler
 
@@ -117,19 +116,14 @@ class Dispatcher:
             else:  # its client left in the meantime: the seat goes back
                 self.scheduler.completed(ticket, replica, None, now)
 
-    async def admit(
-        self, request: EngineRequest, tenant: str, prefix_key: str, tools: bool, degradable: bool
-    ) -> Admission:
+    async def admit(self, request: SchedulingRequest, degradable: bool) -> Admission:
         """Wait for a replica; raise `Overloaded` (429) when the wait would break the SLO."""
         self._loop = asyncio.get_running_loop()
         self._refresh()
         if self.scheduler.replicas == 0:
             return Admission()
         now = self._clock()
-        ticket = self.scheduler.ticket(
-            request.request_id, request.effort, tenant, len(request.prompt_token_ids),
-            request.sampling.max_tokens, now, prefix_key, tools,
-        )  # fmt: skip
+        ticket = self.scheduler.ticket(request, now)
         decision = self.scheduler.submit(ticket, now, degradable=degradable)
         if isinstance(decision, Rejected):
             self._attainment.add(now, request.effort, False)  # shed: an SLO miss too
@@ -147,11 +141,11 @@ class Dispatcher:
             if self._waiting.pop(ticket.request_id, None) is not None:
                 self.scheduler.withdraw(decision.ticket, self._clock())
             elif not waiter.future.cancelled():  # placed just before it left: free the seat
-                self.scheduler.completed(decision.ticket, waiter.future.result(), None,
-                                         self._clock())  # fmt: skip
+                placed = waiter.future.result()
+                self.scheduler.completed(decision.ticket, placed, None, self._clock())
             raise
         effort = decision.ticket.effort if decision.degraded_from else None
-        return Admission(replica, effort, decision.ticket, tools, self.signal(self._clock()))
+        return Admission(replica, effort, decision.ticket, self.signal(self._clock()))
 
     def arrived(self, admission: Admission, received_at: float) -> None:
         """The replica took the request at `received_at`: reports from then on count it."""
@@ -173,24 +167,21 @@ class Dispatcher:
         if ticket is None:
             return
         now = self._clock()
-        self.scheduler.completed(
-            ticket, admission.replica, output_tokens, now, admission.tools, ended_at=ended_at
-        )
+        self.scheduler.completed(ticket, admission.replica, output_tokens, now, ended_at=ended_at)
         if replica_failed and admission.replica is not None:
             last = (self._latest or {}).get(admission.replica)
             self._failed[admission.replica] = last.reported_at if last else -math.inf
             self.scheduler.drop(admission.replica)
         if output_tokens is not None and first_output_at is not None:
-            slo = self._efforts[ticket.effort]
             itl = (now - first_output_at) / (output_tokens - 1) if output_tokens > 1 else 0.0
-            met = first_output_at - ticket.arrival <= slo.ttft_slo_s and itl <= slo.itl_slo_s
+            met = self._efforts[ticket.effort].met(first_output_at - ticket.arrival, itl)
             self._attainment.add(now, ticket.effort, met)
         self._release()
 
-    def signal(self, now: float) -> GatewaySignal:
+    def signal(self, now: float) -> DemandSignal:
         """Demand as this gateway sees it, for the engine autoscaler (rides on each request)."""
         s = self.scheduler
-        return GatewaySignal(
+        return DemandSignal(
             gateway=self._name,
             at=now,
             offered_tokens_s=s.offered.rate(now),

@@ -22,7 +22,7 @@ from ray.serve.request_router import (
     RunningReplica,
 )
 
-from cluster.engine.base import EngineRequest, LoadReport
+from cluster.contracts import EngineRequest, LoadReport
 from cluster.scheduling.placement import LeastOutstandingTokens, PlacementLedger, PlacementPolicy
 from cluster.serve.dispatcher import publish_load_reports
 

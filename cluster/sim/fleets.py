@@ -18,7 +18,8 @@ from ray.serve.autoscaling_policy import replica_queue_length_autoscaling_policy
 from ray.serve.config import AutoscalingConfig as ServeAutoscalingConfig
 from ray.serve.config import AutoscalingContext
 
-from cluster.config import ClusterConfig, Effort
+from cluster.config import ClusterConfig
+from cluster.contracts import Effort
 from cluster.scheduling.autoscaling import (
     Attainment,
     BacklogAutoscaler,
@@ -170,8 +171,7 @@ class SimFleet:
 
     def _attainment(self, now: float, sim: Simulation) -> dict[Effort, float]:
         """Per-effort SLO attainment of requests that finished (or were shed) lately."""
-        slo = {e: (p.ttft_slo_s, p.itl_slo_s) for e, p in sim.config.efforts.items()}
         for r in sim.outcomes[self._seen :]:
-            self._recent.add(now, r.request.effort, meets_slo(r, slo))
+            self._recent.add(now, r.request.effort, meets_slo(r, sim.config.efforts))
         self._seen = len(sim.outcomes)
         return self._recent.by_effort(now)

@@ -15,7 +15,8 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from cluster.config import ClusterConfig, Effort
+from cluster.config import ClusterConfig
+from cluster.contracts import Effort
 from cluster.engine.batching import step_seconds
 from cluster.scheduling.autoscaling import ATTAINMENT_WINDOW_S
 from cluster.scheduling.scheduler import OFFERED_WINDOW_S

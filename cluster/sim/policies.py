@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from cluster.config import ClusterConfig, RouterConfig
-from cluster.engine.base import LoadReport
+from cluster.contracts import LoadReport, SchedulingRequest
 from cluster.scheduling.queue import Ticket
 from cluster.scheduling.scheduler import Rejected, Scheduler, has_headroom
 from cluster.sim.workload import SimRequest
@@ -139,10 +139,15 @@ class EffortAware:
                 self.scheduler.report(k, replica.report(0.0))
 
     def arrive(self, request: SimRequest, now: float) -> Dispatch | Rejected:
-        ticket = self.scheduler.ticket(
-            request.request_id, request.effort, request.tenant, request.prompt_tokens,
-            request.max_tokens, now, request.prefix_key, payload=request,
-        )  # fmt: skip
+        scheduling = SchedulingRequest(
+            request_id=request.request_id,
+            effort=request.effort,
+            prompt_tokens=request.prompt_tokens,
+            max_tokens=request.max_tokens,
+            tenant=request.tenant,
+            prefix_key=request.prefix_key,
+        )
+        ticket = self.scheduler.ticket(scheduling, now, payload=request)
         decision = self.scheduler.submit(ticket, now)
         if isinstance(decision, Rejected):
             return decision

@@ -10,11 +10,12 @@ from __future__ import annotations
 import heapq
 import math
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cluster.config import ClusterConfig, Effort
-from cluster.engine.base import LoadReport
+from cluster.config import ClusterConfig, EffortProfile
+from cluster.contracts import Effort, LoadReport
 from cluster.engine.batching import BatchingModel, StepResult, step_seconds
 from cluster.scheduling.scheduler import Rejected
 from cluster.sim.policies import make_policy
@@ -65,12 +66,9 @@ class SimReplica:
                           m.outstanding_tokens, m.max_num_seqs, now)  # fmt: skip
 
 
-def meets_slo(r: Record, slo: dict[Effort, tuple[float, float]]) -> bool:
+def meets_slo(r: Record, efforts: Mapping[Effort, EffortProfile]) -> bool:
     """Served within both SLOs of its effort (a rejected request is not)."""
-    if r.finished is None:
-        return False
-    ttft, itl = slo[r.request.effort]
-    return r.ttft <= ttft and r.mean_itl <= itl
+    return r.finished is not None and efforts[r.request.effort].met(r.ttft, r.mean_itl)
 
 
 @dataclass
@@ -81,7 +79,7 @@ class SimResult:
     policy: str
     duration_s: float
     all_records: list[Record]
-    slo: dict[Effort, tuple[float, float]]  # effort -> (ttft_s, itl_s)
+    slo: Mapping[Effort, EffortProfile]
     warmup_s: float = 0.0
 
     @property
@@ -273,9 +271,8 @@ class Simulation:
         end = max(self.workload.duration_s, now)
         for rep in self.replicas:
             rep.stopped_at = rep.stopped_at if rep.stopped_at is not None else end
-        slo = {e: (p.ttft_slo_s, p.itl_slo_s) for e, p in self.config.efforts.items()}
         return SimResult(self.policy_name, self.workload.duration_s,
-                         list(self.records.values()), slo,
+                         list(self.records.values()), self.config.efforts,
                          warmup_s=self.workload.duration_s * self.workload.warmup_share)  # fmt: skip
 
 

@@ -10,7 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
-from cluster.config import Effort, PerfProfile
+from cluster.config import PerfProfile
+from cluster.contracts import Effort
 
 
 class _Spec(BaseModel):

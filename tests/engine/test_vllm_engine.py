@@ -11,7 +11,7 @@ import httpx
 import pytest
 from ray import serve
 
-from cluster.engine.base import LoadReport
+from cluster.contracts import LoadReport
 from cluster.serve.app import build
 from cluster.serve.local import APP_NAME, DeploymentFailed, deploy
 from tests.engine.conftest import MODEL, vllm_cpu_config

@@ -8,7 +8,7 @@ import openai
 import pytest
 from ray import serve
 
-from cluster.engine.base import LoadReport
+from cluster.contracts import LoadReport
 from cluster.serve.local import APP_NAME
 from tests.helpers import wait_for
 

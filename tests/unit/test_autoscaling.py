@@ -2,13 +2,9 @@
 
 import random
 
-from cluster.config import AutoscalingConfig, Effort
-from cluster.scheduling.autoscaling import (
-    BacklogAutoscaler,
-    GatewaySignal,
-    ScalingSignal,
-    SignalBoard,
-)
+from cluster.config import AutoscalingConfig
+from cluster.contracts import DemandSignal, Effort
+from cluster.scheduling.autoscaling import BacklogAutoscaler, ScalingSignal, SignalBoard
 
 # One replica's worth of offered tokens/s: 15,000 tokens/s planned at 80%.
 REPLICA = 12_000
@@ -132,9 +128,9 @@ def test_queued_tokens_add_to_the_projected_backlog():
 
 def test_engines_sum_what_each_gateway_last_said():
     board = SignalBoard(stale_s=30)
-    board.note(GatewaySignal("g1", 100.0, 1_000.0, 50.0, 2, 9_000.0, ((Effort.LOW, 0.99),)))
-    board.note(GatewaySignal("g2", 100.0, 500.0, 0.0, 0, None, ((Effort.LOW, 0.90),)))
-    board.note(GatewaySignal("g1", 101.0, 2_000.0, 0.0, 0, 8_000.0, ()))  # g1 again: replaces
+    board.note(DemandSignal("g1", 100.0, 1_000.0, 50.0, 2, 9_000.0, ((Effort.LOW, 0.99),)))
+    board.note(DemandSignal("g2", 100.0, 500.0, 0.0, 0, None, ((Effort.LOW, 0.90),)))
+    board.note(DemandSignal("g1", 101.0, 2_000.0, 0.0, 0, 8_000.0, ()))  # g1 again: replaces
     board.note(None)  # a request from a gateway without a scheduler
     metrics = board.metrics(110.0)
     assert metrics["offered_tokens_s"] == 2_500 and metrics["capacity_tokens_s"] == 8_000

@@ -9,12 +9,12 @@ from cluster.config import (
     API_KEYS_FILE_ENV,
     ClusterConfig,
     ConfigError,
-    Effort,
     load_config,
     serve_config,
     validate_config,
     with_secret_env,
 )
+from cluster.contracts import Effort
 
 
 def test_defaults_are_valid_and_cover_every_effort():

@@ -5,9 +5,15 @@ import threading
 
 import pytest
 
-from cluster.api.generation import Admission, Overloaded
-from cluster.config import Effort
-from cluster.engine.base import EngineRequest, LoadReport, SamplingParams
+from cluster.contracts import (
+    Admission,
+    Effort,
+    EngineRequest,
+    LoadReport,
+    Overloaded,
+    SamplingParams,
+    SchedulingRequest,
+)
 from cluster.serve.dispatcher import Dispatcher
 from tests.helpers import fast_config
 
@@ -33,7 +39,7 @@ def dispatcher(**router) -> tuple[Dispatcher, Clock]:
 
 
 async def admit(d, rid, effort=Effort.LOW, degradable=True):
-    return await d.admit(request(rid, effort), "t", "p", False, degradable)
+    return await d.admit(SchedulingRequest(rid, effort, 50, 500, "t", "p"), degradable)
 
 
 async def one_waiting(d) -> asyncio.Task:
@@ -125,7 +131,7 @@ async def test_the_demand_signal_rides_on_each_dispatched_request():
     d.publish({"a": report(seats=2)})
     first = await admit(d, "r0")
     # prompt + expected output, per second over the 30 s window
-    assert first.signal.offered_tokens_s == pytest.approx(first.ticket.cost_tokens / 30)
+    assert first.demand.offered_tokens_s == pytest.approx(first.ticket.cost_tokens / 30)
     clock.now += 2.0
     d.release(first, 180, first_output_at=clock.now - 1.9)  # TTFT 0.1 s, ITL ~10 ms: met
     second = await admit(d, "r1")

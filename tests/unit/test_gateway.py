@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from cluster.api.gateway import create_app
-from cluster.api.generation import Admission, InProcessEngine, Overloaded, StopMatcher
-from cluster.config import Effort
+from cluster.api.generation import InProcessEngine, StopMatcher
+from cluster.contracts import Admission, Effort, Overloaded
 from cluster.engine.mock import MockEngine
 from cluster.harmony import Turn
 from tests.helpers import fast_config
@@ -272,7 +272,7 @@ async def test_api_keys(harmony, engine):
 class _Full(InProcessEngine):
     """The scheduler sheds every request."""
 
-    async def admit(self, request, tenant, prefix_key, tools, degradable):
+    async def admit(self, request, degradable):
         raise Overloaded(retry_after_s=3)
 
     async def ready(self):
@@ -305,8 +305,8 @@ class _Recorder(InProcessEngine):
         super().__init__(engine)
         self.degrade, self.requests, self.admitted, self.released = degrade, [], [], []
 
-    async def admit(self, request, tenant, prefix_key, tools, degradable):
-        self.admitted.append((tenant, prefix_key, tools, degradable))
+    async def admit(self, request, degradable):
+        self.admitted.append((request.tenant, request.prefix_key, request.tools, degradable))
         lower = Effort.LOW if self.degrade and request.effort is Effort.HIGH else None
         return Admission(replica="r-1", effort=lower)
 

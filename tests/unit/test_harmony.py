@@ -1,6 +1,7 @@
 import pytest
 
-from cluster.config import ClusterConfig, Effort
+from cluster.config import ClusterConfig
+from cluster.contracts import Effort
 from cluster.engine.mock_replies import ReplyWriter, read_prompt
 from cluster.harmony import ToolCall, ToolSpec, Turn
 

@@ -7,7 +7,8 @@ import httpx
 import pytest
 
 from cluster.api.gateway import create_app
-from cluster.api.generation import Admission, EngineUnavailable, InProcessEngine
+from cluster.api.generation import InProcessEngine
+from cluster.contracts import Admission, EngineUnavailable
 from cluster.engine.mock import MockEngine
 from tests.helpers import fast_config
 
@@ -141,7 +142,7 @@ class _Dying(InProcessEngine):
         super().__init__(engine)
         self.before, self.after, self.calls, self.failed = before, after, 0, []
 
-    async def admit(self, request, tenant, prefix_key, tools, degradable):
+    async def admit(self, request, degradable):
         return Admission(replica=f"r-{self.calls}")
 
     def release(

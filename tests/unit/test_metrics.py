@@ -7,10 +7,10 @@ import pytest
 
 from cluster.api.chat import ChatService
 from cluster.api.gateway import create_app
-from cluster.api.generation import Caller, InProcessEngine, Overloaded, RequestRecord
+from cluster.api.generation import Caller, InProcessEngine, RequestRecord
 from cluster.api.protocol import ChatCompletionRequest
-from cluster.config import ClusterConfig, Effort
-from cluster.engine.base import LoadReport
+from cluster.config import ClusterConfig
+from cluster.contracts import Effort, LoadReport, Overloaded, SchedulingRequest
 from cluster.engine.mock import MockEngine
 from cluster.metrics import (
     SPECS,
@@ -178,7 +178,7 @@ def test_router_engine_and_autoscaler_metrics():
 
     scheduler = Scheduler()
     for i, effort in enumerate([Effort.HIGH, Effort.HIGH, Effort.LOW]):
-        scheduler.queue.push(Ticket(f"r{i}", effort, "t", 500, 500, 0.0, 10.0))
+        scheduler.queue.push(Ticket(SchedulingRequest(f"r{i}", effort, 500, 1000), 500, 0.0, 10.0))
     router.queue(scheduler, 0.0, horizon_s=60)
     assert fakes.values("gpt_oss_router_queue_depth", effort="high") == [2]
     assert fakes.values("gpt_oss_router_queue_depth", effort="medium") == [0]

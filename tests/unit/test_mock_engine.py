@@ -3,8 +3,7 @@ import statistics
 
 import pytest
 
-from cluster.config import Effort
-from cluster.engine.base import EngineRequest, SamplingParams
+from cluster.contracts import Effort, EngineRequest, SamplingParams
 from cluster.engine.mock import MockEngine
 from cluster.engine.mock_replies import ReplyWriter
 from cluster.harmony import Turn

@@ -1,4 +1,4 @@
-from cluster.engine.base import LoadReport
+from cluster.contracts import LoadReport
 from cluster.scheduling.placement import LeastOutstandingTokens, PlacementLedger, ReplicaEstimate
 
 

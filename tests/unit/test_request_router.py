@@ -5,8 +5,7 @@ from types import SimpleNamespace
 from ray.serve._private.common import DeploymentHandleSource, DeploymentID, RequestMetadata
 from ray.serve.request_router import PendingRequest, ReplicaID
 
-from cluster.config import Effort
-from cluster.engine.base import EngineRequest, LoadReport, SamplingParams
+from cluster.contracts import Effort, EngineRequest, LoadReport, SamplingParams
 from cluster.serve.dispatcher import subscribe_load_reports
 from cluster.serve.request_router import TokenAwareRequestRouter
 

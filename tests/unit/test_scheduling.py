@@ -2,8 +2,8 @@
 
 import pytest
 
-from cluster.config import ClusterConfig, Effort, RouterConfig
-from cluster.engine.base import LoadReport
+from cluster.config import ClusterConfig, RouterConfig
+from cluster.contracts import Effort, LoadReport, SchedulingRequest
 from cluster.scheduling.cost import CostModel, LengthSketch
 from cluster.scheduling.drain import DrainRate
 from cluster.scheduling.queue import SchedulingQueue, Ticket
@@ -12,9 +12,13 @@ from cluster.scheduling.scheduler import Admitted, Rejected, Scheduler
 EFFORTS = ClusterConfig().efforts
 
 
+def ask(rid, effort=Effort.LOW, tenant="t", prompt=100, max_tokens=1000, prefix="", tools=False):
+    return SchedulingRequest(rid, effort, prompt, max_tokens, tenant, prefix, tools)
+
+
 def ticket(rid, effort=Effort.LOW, tenant="a", prompt=100, out=200, at=0.0, prefix=""):
     deadline = at + EFFORTS[effort].ttft_slo_s
-    return Ticket(rid, effort, tenant, prompt, out, at, deadline, prefix)
+    return Ticket(ask(rid, effort, tenant, prompt, prefix=prefix), out, at, deadline)
 
 
 def idle(capacity=1_000_000, at=0.0, running=0, waiting=0, kv=0, seats=100, outstanding=0):
@@ -26,23 +30,23 @@ def idle(capacity=1_000_000, at=0.0, running=0, waiting=0, kv=0, seats=100, outs
 
 def test_cost_starts_from_the_effort_prior_then_learns():
     model = CostModel(EFFORTS, min_samples=10)
-    prior_low = model.expected_output_tokens(Effort.LOW)
-    prior_high = model.expected_output_tokens(Effort.HIGH)
+    prior_low = model.expected(ask("l", Effort.LOW, max_tokens=10**6))
+    prior_high = model.expected(ask("h", Effort.HIGH, max_tokens=10**6))
     assert prior_high / prior_low == pytest.approx(20, rel=0.01)
     for _ in range(10):
-        model.observe(Effort.HIGH, "acme", False, 800, predicted=prior_high)
-    assert model.expected_output_tokens(Effort.HIGH, "acme") == 800
-    assert model.expected_output_tokens(Effort.HIGH, "other") == 800  # effort-level fallback
-    assert model.expected_output_tokens(Effort.HIGH, "acme", max_tokens=300) == 300
+        model.observe(ask("h", Effort.HIGH, "acme"), prior_high, 800)
+    assert model.expected(ask("h", Effort.HIGH, "acme")) == 800
+    assert model.expected(ask("h", Effort.HIGH, "other")) == 800  # effort-level fallback
+    assert model.expected(ask("h", Effort.HIGH, "acme", max_tokens=300)) == 300
     assert model.prediction_error()[Effort.HIGH] > 1.0  # the prior was ~8x too long
 
 
 def test_tool_replies_learn_separately():
     model = CostModel(EFFORTS, min_samples=5)
     for _ in range(5):
-        model.observe(Effort.MEDIUM, "a", True, 40, predicted=1000)
-    assert model.expected_output_tokens(Effort.MEDIUM, "a", tools=True) == 40
-    assert model.expected_output_tokens(Effort.MEDIUM, "a") > 1000
+        model.observe(ask("m", Effort.MEDIUM, "a", tools=True), 1000, 40)
+    assert model.expected(ask("m", Effort.MEDIUM, "a", max_tokens=10**6, tools=True)) == 40
+    assert model.expected(ask("m", Effort.MEDIUM, "a", max_tokens=10**6)) > 1000
 
 
 def test_length_sketch_quantiles():
@@ -112,7 +116,7 @@ def test_late_binding_hands_out_only_what_fits_and_batches_on_reports():
     s.report("a", idle(running=2, seats=4))
     for i in range(5):
         assert isinstance(
-            s.submit(s.ticket(f"r{i}", Effort.LOW, "t", 100, 1000, now=0.0), 0.0), Admitted
+            s.submit(s.ticket(ask(f"r{i}", Effort.LOW, "t", 100, 1000), 0.0), 0.0), Admitted
         )
     first = s.dispatch(0.0)
     assert [r for _, r in first] == ["a", "a"]  # two free seats
@@ -128,7 +132,7 @@ def test_stale_report_plus_own_placements():
     s.report("a", idle(at=0.0, seats=100))
     s.report("b", idle(outstanding=1000))
     for i in range(4):
-        s.submit(s.ticket(f"r{i}", Effort.LOW, "t", 200, 1000, now=1.0), 1.0)
+        s.submit(s.ticket(ask(f"r{i}", Effort.LOW, "t", 200, 1000), 1.0), 1.0)
     placed = [r for _, r in s.dispatch(1.0)]
     # a is empty by its report; two ~544-token placements later it holds more than b.
     assert placed[:2] == ["a", "a"] and "b" in placed
@@ -137,12 +141,12 @@ def test_stale_report_plus_own_placements():
 def test_kv_watermark_and_seats_gate_placement():
     s = scheduler(kv_watermark=0.5)
     s.report("a", idle(capacity=1000, kv=450, seats=8))
-    s.submit(s.ticket("big", Effort.LOW, "t", 100, 100, now=0.0), 0.0)
+    s.submit(s.ticket(ask("big", Effort.LOW, "t", 100, 100), 0.0), 0.0)
     assert s.dispatch(0.0) == []
     s.report("a", idle(capacity=1000, kv=100, at=1.0, seats=8))
     assert len(s.dispatch(1.0)) == 1
     s.report("b", idle(capacity=0, seats=8))  # KV size not reported yet: seats decide
-    s.submit(s.ticket("next", Effort.LOW, "t", 100, 100, now=1.0), 1.0)
+    s.submit(s.ticket(ask("next", Effort.LOW, "t", 100, 100), 1.0), 1.0)
     assert s.dispatch(1.0)[0][1] == "b"
 
 
@@ -151,19 +155,19 @@ def prefix_placed(seats: int, **router) -> tuple[Scheduler, str]:
     s = scheduler(engine_queue_limit=100, **router)
     s.report("a", idle(seats=seats))
     s.report("b", idle(seats=seats))
-    s.submit(s.ticket("r0", Effort.LOW, "t", 100, 1000, now=0.0, prefix_key="p"), 0.0)
+    s.submit(s.ticket(ask("r0", Effort.LOW, "t", 100, 1000, prefix="p"), 0.0), 0.0)
     ((_, home),) = s.dispatch(0.0)
     return s, home
 
 
 def test_prefix_affinity_unless_imbalanced():
     s, home = prefix_placed(100, prefix_imbalance_tokens=1_000)
-    s.submit(s.ticket("r1", Effort.LOW, "t", 100, 1000, now=0.1, prefix_key="p"), 0.1)
+    s.submit(s.ticket(ask("r1", Effort.LOW, "t", 100, 1000, prefix="p"), 0.1), 0.1)
     assert s.dispatch(0.1)[0][1] == home  # same prefix, same replica while loads are close
     other = "b" if home == "a" else "a"
     s.report(home, idle(running=1, outstanding=50_000, at=0.2))
     s.report(other, idle(at=0.2, seats=100))
-    s.submit(s.ticket("r2", Effort.LOW, "t", 100, 1000, now=0.3, prefix_key="p"), 0.3)
+    s.submit(s.ticket(ask("r2", Effort.LOW, "t", 100, 1000, prefix="p"), 0.3), 0.3)
     assert s.dispatch(0.3)[0][1] == other
 
 
@@ -171,12 +175,12 @@ def test_a_finished_request_frees_its_seat_before_the_next_report():
     s = scheduler()
     s.report("a", idle(running=1, seats=2, at=0.0))
     for i in range(3):
-        s.submit(s.ticket(f"r{i}", Effort.LOW, "t", 100, 1000, now=0.1), 0.1)
+        s.submit(s.ticket(ask(f"r{i}", Effort.LOW, "t", 100, 1000), 0.1), 0.1)
     ((first, _),) = s.dispatch(0.1)  # one free seat
     s.completed(first, "a", output_tokens=None, now=0.2)  # placed and done between reports
     ((second, _),) = s.dispatch(0.2)
     assert second is not first
-    old = Ticket("old", Effort.LOW, "t", 100, 200, 0.0, 1.0)  # counted in the report's running
+    old = ticket("old", tenant="t")  # counted in the report's running
     s.completed(old, "a", output_tokens=None, now=0.3)
     assert len(s.dispatch(0.3)) == 1
     s.report("a", idle(running=2, seats=2, at=0.4))  # the report now covers all of that
@@ -188,9 +192,9 @@ def test_the_replicas_own_times_say_which_report_counts_a_request():
     replica's own timestamps, not the gateway's clock, decide whether a report counts it."""
     s = scheduler()
     s.report("a", idle(running=2, seats=2, at=10.0))
-    done = Ticket("done", Effort.LOW, "t", 100, 200, 0.0, 1.0)
+    done = ticket("done", tenant="t")
     s.completed(done, "a", output_tokens=None, now=12.0, ended_at=9.5)  # already free at 10.0
-    s.submit(s.ticket("r1", Effort.LOW, "t", 100, 1000, now=12.0), 12.0)
+    s.submit(s.ticket(ask("r1", Effort.LOW, "t", 100, 1000), 12.0), 12.0)
     assert s.dispatch(12.0) == []  # counted free twice, this would overfill the replica
     s.completed(done, "a", output_tokens=None, now=12.1, ended_at=10.5)  # after the report
     ((placed, _),) = s.dispatch(12.1)
@@ -198,7 +202,7 @@ def test_the_replicas_own_times_say_which_report_counts_a_request():
     # transit allowance says, and one made at 12.4 counts it.
     s.arrived(placed, "a", received_at=12.3)
     s.report("a", idle(running=1, seats=2, at=12.2))
-    s.submit(s.ticket("r2", Effort.LOW, "t", 100, 1000, now=12.5), 12.5)
+    s.submit(s.ticket(ask("r2", Effort.LOW, "t", 100, 1000), 12.5), 12.5)
     assert s.dispatch(12.5) == []
     s.report("a", idle(running=1, seats=2, at=12.4))  # r1 in it, a seat free
     assert len(s.dispatch(12.6)) == 1
@@ -208,9 +212,9 @@ def test_gone_replicas_and_withdrawn_requests_are_forgotten():
     s, home = prefix_placed(1, admission_slack=100)
     s.forget(["b" if home == "a" else "a"])
     assert s.replicas == 1 and home not in s._prefix_home.values()
-    waiting = s.ticket("r1", Effort.LOW, "t", 100, 1000, now=0.1)
+    waiting = s.ticket(ask("r1", Effort.LOW, "t", 100, 1000), 0.1)
     s.submit(waiting, 0.1)
-    s.submit(s.ticket("r2", Effort.LOW, "t", 100, 1000, now=0.1), 0.1)
+    s.submit(s.ticket(ask("r2", Effort.LOW, "t", 100, 1000), 0.1), 0.1)
     s.withdraw(waiting, 0.15)  # its client left
     assert len(s.queue) == 1 and s.queue.peek(0.2).request_id == "r2"
 
@@ -247,14 +251,14 @@ def loaded(rate: float, queued: int, degrade=False) -> Scheduler:
 
 def test_admission_sheds_with_retry_after_from_the_drain_time():
     s = loaded(rate=10.0, queued=30)  # 30 ahead at 10/s: 3.1 s > low's 1 s SLO
-    decision = s.submit(s.ticket("late", Effort.LOW, "t", 100, 1000, now=10.0), 10.0)
+    decision = s.submit(s.ticket(ask("late", Effort.LOW, "t", 100, 1000), 10.0), 10.0)
     assert isinstance(decision, Rejected)
     assert decision.projected_wait_s == pytest.approx(3.1, rel=0.05)
     assert decision.retry_after_s == 3  # the queue drains in 30 / 10 s
     assert s.rejected == 1
     ok = loaded(rate=100.0, queued=30)  # the same queue, drained 10x faster: 0.31 s
     assert isinstance(
-        ok.submit(ok.ticket("x", Effort.LOW, "t", 100, 1000, now=10.0), 10.0), Admitted
+        ok.submit(ok.ticket(ask("x", Effort.LOW, "t", 100, 1000), 10.0), 10.0), Admitted
     )
 
 
@@ -262,10 +266,10 @@ def test_high_effort_waits_within_its_own_longer_slo():
     # 20 queued at 10/s: ~2 s, inside high's budget (half its 5 s SLO), far past low's.
     s = loaded(rate=10.0, queued=20)
     assert isinstance(
-        s.submit(s.ticket("h", Effort.HIGH, "t", 100, 30_000, now=10.0), 10.0), Admitted
+        s.submit(s.ticket(ask("h", Effort.HIGH, "t", 100, 30_000), 10.0), 10.0), Admitted
     )
     s = loaded(rate=10.0, queued=20)
-    assert isinstance(s.submit(s.ticket("l", Effort.LOW, "t", 100, 300, now=10.0), 10.0), Rejected)
+    assert isinstance(s.submit(s.ticket(ask("l", Effort.LOW, "t", 100, 300), 10.0), 10.0), Rejected)
 
 
 def test_effort_degradation_before_shedding():
@@ -274,7 +278,7 @@ def test_effort_degradation_before_shedding():
     s = loaded(rate=10.0, queued=0, degrade=True)
     for i in range(70):
         s.queue.push(ticket(f"q{i}", Effort.HIGH, out=300, at=9.0))
-    decision = s.submit(s.ticket("h", Effort.HIGH, "t", 100, 30_000, now=10.0), 10.0)
+    decision = s.submit(s.ticket(ask("h", Effort.HIGH, "t", 100, 30_000), 10.0), 10.0)
     assert isinstance(decision, Admitted)
     assert decision.degraded_from is Effort.HIGH and decision.ticket.effort is not Effort.HIGH
     assert s.degraded == 1
@@ -282,12 +286,12 @@ def test_effort_degradation_before_shedding():
     for i in range(70):
         plain.queue.push(ticket(f"q{i}", Effort.HIGH, out=300, at=9.0))
     assert isinstance(
-        plain.submit(plain.ticket("h", Effort.HIGH, "t", 100, 30_000, now=10.0), 10.0), Rejected
+        plain.submit(plain.ticket(ask("h", Effort.HIGH, "t", 100, 30_000), 10.0), 10.0), Rejected
     )
     fixed = loaded(rate=10.0, queued=0, degrade=True)  # a raw prompt cannot be re-rendered
     for i in range(70):
         fixed.queue.push(ticket(f"q{i}", Effort.HIGH, out=300, at=9.0))
-    h = fixed.ticket("h", Effort.HIGH, "t", 100, 30_000, now=10.0)
+    h = fixed.ticket(ask("h", Effort.HIGH, "t", 100, 30_000), 10.0)
     assert isinstance(fixed.submit(h, 10.0, degradable=False), Rejected)
 
 
@@ -296,7 +300,7 @@ def test_projected_wait_counts_later_arrivals_that_will_key_ahead():
     # Low-effort requests have been arriving at 20/s; their keys sit ~1.2 s after arrival.
     for k in range(200):
         s._note_admission(ticket(f"l{k}", Effort.LOW, at=k * 0.05), k * 0.05)
-    high = s.ticket("h", Effort.HIGH, "t", 100, 30_000, now=10.0)
-    low = s.ticket("l", Effort.LOW, "t", 100, 1000, now=10.0)
+    high = s.ticket(ask("h", Effort.HIGH, "t", 100, 30_000), 10.0)
+    low = s.ticket(ask("l", Effort.LOW, "t", 100, 1000), 10.0)
     # The high one waits for the queue plus ~20/s of lows over its ~7 s of extra key.
     assert s.projected_wait_s(high, 10.0) > 10 * s.projected_wait_s(low, 10.0)

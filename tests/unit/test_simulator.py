@@ -5,7 +5,8 @@ import statistics
 
 import pytest
 
-from cluster.config import ClusterConfig, Effort
+from cluster.config import ClusterConfig
+from cluster.contracts import Effort
 from cluster.engine.batching import step_seconds
 from cluster.sim.simulator import simulate
 from cluster.sim.workload import ClusterSpec, Lognormal, WorkloadSpec, generate

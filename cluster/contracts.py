@@ -1,0 +1,164 @@
+"""The types every layer shares: what a request is, what an engine answers, what a replica reports
+and how a request ended.
+
+The gateway (`cluster.api`), the Serve shell (`cluster.serve`), the engines (`cluster.engine`), the
+pure scheduling core (`cluster.scheduling`) and the simulator all speak these, so none of them
+imports another's internals. Values cross Ray as plain frozen dataclasses. This module imports
+nothing from the project.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from typing import Any, Literal
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+class Effort(StrEnum):
+    """Harmony reasoning effort; it lives in the system message and scales output length ~10-20x."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+    @property
+    def rank(self) -> int:
+        """0 for low: vLLM's priority (lower runs first) and the order of degradation."""
+        return list(Effort).index(self)
+
+    @property
+    def lower(self) -> Effort | None:
+        """The next effort down, which a degraded request runs at; None for low."""
+        return list(Effort)[self.rank - 1] if self.rank else None
+
+
+class Outcome(StrEnum):
+    """How a request ended, as metrics, quotas and the scheduler's feedback hear it."""
+
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"  # the client left
+    FAILED = "failed"  # the engine failed, or the request could not start
+    DEADLINE = "deadline"  # ran past its effort's deadline: 504
+    REJECTED = "rejected"  # shed by admission: 429
+    QUOTA = "quota"  # over its API key's limits: 429
+
+
+@dataclass(frozen=True)
+class SchedulingRequest:
+    """What the scheduler knows of a request when it arrives: the gateway hands it in, the
+    simulator builds it from its workload. A degraded request keeps its id at the lower effort."""
+
+    request_id: str
+    effort: Effort
+    prompt_tokens: int
+    max_tokens: int  # the output budget (bounds the expected length)
+    tenant: str = "anonymous"
+    prefix_key: str = ""  # the rendered prefix shared with other requests (effort + instructions)
+    tools: bool = False
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """One request as an engine sees it: harmony token ids in, the output budget and sampling.
+    The scheduling fields ride along because Serve's router only sees the call's arguments."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+    effort: Effort
+    expected_output_tokens: int = 0  # the router's prior for this request's output length
+    # The engine replica the gateway's scheduler chose (a Serve replica id); None lets Serve's
+    # router pick, as before the first load report arrives.
+    replica: str | None = None
+    # The dispatching gateway's demand signal, which the engine reports for autoscaling.
+    demand: DemandSignal | None = None
+
+    @property
+    def priority(self) -> int:
+        """vLLM priority (lower runs first; with `scheduling_policy: priority`): the effort rank,
+        so requests that do wait inside an engine keep the router's low-before-high order."""
+        return self.effort.rank
+
+    @property
+    def expected_cost_tokens(self) -> int:
+        return len(self.prompt_token_ids) + self.expected_output_tokens
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """Tokens generated since the last output; `finish_reason` set on the last one. Times are
+    the replica's, on the clock of its load reports, so a router can tell exactly whether a
+    report already counts the request: `received_at` (on the first output) when the replica took
+    it, `ended_at` (on the last) when it freed its seat."""
+
+    token_ids: list[int]
+    finish_reason: FinishReason | None = None
+    received_at: float | None = None
+    ended_at: float | None = None
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What an engine replica tells routers about itself (Ray Serve routing stats)."""
+
+    running: int
+    waiting: int
+    kv_used_tokens: int
+    kv_capacity_tokens: int
+    outstanding_tokens: int
+    max_num_seqs: int  # seats: requests the engine runs at once
+    reported_at: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LoadReport:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class DemandSignal:
+    """What one gateway's scheduler knows about demand: the autoscaler's input, whether it comes
+    from live gateways (through the engines' metrics) or from the simulator."""
+
+    gateway: str
+    at: float
+    offered_tokens_s: float
+    queued_tokens: float
+    waiting_requests: int
+    capacity_tokens_s: float | None  # its dispatch rate in tokens while saturated
+    attainment: tuple[tuple[Effort, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The scheduler's answer for one request: where it runs and at which effort."""
+
+    replica: str | None = None  # None: Serve's router picks
+    effort: Effort | None = None  # set when the scheduler lowered the effort (degradation)
+    ticket: Any = None  # the scheduler's handle, given back when the request ends
+    demand: DemandSignal | None = None  # for the engines' autoscaling metrics
+
+
+class Overloaded(Exception):
+    """Admission sheds the request (the router holds too many already): the gateway answers 429."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"overloaded, retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+class EngineUnavailable(Exception):
+    """The engine replica went away (died, restarted) while holding the request."""
