@@ -14,9 +14,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 from pydantic_core import to_jsonable_python
 
-from cluster.config import ApiKey, ClusterConfig
+from cluster.config import ApiKey, ClusterConfig, GatewayConfig
 from cluster.dashboards import dashboard_files
 from cluster.release import IMAGE_REPOSITORY, RAY_VERSION, image_tag
+from cluster.serve.ray_env import serve_env
 
 CHART_DIR = Path(__file__).resolve().parents[1] / "helm" / "gpt-oss-cluster"
 DEFAULT_PRESET = "gpt-oss-120b-h100-tp2"
@@ -388,6 +389,24 @@ def _rows(model: type[BaseModel], prefix: str = "") -> list[str]:
     return rows
 
 
+def serve_env_template() -> str:
+    """`gpt-oss.serveEnv`: the Ray Serve environment of `cluster.gateway.ingress`, rendered from
+    `serve_env` for each mode, so pods start with what `local_cluster` sets."""
+    branches = []
+    for mode in GatewayConfig.model_fields["ingress"].annotation.__args__:
+        env = serve_env(ClusterConfig(gateway=GatewayConfig(ingress=mode)))
+        items = "".join(f"- name: {k}\n  value: {json.dumps(v)}\n" for k, v in env.items())
+        branches.append((mode, items))
+    out = "{{- /* " + GENERATED_HEADER.strip("# \n") + " */ -}}\n"
+    default = GatewayConfig.model_fields["ingress"].default
+    out += '{{- define "gpt-oss.serveEnv" -}}\n'
+    out += f'{{{{- $ingress := dig "gateway" "ingress" "{default}" .Values.cluster }}}}\n'
+    for i, (mode, items) in enumerate(branches):
+        keyword = "if" if i == 0 else "else if"
+        out += f'{{{{- {keyword} eq $ingress "{mode}" -}}}}\n{items}'
+    return out + "{{- end }}\n{{- end }}\n"
+
+
 def chart_files() -> dict[str, str]:
     """Every generated chart file by path: the values schema, the defaults, the presets, the
     dashboards."""
@@ -399,6 +418,7 @@ def chart_files() -> dict[str, str]:
     documents |= {f"values-{name}.yaml": preset_values(p) for name, p in CHART_PRESETS.items()}
     for name, data in documents.items():
         files[name] = GENERATED_HEADER + yaml.safe_dump(data, sort_keys=False)
+    files["templates/_serve_env.tpl"] = serve_env_template()
     # `ops` in the chart is a link to the repository's ops/: the chart ships the dashboards.
     files |= {f"ops/grafana/{name}": text for name, text in dashboard_files().items()}
     return files

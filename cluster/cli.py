@@ -10,7 +10,8 @@ from typing import Annotated
 import typer
 import yaml
 
-from cluster.config import ClusterConfig, ConfigError, load_config, serve_config
+from cluster.config import ClusterConfig, ConfigError, load_config
+from cluster.serve.serve_config import serve_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -148,6 +149,16 @@ def bench_engine(
     run(profile)
 
 
+@app.command("bench-gateway")
+def bench_gateway(
+    streams: Annotated[list[int] | None, typer.Option(help="Concurrency levels.")] = None,
+) -> None:
+    """Streams one gateway replica carries: mock engine at H100 pacing, 64 -> 1,024 streams."""
+    from cluster.bench.gateway_capacity import LEVELS, run
+
+    run(tuple(streams or LEVELS))
+
+
 @app.command("bench-sched")
 def bench_sched(
     duration: Annotated[float, typer.Option(help="Simulated seconds per run.")] = 180.0,
@@ -261,8 +272,13 @@ def k8s_rollout(
     if len(services) != 1:
         typer.echo(f"expected one RayService in the manifest, found {len(services)}", err=True)
         raise typer.Exit(2)
-    result = rollout(_kube(kubeconfig), services[0], namespace, timeout_s=timeout,
-                     on_state=lambda s: typer.echo(format_state(s) + "\n"))  # fmt: skip
+    result = rollout(
+        _kube(kubeconfig),
+        services[0],
+        namespace,
+        timeout_s=timeout,
+        on_state=lambda s: typer.echo(format_state(s) + "\n"),
+    )
     typer.echo(f"rollout {result.outcome}: {result.detail}")
     raise typer.Exit({"done": 0, "failed": 1, "timeout": 2}[result.outcome])
 

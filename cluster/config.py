@@ -1,8 +1,9 @@
 """The one configuration schema: local runs, the Ray Serve application and (later) the Helm values.
 
 Every setting lives here once. `load_config` reads a YAML file and `GPT_OSS_CLUSTER_*` environment
-overrides; `serve_config` turns a validated config into the document `serve deploy` takes, whose
-application `args` are this schema again, so replicas validate exactly what the operator wrote.
+overrides; `cluster.serve.serve_config` turns a validated config into the document `serve deploy` takes,
+whose application `args` are this schema again, so replicas validate exactly what the operator
+wrote.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from pydantic_settings import (
 from cluster.contracts import Effort
 
 ENV_PREFIX = "GPT_OSS_CLUSTER_"
-APP_IMPORT_PATH = "cluster.serve.app:build_app"
 
 
 class _Strict(BaseModel):
@@ -311,6 +311,13 @@ class RouterConfig(_Strict):
 class GatewayConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65_535)
+    ingress: Literal["proxy", "haproxy"] = Field(
+        "proxy",
+        description="What takes HTTP in on each node. `haproxy`: Ray Serve's HAProxy ingress, "
+        "which streams straight from each gateway replica's own HTTP server (the fast path; "
+        "HAProxy's stats and metrics listeners bind every interface). `proxy`: Serve's Python "
+        "proxy, one more process and Ray hop per chunk, loopback only when `host` is.",
+    )
     replicas: ReplicaConfig = ReplicaConfig(max_ongoing_requests=1_000, target_ongoing_requests=200)
     max_request_body_bytes: PositiveInt = 4 * 1024 * 1024
     max_header_bytes: PositiveInt = Field(
@@ -366,8 +373,10 @@ class AuthConfig(_Strict):
     @property
     def limited(self) -> bool:
         """Some key has limits (the gateways then share per-key usage)."""
-        return any(k.requests_per_minute or k.tokens_per_minute or k.max_concurrent
-                   for k in self.named_keys())  # fmt: skip
+        return any(
+            k.requests_per_minute or k.tokens_per_minute or k.max_concurrent
+            for k in self.named_keys()
+        )
 
     def first_key(self) -> str | None:
         """A usable key for examples (the first with its material and not revoked)."""
@@ -565,19 +574,3 @@ def load_config(path: str | Path | None = None) -> ClusterConfig:
     except ValidationError as err:
         raise ConfigError(describe_validation_error(err)) from None
     return ClusterConfig.model_validate(settings.model_dump())
-
-
-def serve_config(cfg: ClusterConfig, app_name: str = "gpt-oss") -> dict[str, Any]:
-    """The Ray Serve config file (`serve deploy` format) for this cluster config."""
-    return {
-        "proxy_location": "EveryNode",
-        "http_options": {"host": cfg.gateway.host, "port": cfg.gateway.port},
-        "applications": [
-            {
-                "name": app_name,
-                "route_prefix": "/",
-                "import_path": APP_IMPORT_PATH,
-                "args": cfg.to_args(),
-            }
-        ],
-    }

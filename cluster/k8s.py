@@ -72,10 +72,12 @@ def read_state(api: client.ApiClient, name: str, namespace: str) -> ServiceState
     pending = status.get("pendingServiceStatus") or {}
     source = pending if pending.get("applicationStatuses") else active
     applications = {
-        app: (s.get("status", ""), {d: v.get("status", "") for d, v in
-                                    (s.get("serveDeploymentStatuses") or {}).items()})
+        app: (
+            s.get("status", ""),
+            {d: v.get("status", "") for d, v in (s.get("serveDeploymentStatuses") or {}).items()},
+        )
         for app, s in (source.get("applicationStatuses") or {}).items()
-    }  # fmt: skip
+    }
     state = ServiceState(
         name=name,
         generation=obj["metadata"].get("generation", 0),
@@ -96,13 +98,15 @@ def read_state(api: client.ApiClient, name: str, namespace: str) -> ServiceState
         for pod in pods.items:
             labels = pod.metadata.labels or {}
             statuses = pod.status.container_statuses or []
-            state.pods.append(PodState(
-                name=pod.metadata.name,
-                group=labels.get("ray.io/group", labels.get("ray.io/node-type", "")),
-                phase=pod.status.phase or "",
-                ready=bool(statuses) and all(s.ready for s in statuses),
-                restarts=sum(s.restart_count for s in statuses),
-            ))  # fmt: skip
+            state.pods.append(
+                PodState(
+                    name=pod.metadata.name,
+                    group=labels.get("ray.io/group", labels.get("ray.io/node-type", "")),
+                    phase=pod.status.phase or "",
+                    ready=bool(statuses) and all(s.ready for s in statuses),
+                    restarts=sum(s.restart_count for s in statuses),
+                )
+            )
     return state
 
 
@@ -116,11 +120,15 @@ def format_state(s: ServiceState) -> str:
     for app, (status, deployments) in s.applications.items():
         lines.append(f"  application {app}: {status}")
         lines += [f"    deployment {d}: {v}" for d, v in deployments.items()]
-    lines.append(f"  ray cluster: {s.active_cluster or '-'}"
-                 + (f" (upgrading to {s.pending_cluster})" if s.pending_cluster else ""))  # fmt: skip
+    lines.append(
+        f"  ray cluster: {s.active_cluster or '-'}"
+        + (f" (upgrading to {s.pending_cluster})" if s.pending_cluster else "")
+    )
     for p in s.pods:
-        lines.append(f"  pod {p.name} [{p.group}] {p.phase} {'ready' if p.ready else 'NOT READY'}"
-                     f" restarts={p.restarts}")  # fmt: skip
+        lines.append(
+            f"  pod {p.name} [{p.group}] {p.phase} {'ready' if p.ready else 'NOT READY'}"
+            f" restarts={p.restarts}"
+        )
     return "\n".join(lines)
 
 
@@ -149,14 +157,16 @@ def rollout(
     except ApiException as err:
         if err.status != 404:
             raise
-        applied = objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                                          manifest)  # fmt: skip
+        applied = objects.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, manifest
+        )
     else:
         # A replace, not a merge patch: settings the new manifest leaves out are removed.
         version = current["metadata"]["resourceVersion"]
         body = {**manifest, "metadata": {**manifest["metadata"], "resourceVersion": version}}
-        applied = objects.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                           body)  # fmt: skip
+        applied = objects.replace_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, body
+        )
     target = applied["metadata"].get("generation", 0)
     deadline = clock() + timeout_s
     while True:
@@ -167,6 +177,7 @@ def rollout(
         if state.observed_generation >= target and state.serving:
             return RolloutResult("done", f"generation {target} serving", state)
         if clock() >= deadline:
-            return RolloutResult("timeout", f"generation {target} not serving after "
-                                            f"{timeout_s:.0f} s", state)  # fmt: skip
+            return RolloutResult(
+                "timeout", f"generation {target} not serving after {timeout_s:.0f} s", state
+            )
         sleep(poll_s)

@@ -17,10 +17,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cluster.config import ApiKey
+from cluster.contracts import Outcome
+
+if TYPE_CHECKING:
+    from cluster.api.generation import RequestRecord
 
 WINDOW_S = 60.0
 
@@ -51,8 +56,13 @@ class KeyRing:
 
     @staticmethod
     def _identity(key: ApiKey) -> Identity:
-        return Identity(key.name, key.revoked, key.requests_per_minute, key.tokens_per_minute,
-                        key.max_concurrent)  # fmt: skip
+        return Identity(
+            key.name,
+            key.revoked,
+            key.requests_per_minute,
+            key.tokens_per_minute,
+            key.max_concurrent,
+        )
 
     @property
     def open(self) -> bool:
@@ -99,8 +109,34 @@ class KeyUsage:
     in_flight: int = 0
 
     def __add__(self, other: KeyUsage) -> KeyUsage:
-        return KeyUsage(self.requests + other.requests, self.tokens + other.tokens,
-                        self.in_flight + other.in_flight)  # fmt: skip
+        return KeyUsage(
+            self.requests + other.requests,
+            self.tokens + other.tokens,
+            self.in_flight + other.in_flight,
+        )
+
+
+@dataclass
+class QuotaHold:
+    """A key's quota slot, held from admission to the request's end: a completion hook that
+    releases it once, charging what the request used (nothing for a request shed by admission,
+    or one that failed before it began)."""
+
+    quotas: Quotas
+    key: str
+    clock: Callable[[], float]
+    released: bool = False
+
+    def __call__(self, record: RequestRecord | None = None) -> None:
+        if self.released:
+            return
+        self.released = True
+        used = (
+            0
+            if record is None or record.outcome == Outcome.REJECTED
+            else record.prompt_tokens + record.completion_tokens
+        )
+        self.quotas.release(self.key, used, self.clock())
 
 
 class Quotas:

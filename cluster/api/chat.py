@@ -25,19 +25,12 @@ from openai.types.chat import chat_completion_chunk as ck
 from openai.types.chat.chat_completion_message_function_tool_call import Function
 from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage
 
+from cluster.api.chunks import MARKER, ChunkTemplate
 from cluster.api.errors import OpenAIError
-from cluster.api.generation import (
-    Caller,
-    Demand,
-    Generation,
-    Service,
-    StopMatcher,
-    Stream,
-    check_model,
-    engine_request,
-    new_id,
-)
+from cluster.api.generation import Caller, Demand, Generation, Service, Stream
 from cluster.api.protocol import ChatCompletionRequest, ChatMessage
+from cluster.api.sampling import check_model, engine_request, new_id
+from cluster.api.stops import StopMatcher
 from cluster.contracts import Effort, EngineRequest
 from cluster.harmony import ChannelDelta, ChannelParser, ToolCall, ToolSpec, Turn
 
@@ -127,16 +120,27 @@ class ChatService(Service):
     def _check_size(self, body: ChatCompletionRequest) -> None:
         limits = self._config.gateway
         if len(body.messages) > limits.max_messages:
-            raise OpenAIError(400, f"messages: {len(body.messages)} messages, above the limit of "
-                              f"{limits.max_messages}", param="messages")  # fmt: skip
+            raise OpenAIError(
+                400,
+                f"messages: {len(body.messages)} messages, above the limit of "
+                f"{limits.max_messages}",
+                param="messages",
+            )
         tools = body.tools or []
         if len(tools) > limits.max_tools:
-            raise OpenAIError(400, f"tools: {len(tools)} tools, above the limit of "
-                              f"{limits.max_tools}", param="tools")  # fmt: skip
+            raise OpenAIError(
+                400,
+                f"tools: {len(tools)} tools, above the limit of {limits.max_tools}",
+                param="tools",
+            )
         size = sum(len(t.model_dump_json()) for t in tools)
         if size > limits.max_tool_schema_bytes:
-            raise OpenAIError(400, f"tools: the definitions take {size} bytes, above the limit "
-                              f"of {limits.max_tool_schema_bytes}", param="tools")  # fmt: skip
+            raise OpenAIError(
+                400,
+                f"tools: the definitions take {size} bytes, above the limit "
+                f"of {limits.max_tool_schema_bytes}",
+                param="tools",
+            )
 
     def _prepare(self, body: ChatCompletionRequest, caller: Caller) -> ChatGeneration:
         check_model(self._config, body.model)
@@ -173,9 +177,15 @@ class ChatService(Service):
             tools=bool(tools),
             rerender=partial(render, degraded=True),
         )
-        return ChatGeneration(render(effort), StopMatcher(body.stop), demand, "chat", caller,
-                     self._config.efforts[effort].deadline_s,
-                     parser=self._harmony.parser())  # fmt: skip
+        return ChatGeneration(
+            request=render(effort),
+            stop=StopMatcher(body.stop),
+            demand=demand,
+            endpoint="chat",
+            caller=caller,
+            deadline_s=self._config.efforts[effort].deadline_s,
+            parser=self._harmony.parser(),
+        )
 
     async def create(
         self, body: ChatCompletionRequest, caller: Caller
@@ -218,11 +228,11 @@ class ChatService(Service):
         )
 
     async def _stream(
-        self, run: ChatGeneration, model: str, include_usage: bool
+        self, run: ChatGeneration, model_name: str, include_usage: bool
     ) -> AsyncIterator[str]:
         created = int(time.time())
 
-        def chunk(delta: ck.ChoiceDelta | None, finish: str | None = None, usage=None) -> str:
+        def model(delta: ck.ChoiceDelta | None, finish: str | None = None, usage=None):
             choices = (
                 [] if delta is None else [ck.Choice(index=0, delta=delta, finish_reason=finish)]
             )
@@ -230,18 +240,24 @@ class ChatService(Service):
                 id=run.request.request_id,
                 object="chat.completion.chunk",
                 created=created,
-                model=model,
+                model=model_name,
                 choices=choices,
                 usage=usage,
-            ).model_dump_json(exclude_none=True)
+            )
 
+        def chunk(delta: ck.ChoiceDelta | None, finish: str | None = None, usage=None) -> str:
+            return model(delta, finish, usage).model_dump_json(exclude_none=True)
+
+        # Reasoning and answer text, nearly every chunk of a stream: one template each.
+        text_chunks = {
+            "reasoning": ChunkTemplate(model(ck.ChoiceDelta(reasoning=MARKER))),
+            "content": ChunkTemplate(model(ck.ChoiceDelta(content=MARKER))),
+        }
         yield chunk(ck.ChoiceDelta(role="assistant", content=""))
         async with aclosing(run.deltas()) as deltas:
             async for d in deltas:
-                if d.kind == "reasoning":
-                    yield chunk(ck.ChoiceDelta(reasoning=d.text))
-                elif d.kind == "content":
-                    yield chunk(ck.ChoiceDelta(content=d.text))
+                if (template := text_chunks.get(d.kind)) is not None:
+                    yield template(d.text)
                 else:
                     call = run.parser.tool_calls[d.tool_index]
                     yield chunk(

@@ -13,19 +13,12 @@ from contextlib import aclosing
 from openai.types import Completion, CompletionChoice
 from openai.types.completion_usage import CompletionUsage
 
+from cluster.api.chunks import MARKER, ChunkTemplate
 from cluster.api.errors import OpenAIError
-from cluster.api.generation import (
-    Caller,
-    Demand,
-    Generation,
-    Service,
-    StopMatcher,
-    Stream,
-    check_model,
-    engine_request,
-    new_id,
-)
+from cluster.api.generation import Caller, Demand, Generation, Service, Stream
 from cluster.api.protocol import CompletionRequest
+from cluster.api.sampling import check_model, engine_request, new_id
+from cluster.api.stops import StopMatcher
 from cluster.harmony import VOCAB_SIZE
 
 
@@ -56,8 +49,14 @@ class CompletionService(Service):
             ),
         )
         deadline = self._config.efforts[request.effort].deadline_s
-        run = Generation(request, StopMatcher(body.stop), Demand(tenant=caller.tenant),
-                         "completions", caller, deadline)  # fmt: skip
+        run = Generation(
+            request=request,
+            stop=StopMatcher(body.stop),
+            demand=Demand(tenant=caller.tenant),
+            endpoint="completions",
+            caller=caller,
+            deadline_s=deadline,
+        )
         await run.start(self._engine)
         created = int(time.time())
 
@@ -87,10 +86,12 @@ class CompletionService(Service):
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
+        token_chunk = ChunkTemplate(completion([choice(MARKER, None)]), exclude_none=False)
+
         async def events() -> AsyncIterator[str]:
             async with aclosing(self._texts(run)) as texts:
                 async for piece in texts:
-                    yield completion([choice(piece, None)]).model_dump_json()
+                    yield token_chunk(piece)
             final = completion([choice("", run.finish_reason or "stop")])
             yield final.model_dump_json(exclude_none=True)
             if include_usage:

@@ -14,11 +14,12 @@ from fastapi.responses import JSONResponse
 from openai.types import Model
 from sse_starlette import EventSourceResponse
 
-from cluster.api.auth import Identity, KeyRing, Quotas
+from cluster.api.auth import Identity, KeyRing, QuotaHold, Quotas
 from cluster.api.chat import ChatService
 from cluster.api.completions import CompletionService
-from cluster.api.errors import BodySizeLimit, HeaderSizeLimit, OpenAIError, install_error_handlers
-from cluster.api.generation import Caller, EngineClient, RequestRecord, Stream
+from cluster.api.engine_client import EngineClient
+from cluster.api.errors import OpenAIError, install_error_handlers
+from cluster.api.generation import Caller, RequestRecord, Stream
 from cluster.api.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -27,6 +28,7 @@ from cluster.api.protocol import (
 )
 from cluster.api.response_store import InMemoryStore, ResponseStore
 from cluster.api.responses import ResponsesService
+from cluster.api.size_limits import BodySizeLimit, HeaderSizeLimit
 from cluster.config import ClusterConfig
 from cluster.contracts import Outcome
 from cluster.harmony import Harmony
@@ -57,8 +59,9 @@ class _SSE(EventSourceResponse):
     never start, so their own clean-up cannot run)."""
 
     def __init__(self, stream: Stream, headers: dict[str, str]) -> None:
-        super().__init__(_sse(stream.events, stream.done_marker), sep="\n", ping=15,
-                         headers=headers)  # fmt: skip
+        super().__init__(
+            _sse(stream.events, stream.done_marker), sep="\n", ping=15, headers=headers
+        )
         self._close = stream.close
 
     async def __call__(self, scope, receive, send) -> None:
@@ -83,12 +86,15 @@ def create_app(
     the keys' limits (shared by `background`, which runs for the app's life)."""
     chat = ChatService(config, harmony, engine)
     completions = CompletionService(config, harmony, engine)
-    responses = ResponsesService(config, harmony, engine,
-                                 store or InMemoryStore(config.responses.ttl_s))  # fmt: skip
+    responses = ResponsesService(
+        config, harmony, engine, store or InMemoryStore(config.responses.ttl_s)
+    )
     ring, quotas = KeyRing(config.auth.named_keys()), quotas or Quotas()
     if ring.open:
-        logger.warning("auth: OPEN mode, no API keys configured: every request is accepted. "
-                       "Set auth.api_keys for anything but local use.")  # fmt: skip
+        logger.warning(
+            "auth: OPEN mode, no API keys configured: every request is accepted. "
+            "Set auth.api_keys for anything but local use."
+        )
     created = int(time.time())
 
     def authorize(request: Request) -> Identity | None:
@@ -106,20 +112,23 @@ def create_app(
         if identity is None:
             raise OpenAIError(401, "Incorrect API key provided.", code="invalid_api_key")
         if identity.revoked:
-            raise OpenAIError(403, f"The API key {identity.name} has been revoked.",
-                              code="api_key_revoked")  # fmt: skip
+            raise OpenAIError(
+                403, f"The API key {identity.name} has been revoked.", code="api_key_revoked"
+            )
         return identity
+
+    hooks = (on_done,) if on_done is not None else ()
 
     async def call(service, body: SamplingRequest, identity: Identity | None):
         """Run one request within its key's quota: the slot is held until the request ends."""
         if identity is None:  # open mode: fairness by the request's `user` field
-            return await service.create(body, Caller(body.user or "anonymous", None, on_done))
+            return await service.create(body, Caller(body.user or "anonymous", None, hooks))
         refusal = quotas.acquire(identity, clock())
         if refusal is not None:
-            if on_done is not None:
-                effort = getattr(body, "reasoning_effort", None) or config.default_effort
-                now = time.time()
-                on_done(
+            effort = getattr(body, "reasoning_effort", None) or config.default_effort
+            now = time.time()
+            for hook in hooks:
+                hook(
                     RequestRecord(service.endpoint, effort, identity.name, Outcome.QUOTA, now, now)
                 )
             raise OpenAIError(
@@ -128,28 +137,11 @@ def create_app(
                 code="rate_limit_exceeded",
                 headers={"Retry-After": str(refusal.retry_after_s)},
             )
-        released = False
-
-        def done(record: RequestRecord) -> None:
-            nonlocal released
-            if not released:
-                released = True
-                used = (
-                    0
-                    if record.outcome == Outcome.REJECTED
-                    # shed by us: not the key's use
-                    else (record.prompt_tokens + record.completion_tokens)
-                )
-                quotas.release(identity.name, used, clock())
-            if on_done is not None:
-                on_done(record)
-
+        hold = QuotaHold(quotas, identity.name, clock)
         try:
-            return await service.create(body, Caller(identity.name, identity.name, done))
+            return await service.create(body, Caller(identity.name, identity.name, (hold, *hooks)))
         except BaseException:
-            if not released:  # failed before its generation began (a bad request)
-                released = True
-                quotas.release(identity.name, 0, clock())
+            hold()  # failed before its generation began (a bad request): nothing used
             raise
 
     @asynccontextmanager
@@ -159,8 +151,9 @@ def create_app(
         if task is not None:
             task.cancel()
 
-    app = FastAPI(title="gpt-oss-cluster", version="0.1.0", docs_url=None, redoc_url=None,
-                  lifespan=lifespan)  # fmt: skip
+    app = FastAPI(
+        title="gpt-oss-cluster", version="0.1.0", docs_url=None, redoc_url=None, lifespan=lifespan
+    )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=config.gateway.max_request_body_bytes)
     app.add_middleware(HeaderSizeLimit, max_bytes=config.gateway.max_header_bytes)

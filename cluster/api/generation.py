@@ -1,17 +1,16 @@
-"""What chat and completions share: limits, sampling, stop strings, and the engine call itself."""
+"""One request's life in the gateway: admission, its engine stream, and how it ended (the record
+metrics and quotas hear)."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
+from cluster.api.engine_client import EngineClient
 from cluster.api.errors import OpenAIError
-from cluster.api.protocol import SamplingRequest
+from cluster.api.stops import StopMatcher
 from cluster.config import ClusterConfig, EffortProfile
 from cluster.contracts import (
     Admission,
@@ -21,159 +20,11 @@ from cluster.contracts import (
     EngineUnavailable,
     Outcome,
     Overloaded,
-    SamplingParams,
     SchedulingRequest,
 )
-from cluster.engine.base import Engine
 from cluster.harmony import Harmony
 
-
-class EngineClient(Protocol):
-    """How the gateway reaches engines: a Serve handle in the cluster, an engine object in tests."""
-
-    async def admit(self, request: SchedulingRequest, degradable: bool) -> Admission:
-        """Wait until the request may run; raise `Overloaded` to shed it. `degradable`: the
-        caller can re-render it at a lower effort."""
-
-    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]: ...
-
-    def arrived(self, admission: Admission, received_at: float) -> None:
-        """The replica took the request at `received_at` (its clock; from the first output)."""
-
-    def release(
-        self,
-        admission: Admission,
-        output_tokens: int | None,
-        first_output_at: float | None,
-        replica_failed: bool = False,
-        ended_at: float | None = None,
-    ) -> None:
-        """The request is done with its replica (`output_tokens` None: it did not finish;
-        `first_output_at`: wall time of its first output, None if there was none;
-        `replica_failed`: the replica went away under it; `ended_at`: when the replica freed
-        its seat, if it said so)."""
-
-    async def ready(self) -> bool: ...
-
-
 START_ATTEMPTS = 2  # a replica that dies before the first output: once more elsewhere
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def check_model(config: ClusterConfig, model: str) -> None:
-    if model not in (config.model.served_name, config.model.name):
-        raise OpenAIError(
-            404,
-            f"The model `{model}` does not exist. Serving `{config.model.served_name}`.",
-            param="model",
-            code="model_not_found",
-        )
-
-
-def resolve_max_tokens(
-    config: ClusterConfig, effort: Effort, requested: int | None, prompt_tokens: int, param: str
-) -> int:
-    """The output budget: requested or the effort's default, within the effort cap and context."""
-    profile = config.efforts[effort]
-    context = config.model.max_model_len
-    room = context - prompt_tokens
-    if room <= 0:
-        raise OpenAIError(
-            400,
-            f"The prompt has {prompt_tokens} tokens, beyond the model's context length of "
-            f"{context} tokens.",
-            param="messages" if param == "max_completion_tokens" else "prompt",
-            code="context_length_exceeded",
-        )
-    if requested is None:
-        return min(profile.default_max_tokens, room)
-    if profile.max_tokens is not None and requested > profile.max_tokens:
-        raise OpenAIError(
-            400,
-            f"{param} is {requested}, above the limit of {profile.max_tokens} for "
-            f"reasoning effort {effort.value}.",
-            param=param,
-        )
-    if requested > room:
-        raise OpenAIError(
-            400,
-            f"This model's maximum context length is {context} tokens. You asked for "
-            f"{prompt_tokens + requested} tokens ({prompt_tokens} in the prompt, {requested} "
-            f"for the output).",
-            param=param,
-            code="context_length_exceeded",
-        )
-    return requested
-
-
-def engine_request(
-    config: ClusterConfig,
-    body: SamplingRequest,
-    prompt: list[int],
-    *,
-    request_id: str,
-    effort: Effort,
-    requested_max_tokens: int | None,
-    max_tokens_param: str,
-    stop_token_ids: Sequence[int],
-    degraded: bool = False,
-) -> EngineRequest:
-    """The engine's view of a request: output budget checked, sampling set, cost prior attached.
-    A request `degraded` to a lower effort keeps its id and the client's budget within that
-    effort's cap."""
-    cap = config.efforts[effort].max_tokens
-    if degraded and requested_max_tokens and cap:
-        requested_max_tokens = min(requested_max_tokens, cap)
-    max_tokens = resolve_max_tokens(
-        config, effort, requested_max_tokens, len(prompt), max_tokens_param
-    )
-    prior = config.efforts[effort].output_tokens
-    return EngineRequest(
-        request_id=request_id,
-        prompt_token_ids=prompt,
-        sampling=SamplingParams(
-            max_tokens=max_tokens,
-            temperature=1.0 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
-            seed=body.seed,
-            stop_token_ids=tuple(stop_token_ids),
-        ),
-        effort=effort,
-        expected_output_tokens=min(max_tokens, math.ceil(prior.mean_tokens)),
-    )
-
-
-class StopMatcher:
-    """Finds client stop strings in streamed text, holding back only what could start one."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self._stops = list(stops)
-        self._hold = max((len(s) for s in stops), default=1) - 1
-        self._pending = ""
-        self.stopped = False
-
-    def feed(self, text: str) -> str:
-        """Text safe to emit now; after a stop string is seen, nothing more."""
-        if not self._stops:
-            return text
-        if self.stopped:
-            return ""
-        self._pending += text
-        hits = [i for i in (self._pending.find(s) for s in self._stops) if i >= 0]
-        if hits:
-            self.stopped = True
-            out, self._pending = self._pending[: min(hits)], ""
-            return out
-        cut = max(len(self._pending) - self._hold, 0)
-        out, self._pending = self._pending[:cut], self._pending[cut:]
-        return out
-
-    def flush(self) -> str:
-        out, self._pending = ("" if self.stopped else self._pending), ""
-        return out
 
 
 @dataclass(frozen=True)
@@ -198,6 +49,9 @@ class Stream:
     done_marker: bool = True  # chat and completions end with `data: [DONE]`; Responses not
 
 
+CompletionHook = Callable[["RequestRecord"], None]
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who sent a request: the tenant fairness is kept by, the API key's name (None in open mode),
@@ -205,7 +59,7 @@ class Caller:
 
     tenant: str = "anonymous"
     key: str | None = None
-    on_done: Callable[[RequestRecord], None] | None = None
+    hooks: tuple[CompletionHook, ...] = ()  # each hears the request's record once, at its end
 
 
 @dataclass(frozen=True)
@@ -236,7 +90,7 @@ class RequestRecord:
         return slo.met(self.first_token_at - self.arrived_at, itl)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Generation:
     """One request's progress through admission and its engine stream (chat and completions)."""
 
@@ -288,18 +142,27 @@ class Generation:
             self._first_answer_at = time.time()
 
     def _done(self, outcome: Outcome) -> None:
-        if self.caller.on_done is None or self._recorded:
+        if self._recorded:
             return
         self._recorded = True
-        self.caller.on_done(RequestRecord(
-            endpoint=self.endpoint, effort=self.request.effort, key=self.caller.key,
+        record = RequestRecord(
+            endpoint=self.endpoint,
+            effort=self.request.effort,
+            key=self.caller.key,
             outcome=outcome,
-            arrived_at=self._arrived_at, finished_at=time.time(), admitted_at=self._admitted_at,
-            first_token_at=self._first_at, first_answer_at=self._first_answer_at,
-            token_gaps=tuple(self._gaps), prompt_tokens=self.prompt_tokens,
-            reasoning_tokens=self.reasoning_tokens, completion_tokens=self.completion_tokens,
+            arrived_at=self._arrived_at,
+            finished_at=time.time(),
+            admitted_at=self._admitted_at,
+            first_token_at=self._first_at,
+            first_answer_at=self._first_answer_at,
+            token_gaps=tuple(self._gaps),
+            prompt_tokens=self.prompt_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            completion_tokens=self.completion_tokens,
             expected_output_tokens=self.request.expected_output_tokens,
-        ))  # fmt: skip
+        )
+        for hook in self.caller.hooks:
+            hook(record)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -341,8 +204,9 @@ class Generation:
             ) from None
         except EngineUnavailable:
             self._done(Outcome.FAILED)
-            raise OpenAIError(503, "No engine replica could take the request; retry.",
-                              code="engine_unavailable") from None  # fmt: skip
+            raise OpenAIError(
+                503, "No engine replica could take the request; retry.", code="engine_unavailable"
+            ) from None
         except StopAsyncIteration:
             self._release(None)
             self._done(Outcome.FAILED)
@@ -419,8 +283,11 @@ class Generation:
         except EngineUnavailable:
             failed = Outcome.FAILED
             self._release(None, replica_failed=True)
-            raise OpenAIError(503, "The engine replica serving this request stopped; retry.",
-                              code="engine_unavailable") from None  # fmt: skip
+            raise OpenAIError(
+                503,
+                "The engine replica serving this request stopped; retry.",
+                code="engine_unavailable",
+            ) from None
         except Exception:
             failed = Outcome.FAILED
             raise
@@ -443,33 +310,3 @@ class Service:
         self._config = config
         self._harmony = harmony
         self._engine = engine
-
-
-class InProcessEngine:
-    """EngineClient over an engine object in this process (unit tests, benchmarks): no queue,
-    every request runs at once."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    async def admit(self, request: SchedulingRequest, degradable: bool) -> Admission:
-        return Admission()
-
-    def arrived(self, admission: Admission, received_at: float) -> None:
-        pass
-
-    def release(
-        self,
-        admission: Admission,
-        output_tokens: int | None,
-        first_output_at: float | None,
-        replica_failed: bool = False,
-        ended_at: float | None = None,
-    ) -> None:
-        pass
-
-    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
-        return self.engine.generate(request)
-
-    async def ready(self) -> bool:
-        return True

@@ -72,10 +72,15 @@ def encode(stored: StoredResponse) -> str:
 def decode(raw: str | bytes) -> StoredResponse:
     data = json.loads(raw)
     turns = tuple(
-        Turn(t["role"], t["content"], t["reasoning"],
-             tuple(ToolCall(**c) for c in t["tool_calls"]), t["tool_name"])
+        Turn(
+            t["role"],
+            t["content"],
+            t["reasoning"],
+            tuple(ToolCall(**c) for c in t["tool_calls"]),
+            t["tool_name"],
+        )
         for t in data["turns"]
-    )  # fmt: skip
+    )
     return StoredResponse(data["response"], turns)
 
 
@@ -85,8 +90,9 @@ class RedisStore:
     PREFIX = "gpt-oss:response:"
 
     def __init__(self, url: str, ttl_s: float, timeout_s: float = 2.0) -> None:
-        self._redis = Redis.from_url(url, socket_timeout=timeout_s,
-                                     socket_connect_timeout=timeout_s)  # fmt: skip
+        self._redis = Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
         self._ttl_s = max(1, int(ttl_s))
 
     async def _call(self, method: str, *args):

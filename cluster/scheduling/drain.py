@@ -54,21 +54,3 @@ class DrainRate:
         if self._open_since is not None:
             busy += now - max(self._open_since, start)
         return busy if busy >= self.min_evidence_s and self._waited else 0.0
-
-
-@dataclass
-class SlidingSum:
-    """Amounts over the last `window_s` seconds (offered tokens per second, for autoscaling)."""
-
-    window_s: float
-    _items: deque[tuple[float, float]] = field(default_factory=deque)
-    _total: float = 0.0
-
-    def add(self, now: float, amount: float) -> None:
-        self._items.append((now, amount))
-        self._total += amount
-
-    def rate(self, now: float) -> float:
-        while self._items and self._items[0][0] < now - self.window_s:
-            self._total -= self._items.popleft()[1]
-        return max(self._total, 0.0) / self.window_s

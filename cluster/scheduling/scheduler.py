@@ -18,8 +18,9 @@ from typing import Any
 from cluster.config import EffortProfile, RouterConfig
 from cluster.contracts import Effort, LoadReport, SchedulingRequest
 from cluster.scheduling.cost import CostModel
-from cluster.scheduling.drain import DrainRate, SlidingSum
+from cluster.scheduling.drain import DrainRate
 from cluster.scheduling.queue import SchedulingQueue, Ticket
+from cluster.scheduling.sliding import SlidingSum
 
 OFFERED_WINDOW_S = 30.0  # as Ray Serve's autoscaling look-back
 
@@ -130,8 +131,9 @@ class _Replica:
 
     def headroom(self, ticket: Ticket, config: RouterConfig) -> bool:
         seats_taken = len(self.placed) - len(self.finished)
-        return has_headroom(self.report, seats_taken, self.placed_prompt, ticket.prompt_tokens,
-                            config)  # fmt: skip
+        return has_headroom(
+            self.report, seats_taken, self.placed_prompt, ticket.prompt_tokens, config
+        )
 
     def load_tokens(self) -> int:
         return self.report.outstanding_tokens + self.placed_cost

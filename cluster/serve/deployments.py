@@ -141,8 +141,19 @@ class Gateway:
         quotas, background = Quotas(), None
         if self._config.auth.limited:
             context = serve.get_replica_context()
-            background = partial(sync_forever, quotas, context.app_name,
-                                 context.replica_id.unique_id, self._config.auth.quota_sync_s)  # fmt: skip
-        return create_app(self._config, self._harmony, self._engine, metrics.record,
-                          quotas=quotas, background=background,
-                          store=make_store(self._config.responses))  # fmt: skip
+            background = partial(
+                sync_forever,
+                quotas,
+                context.app_name,
+                context.replica_id.unique_id,
+                self._config.auth.quota_sync_s,
+            )
+        return create_app(
+            self._config,
+            self._harmony,
+            self._engine,
+            metrics.record,
+            quotas=quotas,
+            background=background,
+            store=make_store(self._config.responses),
+        )

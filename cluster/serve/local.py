@@ -15,6 +15,7 @@ from typing import Any
 import psutil
 
 from cluster.config import ClusterConfig
+from cluster.serve.ray_env import serve_env
 
 APP_NAME = "gpt-oss"
 
@@ -95,6 +96,8 @@ def local_cluster(
     With `metrics_port`, Ray exports every process's metrics there (on 127.0.0.1) for Prometheus."""
     for key, value in RAY_ENV.items():
         os.environ.setdefault(key, value)
+    # Ray's processes read Serve's flags at start; the config decides them (for this cluster).
+    os.environ.update(serve_env(config))
     import ray
     from ray import serve
 
@@ -124,8 +127,9 @@ def local_cluster(
                     last = state
             deployed.result()
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics" if metrics_port else None
-        yield LocalCluster(f"http://{config.gateway.host}:{config.gateway.port}", config,
-                           metrics_url)  # fmt: skip
+        yield LocalCluster(
+            f"http://{config.gateway.host}:{config.gateway.port}", config, metrics_url
+        )
     finally:
         ray.shutdown()
 

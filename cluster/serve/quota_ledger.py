@@ -42,9 +42,11 @@ class QuotaLedger:
 
 def _ledger(app_name: str):
     actor = ray.remote(QuotaLedger).options(
-        name=f"gpt-oss-quota-ledger-{app_name}", namespace="serve", get_if_exists=True,
+        name=f"gpt-oss-quota-ledger-{app_name}",
+        namespace="serve",
+        get_if_exists=True,
         num_cpus=0,  # owned by the gateway replica that made it; found or remade by the rest
-    )  # fmt: skip
+    )
     return actor.remote()
 
 

@@ -66,9 +66,16 @@ class Backlog:
         )
 
     def decide(self, o: Observation) -> Decision:
-        signal = ScalingSignal(o.now, o.target, o.offered_tokens_s, o.queued_tokens,
-                               math.ceil(o.queued), o.tokens_per_replica_s, o.attainment,
-                               starting=max(0, o.target - o.serving))  # fmt: skip
+        signal = ScalingSignal(
+            o.now,
+            o.target,
+            o.offered_tokens_s,
+            o.queued_tokens,
+            math.ceil(o.queued),
+            o.tokens_per_replica_s,
+            o.attainment,
+            starting=max(0, o.target - o.serving),
+        )
         return self._core.decide(signal)
 
 
@@ -165,8 +172,9 @@ class SimFleet:
             attainment=self._attainment(now, sim),
         )
         decision = self.autoscaler.decide(o)
-        self.trace.append(Sample(now, o.target, serving, o.backlog_tokens, o.ongoing,
-                                 decision.reason))  # fmt: skip
+        self.trace.append(
+            Sample(now, o.target, serving, o.backlog_tokens, o.ongoing, decision.reason)
+        )
         return decision.desired
 
     def _attainment(self, now: float, sim: Simulation) -> dict[Effort, float]:

@@ -60,12 +60,15 @@ def run_day(
     initial_replicas: int,
 ) -> DayResult:
     classes = {
-        e: _Class(workload.effort_mix[e], _mean(workload.prompt_tokens.median,
-                  workload.prompt_tokens.sigma),
-                  min(_mean(d.median, d.sigma), workload.max_tokens),
-                  config.efforts[e].ttft_slo_s, config.efforts[e].itl_slo_s)
+        e: _Class(
+            workload.effort_mix[e],
+            _mean(workload.prompt_tokens.median, workload.prompt_tokens.sigma),
+            min(_mean(d.median, d.sigma), workload.max_tokens),
+            config.efforts[e].ttft_slo_s,
+            config.efforts[e].itl_slo_s,
+        )
         for e, d in workload.output_tokens.items()
-    }  # fmt: skip
+    }
     seats, tp = cluster.max_num_seqs, cluster.tensor_parallel_size
     running = dict.fromkeys(classes, 0.0)
     queued = dict.fromkeys(classes, 0.0)
@@ -85,8 +88,9 @@ def run_day(
         rate = workload.rate * rate_factor(workload.rate_profile, now)
         batch = sum(running.values()) / max(serving, 1)
         context = sum(running[e] * (c.prompt + c.output / 2) for e, c in classes.items())
-        tpot = step_seconds(cluster.perf, tp, max(1, round(batch)), 0,
-                            round(context / max(serving, 1)))  # fmt: skip
+        tpot = step_seconds(
+            cluster.perf, tp, max(1, round(batch)), 0, round(context / max(serving, 1))
+        )
         done = {e: running[e] / (c.output * tpot + 0.05) for e, c in classes.items()}
         for e in classes:
             running[e] -= done[e]
@@ -129,13 +133,17 @@ def run_day(
             sum(done[e] * c.cost for e, c in classes.items()) / serving if saturated else None
         )
         o = Observation(
-            now=now, target=kept, serving=serving,
+            now=now,
+            target=kept,
+            serving=serving,
             offered_tokens_s=sum(offered_window) / len(offered_window),
-            queued_tokens=queued_tokens, backlog_tokens=backlog,
-            ongoing=sum(running.values()) + sum(queued.values()), queued=sum(queued.values()),
+            queued_tokens=queued_tokens,
+            backlog_tokens=backlog,
+            ongoing=sum(running.values()) + sum(queued.values()),
+            queued=sum(queued.values()),
             tokens_per_replica_s=throughput,
             attainment=attainment,
-        )  # fmt: skip
+        )
         want = autoscaler.decide(o).desired
         for _ in range(want - kept):
             starting.append(now + start_s)

@@ -62,8 +62,15 @@ class SimReplica:
 
     def report(self, now: float) -> LoadReport:
         m = self.model
-        return LoadReport(m.running, m.waiting, m.kv_used_tokens, m.kv_capacity_tokens,
-                          m.outstanding_tokens, m.max_num_seqs, now)  # fmt: skip
+        return LoadReport(
+            m.running,
+            m.waiting,
+            m.kv_used_tokens,
+            m.kv_capacity_tokens,
+            m.outstanding_tokens,
+            m.max_num_seqs,
+            now,
+        )
 
 
 def meets_slo(r: Record, efforts: Mapping[Effort, EffortProfile]) -> bool:
@@ -149,8 +156,14 @@ class Fleet(Protocol):
 
 
 class Simulation:
-    def __init__(self, workload: WorkloadSpec, cluster: ClusterSpec, policy_name: str,
-                 config: ClusterConfig, fleet: Fleet | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        workload: WorkloadSpec,
+        cluster: ClusterSpec,
+        policy_name: str,
+        config: ClusterConfig,
+        fleet: Fleet | None = None,
+    ) -> None:
         self.workload, self.cluster, self.config, self.fleet = workload, cluster, config, fleet
         self.policy_name = policy_name
         self.requests = generate(workload)
@@ -166,8 +179,13 @@ class Simulation:
 
     def _new_replica(self, requested_at: float, ready_at: float) -> SimReplica:
         c = self.cluster
-        model = BatchingModel(c.perf, c.tensor_parallel_size, c.max_num_seqs,
-                              c.max_num_batched_tokens, c.kv_capacity_tokens)  # fmt: skip
+        model = BatchingModel(
+            c.perf,
+            c.tensor_parallel_size,
+            c.max_num_seqs,
+            c.max_num_batched_tokens,
+            c.kv_capacity_tokens,
+        )
         return SimReplica(model, requested_at, ready_at)
 
     def _timer(self, at: float, kind: str, k: int = -1) -> None:
@@ -214,9 +232,12 @@ class Simulation:
     def _apply(self, dispatch) -> None:
         for request, k in dispatch:
             rec = self.records[request.request_id]
-            self.replicas[k].model.add(request.request_id, request.prompt_tokens,
-                                       request.output_tokens,
-                                       self.policy.expected_output(request))  # fmt: skip
+            self.replicas[k].model.add(
+                request.request_id,
+                request.prompt_tokens,
+                request.output_tokens,
+                self.policy.expected_output(request),
+            )
             self.replicas[k].live[request.request_id] = rec
 
     def _control(self, now: float) -> None:
@@ -225,8 +246,9 @@ class Simulation:
             self.replicas.append(self._new_replica(now, now + self.fleet.start_s))
             self._timer(now + self.fleet.start_s, "ready", len(self.replicas) - 1)
         if want < target:  # cancel cold starts first, then drain the least busy
-            kept = [k for k, r in enumerate(self.replicas)
-                    if not r.draining and r.stopped_at is None]  # fmt: skip
+            kept = [
+                k for k, r in enumerate(self.replicas) if not r.draining and r.stopped_at is None
+            ]
             kept.sort(key=lambda k: (self.replicas[k].ready_at <= now, len(self.replicas[k].live)))
             for k in kept[: target - want]:
                 rep = self.replicas[k]
@@ -264,16 +286,22 @@ class Simulation:
                     self.outcomes.append(rec)
                 else:
                     self._apply(decision)
-            horizon = min(requests[i].arrival if i < len(requests) else math.inf,
-                          self._timers[0][0] if self._timers else math.inf)  # fmt: skip
+            horizon = min(
+                requests[i].arrival if i < len(requests) else math.inf,
+                self._timers[0][0] if self._timers else math.inf,
+            )
             for k in range(len(self.replicas)):
                 self._start(k, now, horizon)
         end = max(self.workload.duration_s, now)
         for rep in self.replicas:
             rep.stopped_at = rep.stopped_at if rep.stopped_at is not None else end
-        return SimResult(self.policy_name, self.workload.duration_s,
-                         list(self.records.values()), self.config.efforts,
-                         warmup_s=self.workload.duration_s * self.workload.warmup_share)  # fmt: skip
+        return SimResult(
+            self.policy_name,
+            self.workload.duration_s,
+            list(self.records.values()),
+            self.config.efforts,
+            warmup_s=self.workload.duration_s * self.workload.warmup_share,
+        )
 
 
 def simulate(

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from cluster.chart import CHART_DIR, chart_files
-from cluster.config import validate_config
+from cluster.config import ClusterConfig, validate_config
+from cluster.serve.ray_env import serve_env
 from tests.helpers import system_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -268,3 +269,16 @@ def test_the_prometheus_rule_ships_the_promtool_checked_rules(tmp_path):
         (cm,) = [m for m in maps.values() if path.name in m["data"]]
         assert json.loads(cm["data"][path.name]) == json.loads(path.read_text())
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+@pytest.mark.parametrize("ingress", ["haproxy", "proxy"])
+def test_pods_start_with_the_serve_env_local_clusters_use(ingress):
+    """Ray Serve reads its flags at process start: every pod carries what `local_cluster` sets
+    for the same config (cluster/serve/ray_env.py)."""
+    require(HELM)
+    expected = serve_env(ClusterConfig(gateway={"ingress": ingress}))
+    for pod in workload_pods(render(None, f"cluster.gateway.ingress={ingress}")):
+        (container,) = pod["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert {k: env.get(k) for k in expected} == expected, pod["metadata"]["name"]
+        assert not {k for k in env if k.startswith("RAY_SERVE_")} - set(expected)

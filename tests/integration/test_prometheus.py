@@ -47,13 +47,16 @@ def query(api: httpx.Client, promql: str) -> list[dict]:
     return reply["data"]["result"] if reply.get("status") == "success" else []
 
 
-def wait_for(api: httpx.Client, promql: str, ok, timeout_s: float = 90) -> list[dict]:
+def wait_for(api: httpx.Client, promql: str, ok, timeout_s: float = 90, between=None) -> list[dict]:
+    """Poll until `ok(result)`; `between` runs before each poll after the first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         result = query(api, promql)
         if ok(result):
             return result
         time.sleep(1)
+        if between is not None:
+            between()
     pytest.fail(f"no good answer to {promql} in {timeout_s:.0f} s; last: {result}")
 
 
@@ -88,9 +91,12 @@ def test_prometheus_scrapes_the_cluster_and_runs_the_rules(cluster, client, prom
     rules = [r for g in groups for r in g["rules"]]
     assert len(rules) == sum(len(g["rules"]) for g in yaml.safe_load(RULES.read_text())["groups"])
     assert all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
-    requests()  # counters that move between scrapes: rates, and the SLO error ratio, exist
+    # Counters that move between scrapes: rates, and the SLO error ratio, exist. Requests keep
+    # coming until they do (a first request that missed its SLO and a second that met it move
+    # two different series, neither of which has a rate yet).
     ratio = wait_for(prometheus, "gpt_oss:slo_errors:ratio_rate5m",
-                     lambda r: len(r) == 3 and "NaN" not in {s["value"][1] for s in r})  # fmt: skip
+                     lambda r: len(r) == 3 and "NaN" not in {s["value"][1] for s in r},
+                     between=requests)  # fmt: skip
     assert all(0 <= float(s["value"][1]) <= 1 for s in ratio), ratio
 
 

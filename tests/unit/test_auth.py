@@ -8,8 +8,9 @@ import httpx
 import pytest
 
 from cluster.api.auth import KeyRing, KeyUsage, Quotas
+from cluster.api.engine_client import InProcessEngine
 from cluster.api.gateway import create_app
-from cluster.api.generation import InProcessEngine, RequestRecord
+from cluster.api.generation import RequestRecord
 from cluster.config import ApiKey
 from cluster.engine.mock import MockEngine
 from cluster.serve.quota_ledger import STALE_S, QuotaLedger

@@ -10,11 +10,11 @@ from cluster.config import (
     ClusterConfig,
     ConfigError,
     load_config,
-    serve_config,
     validate_config,
     with_secret_env,
 )
 from cluster.contracts import Effort
+from cluster.serve.serve_config import serve_config
 
 
 def test_defaults_are_valid_and_cover_every_effort():

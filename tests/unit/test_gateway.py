@@ -5,8 +5,9 @@ import json
 import httpx
 import pytest
 
+from cluster.api.engine_client import InProcessEngine
 from cluster.api.gateway import create_app
-from cluster.api.generation import InProcessEngine, StopMatcher
+from cluster.api.stops import StopMatcher
 from cluster.contracts import Admission, Effort, Overloaded
 from cluster.engine.mock import MockEngine
 from cluster.harmony import Turn

@@ -6,8 +6,8 @@ import json
 import httpx
 import pytest
 
+from cluster.api.engine_client import InProcessEngine
 from cluster.api.gateway import create_app
-from cluster.api.generation import InProcessEngine
 from cluster.contracts import Admission, EngineUnavailable
 from cluster.engine.mock import MockEngine
 from tests.helpers import fast_config

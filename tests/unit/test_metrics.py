@@ -6,8 +6,9 @@ import httpx
 import pytest
 
 from cluster.api.chat import ChatService
+from cluster.api.engine_client import InProcessEngine
 from cluster.api.gateway import create_app
-from cluster.api.generation import Caller, InProcessEngine, RequestRecord
+from cluster.api.generation import Caller, RequestRecord
 from cluster.api.protocol import ChatCompletionRequest
 from cluster.config import ClusterConfig
 from cluster.contracts import Effort, LoadReport, Overloaded, SchedulingRequest
@@ -106,7 +107,7 @@ async def test_a_client_that_leaves_mid_stream_is_recorded_as_cancelled(harmony,
     records: list[RequestRecord] = []
     service = ChatService(fast_config(), harmony, InProcessEngine(engine))
     body = ChatCompletionRequest.model_validate(chat(stream=True, reasoning_effort="high"))
-    stream, _ = await service.create(body, Caller("t", None, records.append))
+    stream, _ = await service.create(body, Caller("t", None, (records.append,)))
     await anext(stream.events)
     await anext(stream.events)
     await stream.events.aclose()
@@ -122,7 +123,7 @@ async def test_a_stream_never_read_is_freed_by_its_close(harmony, engine):
     records: list[RequestRecord] = []
     service = ChatService(fast_config(), harmony, InProcessEngine(engine))
     body = ChatCompletionRequest.model_validate(chat(stream=True, reasoning_effort="high"))
-    stream, _ = await service.create(body, Caller("t", None, records.append))
+    stream, _ = await service.create(body, Caller("t", None, (records.append,)))
     assert engine.load_report().running == 1
     await stream.close()
     assert engine.load_report().running == 0 and [r.outcome for r in records] == ["cancelled"]

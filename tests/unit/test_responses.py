@@ -7,8 +7,8 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
+from cluster.api.engine_client import InProcessEngine
 from cluster.api.gateway import create_app
-from cluster.api.generation import InProcessEngine
 from cluster.api.response_store import InMemoryStore, StoreUnavailable
 from cluster.engine.mock import MockEngine
 from tests.helpers import fast_config

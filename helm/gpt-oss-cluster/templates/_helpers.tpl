@@ -91,6 +91,8 @@ env:
     value: /tmp/home
   - name: XDG_CACHE_HOME
     value: /tmp/cache
+  # Ray Serve's flags for the ingress (templates/_serve_env.tpl, generated from the config).
+  {{- include "gpt-oss.serveEnv" .root | nindent 2 }}
 volumeMounts:
   - name: weights
     mountPath: {{ .root.Values.weights.mountPath }}

@@ -1,0 +1,74 @@
+"""How the gateway reaches engines: the `EngineClient` protocol (a Serve handle and the
+effort-aware dispatcher in the cluster) and `InProcessEngine`, an engine object in this process
+with no scheduler (unit tests, the gateway benchmark)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from cluster.contracts import (
+    Admission,
+    EngineOutput,
+    EngineRequest,
+    SchedulingRequest,
+)
+from cluster.engine.base import Engine
+
+
+class EngineClient(Protocol):
+    """How the gateway reaches engines: a Serve handle in the cluster, an engine object in tests."""
+
+    async def admit(self, request: SchedulingRequest, degradable: bool) -> Admission:
+        """Wait until the request may run; raise `Overloaded` to shed it. `degradable`: the
+        caller can re-render it at a lower effort."""
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]: ...
+
+    def arrived(self, admission: Admission, received_at: float) -> None:
+        """The replica took the request at `received_at` (its clock; from the first output)."""
+
+    def release(
+        self,
+        admission: Admission,
+        output_tokens: int | None,
+        first_output_at: float | None,
+        replica_failed: bool = False,
+        ended_at: float | None = None,
+    ) -> None:
+        """The request is done with its replica (`output_tokens` None: it did not finish;
+        `first_output_at`: wall time of its first output, None if there was none;
+        `replica_failed`: the replica went away under it; `ended_at`: when the replica freed
+        its seat, if it said so)."""
+
+    async def ready(self) -> bool: ...
+
+
+class InProcessEngine:
+    """EngineClient over an engine object in this process (unit tests, benchmarks): no queue,
+    every request runs at once."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def admit(self, request: SchedulingRequest, degradable: bool) -> Admission:
+        return Admission()
+
+    def arrived(self, admission: Admission, received_at: float) -> None:
+        pass
+
+    def release(
+        self,
+        admission: Admission,
+        output_tokens: int | None,
+        first_output_at: float | None,
+        replica_failed: bool = False,
+        ended_at: float | None = None,
+    ) -> None:
+        pass
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        return self.engine.generate(request)
+
+    async def ready(self) -> bool:
+        return True
