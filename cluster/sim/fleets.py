@@ -32,16 +32,27 @@ from cluster.sim.simulator import Simulation, meets_slo
 
 @dataclass(frozen=True)
 class Observation:
-    now: float
-    target: int  # replicas kept (serving or starting)
+    """What a simulated autoscaler sees each period: ours decides from `signal`, the very input
+    the live Serve policy builds; Serve's default counts requests."""
+
+    signal: ScalingSignal
     serving: int
-    offered_tokens_s: float  # tokens (prompt + expected output) offered per second, lately
-    queued_tokens: float  # waiting for a replica
     backlog_tokens: float  # queued + still held by engines
     ongoing: float  # requests queued or in engines (what Serve counts)
-    queued: float  # requests waiting for a replica
-    tokens_per_replica_s: float | None  # measured while saturated
-    attainment: dict[Effort, float]
+
+    @property
+    def now(self) -> float:
+        return self.signal.now
+
+    @property
+    def target(self) -> int:
+        return self.signal.target
+
+    @classmethod
+    def of(cls, *, serving: int, backlog_tokens: float, ongoing: float, **signal) -> Observation:
+        """`signal` holds `ScalingSignal`'s fields; the replicas still starting follow."""
+        starting = max(0, signal["target"] - serving)
+        return cls(ScalingSignal(**signal, starting=starting), serving, backlog_tokens, ongoing)
 
 
 class Autoscaler(Protocol):
@@ -66,17 +77,7 @@ class Backlog:
         )
 
     def decide(self, o: Observation) -> Decision:
-        signal = ScalingSignal(
-            o.now,
-            o.target,
-            o.offered_tokens_s,
-            o.queued_tokens,
-            math.ceil(o.queued),
-            o.tokens_per_replica_s,
-            o.attainment,
-            starting=max(0, o.target - o.serving),
-        )
-        return self._core.decide(signal)
+        return self._core.decide(o.signal)
 
 
 @dataclass
@@ -110,7 +111,7 @@ class OngoingRequests:
             target_num_replicas=o.target,
             running_replicas=[],
             total_num_requests=average,
-            total_queued_requests=o.queued,
+            total_queued_requests=o.signal.waiting_requests,
             aggregated_metrics={},
             raw_metrics={},
             capacity_adjusted_min_replicas=self.min_replicas,
@@ -158,7 +159,7 @@ class SimFleet:
         scheduler = sim.policy.scheduler
         serving = sum(r.serving(now) for r in sim.replicas)
         rate = scheduler.drain.token_rate(now)
-        o = Observation(
+        o = Observation.of(
             now=now,
             target=sim.target,
             serving=serving,
@@ -167,7 +168,7 @@ class SimFleet:
             backlog_tokens=scheduler.backlog_tokens(),
             ongoing=len(scheduler.queue)
             + sum(r.model.running + r.model.waiting for r in sim.replicas if r.stopped_at is None),
-            queued=len(scheduler.queue),
+            waiting_requests=len(scheduler.queue),
             tokens_per_replica_s=rate / serving if rate and serving else None,
             attainment=self._attainment(now, sim),
         )

@@ -132,7 +132,7 @@ def run_day(
         throughput = (
             sum(done[e] * c.cost for e, c in classes.items()) / serving if saturated else None
         )
-        o = Observation(
+        o = Observation.of(
             now=now,
             target=kept,
             serving=serving,
@@ -140,7 +140,7 @@ def run_day(
             queued_tokens=queued_tokens,
             backlog_tokens=backlog,
             ongoing=sum(running.values()) + sum(queued.values()),
-            queued=sum(queued.values()),
+            waiting_requests=math.ceil(sum(queued.values())),
             tokens_per_replica_s=throughput,
             attainment=attainment,
         )
