@@ -152,6 +152,16 @@ class Admission:
     demand: DemandSignal | None = None  # for the engines' autoscaling metrics
 
 
+@dataclass(frozen=True)
+class Release:
+    """How a request left its replica, for the scheduler that placed it there."""
+
+    output_tokens: int | None = None  # None: it did not run to the end
+    first_output_at: float | None = None  # wall time of its first output; None: there was none
+    ended_at: float | None = None  # the replica's time of freeing the seat, when it said
+    replica_failed: bool = False  # the replica went away under it
+
+
 class Overloaded(Exception):
     """Admission sheds the request (the router holds too many already): the gateway answers 429."""
 

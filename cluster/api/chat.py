@@ -29,9 +29,9 @@ from cluster.api.chunks import MARKER, ChunkTemplate
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import Caller, Demand, Generation, Service, Stream
 from cluster.api.protocol import ChatCompletionRequest, ChatMessage
-from cluster.api.sampling import check_model, engine_request, new_id
+from cluster.api.sampling import check_model
 from cluster.api.stops import StopMatcher
-from cluster.contracts import Effort, EngineRequest
+from cluster.contracts import Effort
 from cluster.harmony import ChannelDelta, ChannelParser, ToolCall, ToolSpec, Turn
 
 
@@ -155,21 +155,15 @@ class ChatService(Service):
         requested = body.max_completion_tokens or body.max_tokens
         param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
 
-        request_id = new_id("chatcmpl")
-
-        def render(effort: Effort, degraded: bool = False) -> EngineRequest:
-            prompt = self._harmony.render(turns, effort, instructions, tools)
-            return engine_request(
-                self._config,
-                body,
-                prompt,
-                request_id=request_id,
-                effort=effort,
-                requested_max_tokens=requested,
-                max_tokens_param=param,
-                stop_token_ids=self._harmony.stop_token_ids,
-                degraded=degraded,
-            )
+        render = self.renderer(
+            body,
+            turns,
+            instructions,
+            tools,
+            id_prefix="chatcmpl",
+            requested_max_tokens=requested,
+            max_tokens_param=param,
+        )
 
         demand = Demand(
             tenant=caller.tenant,

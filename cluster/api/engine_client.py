@@ -11,6 +11,7 @@ from cluster.contracts import (
     Admission,
     EngineOutput,
     EngineRequest,
+    Release,
     SchedulingRequest,
 )
 from cluster.engine.base import Engine
@@ -28,18 +29,8 @@ class EngineClient(Protocol):
     def arrived(self, admission: Admission, received_at: float) -> None:
         """The replica took the request at `received_at` (its clock; from the first output)."""
 
-    def release(
-        self,
-        admission: Admission,
-        output_tokens: int | None,
-        first_output_at: float | None,
-        replica_failed: bool = False,
-        ended_at: float | None = None,
-    ) -> None:
-        """The request is done with its replica (`output_tokens` None: it did not finish;
-        `first_output_at`: wall time of its first output, None if there was none;
-        `replica_failed`: the replica went away under it; `ended_at`: when the replica freed
-        its seat, if it said so)."""
+    def release(self, admission: Admission, end: Release) -> None:
+        """The request is done with its replica."""
 
     async def ready(self) -> bool: ...
 
@@ -57,14 +48,7 @@ class InProcessEngine:
     def arrived(self, admission: Admission, received_at: float) -> None:
         pass
 
-    def release(
-        self,
-        admission: Admission,
-        output_tokens: int | None,
-        first_output_at: float | None,
-        replica_failed: bool = False,
-        ended_at: float | None = None,
-    ) -> None:
+    def release(self, admission: Admission, end: Release) -> None:
         pass
 
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from cluster.api.engine_client import EngineClient
 from cluster.api.errors import OpenAIError
+from cluster.api.protocol import SamplingRequest
+from cluster.api.sampling import engine_request, new_id
 from cluster.api.stops import StopMatcher
 from cluster.config import ClusterConfig, EffortProfile
 from cluster.contracts import (
@@ -20,9 +22,10 @@ from cluster.contracts import (
     EngineUnavailable,
     Outcome,
     Overloaded,
+    Release,
     SchedulingRequest,
 )
-from cluster.harmony import Harmony
+from cluster.harmony import Harmony, ToolSpec, Turn
 
 START_ATTEMPTS = 2  # a replica that dies before the first output: once more elsewhere
 
@@ -254,9 +257,8 @@ class Generation:
 
     def _release(self, output_tokens: int | None, replica_failed: bool = False) -> None:
         if self._engine is not None and self._admission is not None:
-            self._engine.release(
-                self._admission, output_tokens, self._first_at, replica_failed, self._ended_at
-            )
+            end = Release(output_tokens, self._first_at, self._ended_at, replica_failed)
+            self._engine.release(self._admission, end)
             self._admission = None
 
     async def token_batches(self) -> AsyncIterator[list[int]]:
@@ -310,3 +312,34 @@ class Service:
         self._config = config
         self._harmony = harmony
         self._engine = engine
+
+    def renderer(
+        self,
+        body: SamplingRequest,
+        conversation: Sequence[Turn],
+        instructions: str | None,
+        tools: Sequence[ToolSpec],
+        *,
+        id_prefix: str,
+        requested_max_tokens: int | None,
+        max_tokens_param: str,
+    ) -> Callable[..., EngineRequest]:
+        """`render(effort, degraded=False)`: the conversation as an engine request at an effort.
+        The first render and a degraded re-render share one request id."""
+        request_id = new_id(id_prefix)
+
+        def render(effort: Effort, degraded: bool = False) -> EngineRequest:
+            prompt = self._harmony.render(conversation, effort, instructions, tools)
+            return engine_request(
+                self._config,
+                body,
+                prompt,
+                request_id=request_id,
+                effort=effort,
+                requested_max_tokens=requested_max_tokens,
+                max_tokens_param=max_tokens_param,
+                stop_token_ids=self._harmony.stop_token_ids,
+                degraded=degraded,
+            )
+
+        return render

@@ -33,10 +33,10 @@ from cluster.api.protocol import (
     ResponsesRequest,
 )
 from cluster.api.response_store import ResponseStore, StoredResponse, StoreUnavailable
-from cluster.api.sampling import check_model, engine_request, new_id
+from cluster.api.sampling import check_model
 from cluster.api.stops import StopMatcher
 from cluster.config import ClusterConfig
-from cluster.contracts import Effort, EngineRequest
+from cluster.contracts import Effort
 from cluster.harmony import Harmony, ToolCall, ToolSpec, Turn
 
 logger = logging.getLogger(__name__)
@@ -147,21 +147,15 @@ class ResponsesService(Service):
         ]
         conversation = (*earlier, *turns)
 
-        request_id = new_id("resp")
-
-        def render(effort: Effort, degraded: bool = False) -> EngineRequest:
-            prompt = self._harmony.render(conversation, effort, instructions, tools)
-            return engine_request(
-                self._config,
-                body,
-                prompt,
-                request_id=request_id,
-                effort=effort,
-                requested_max_tokens=body.max_output_tokens,
-                max_tokens_param="max_output_tokens",
-                stop_token_ids=self._harmony.stop_token_ids,
-                degraded=degraded,
-            )
+        render = self.renderer(
+            body,
+            conversation,
+            instructions,
+            tools,
+            id_prefix="resp",
+            requested_max_tokens=body.max_output_tokens,
+            max_tokens_param="max_output_tokens",
+        )
 
         demand = Demand(
             caller.tenant,

@@ -172,8 +172,10 @@ def _q(values: list[float], q: int) -> float:
 def run(levels: tuple[int, ...] = LEVELS) -> list[Level]:
     port = free_port()
     config = _config(port)
-    print(f"gateway capacity: one gateway replica, mock engine at H100 pacing, closed-loop "
-          f"medium-effort chat streams, {WINDOW_S:g} s measured per level")  # fmt: skip
+    print(
+        f"gateway capacity: one gateway replica, mock engine at H100 pacing, closed-loop "
+        f"medium-effort chat streams, {WINDOW_S:g} s measured per level"
+    )
     results = []
     with local_cluster(config):
         idle = idle_cpu(5.0)
@@ -200,8 +202,10 @@ def _print(r: Level, cores: int) -> None:
     gateway = r.cpu_ms_per_1k.get("gateway", 0.0)
     capacity = 1e6 / gateway if gateway else float("nan")
     roles = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.cpu_ms_per_1k.items()))
-    print(f"{r.streams:>6} streams  {r.tokens_per_s:>8,.0f} tok/s  chunk gap p50 "
-          f"{r.gap_p50_ms:6.1f} ms p99 {r.gap_p99_ms:7.1f} ms (engine alone p99 "
-          f"{r.engine_gap_p99_ms:6.1f} ms, added {r.gap_p99_ms - r.engine_gap_p99_ms:+7.1f} ms)\n"
-          f"{'':>16}CPU ms per 1k tokens above idle: {roles}; client {r.client_ms_per_1k:.0f}\n"
-          f"{'':>16}one gateway core carries ~{capacity:,.0f} tok/s ({cores} cores here)")  # fmt: skip
+    print(
+        f"{r.streams:>6} streams  {r.tokens_per_s:>8,.0f} tok/s  chunk gap p50 "
+        f"{r.gap_p50_ms:6.1f} ms p99 {r.gap_p99_ms:7.1f} ms (engine alone p99 "
+        f"{r.engine_gap_p99_ms:6.1f} ms, added {r.gap_p99_ms - r.engine_gap_p99_ms:+7.1f} ms)\n"
+        f"{'':>16}CPU ms per 1k tokens above idle: {roles}; client {r.client_ms_per_1k:.0f}\n"
+        f"{'':>16}one gateway core carries ~{capacity:,.0f} tok/s ({cores} cores here)"
+    )

@@ -23,6 +23,7 @@ from cluster.contracts import (
     EngineRequest,
     EngineUnavailable,
     Overloaded,
+    Release,
     SchedulingRequest,
 )
 from cluster.engine.factory import build_engine
@@ -90,18 +91,9 @@ class ServeEngineClient:
         if self._dispatcher is not None:
             self._dispatcher.arrived(admission, received_at)
 
-    def release(
-        self,
-        admission: Admission,
-        output_tokens: int | None,
-        first_output_at: float | None,
-        replica_failed: bool = False,
-        ended_at: float | None = None,
-    ) -> None:
+    def release(self, admission: Admission, end: Release) -> None:
         if self._dispatcher is not None:
-            self._dispatcher.release(
-                admission, output_tokens, first_output_at, replica_failed, ended_at
-            )
+            self._dispatcher.release(admission, end)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         responses = self._stream.remote(request)

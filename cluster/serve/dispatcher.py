@@ -17,7 +17,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cluster.config import ClusterConfig
-from cluster.contracts import Admission, DemandSignal, LoadReport, Overloaded, SchedulingRequest
+from cluster.contracts import (
+    Admission,
+    DemandSignal,
+    LoadReport,
+    Overloaded,
+    Release,
+    SchedulingRequest,
+)
 from cluster.metrics import RouterMetrics
 from cluster.scheduling.autoscaling import Attainment
 from cluster.scheduling.queue import Ticket
@@ -152,23 +159,19 @@ class Dispatcher:
         if admission.ticket is not None and admission.replica is not None:
             self.scheduler.arrived(admission.ticket, admission.replica, received_at)
 
-    def release(
-        self,
-        admission: Admission,
-        output_tokens: int | None,
-        first_output_at: float | None,
-        replica_failed: bool = False,
-        ended_at: float | None = None,
-    ) -> None:
-        """The request left its replica; `output_tokens` is None when it did not run to the end,
-        `ended_at` the replica's time of freeing its seat when it said. A replica that failed
-        under it gets nothing more until a load report shows it alive."""
+    def release(self, admission: Admission, end: Release) -> None:
+        """The request left its replica. One that ran to the end teaches the cost model and
+        counts toward SLO attainment; a replica that failed under it gets nothing more until a
+        load report shows it alive."""
         ticket = admission.ticket
         if ticket is None:
             return
         now = self._clock()
-        self.scheduler.completed(ticket, admission.replica, output_tokens, now, ended_at=ended_at)
-        if replica_failed and admission.replica is not None:
+        output_tokens, first_output_at = end.output_tokens, end.first_output_at
+        self.scheduler.completed(
+            ticket, admission.replica, output_tokens, now, ended_at=end.ended_at
+        )
+        if end.replica_failed and admission.replica is not None:
             last = (self._latest or {}).get(admission.replica)
             self._failed[admission.replica] = last.reported_at if last else -math.inf
             self.scheduler.drop(admission.replica)

@@ -11,6 +11,7 @@ from cluster.contracts import (
     EngineRequest,
     LoadReport,
     Overloaded,
+    Release,
     SamplingParams,
     SchedulingRequest,
 )
@@ -65,7 +66,9 @@ async def test_requests_wait_for_a_seat_and_a_release_hands_it_on():
     await asyncio.sleep(0)
     assert not second.done()  # the only seat is taken; the request waits in the gateway
     clock.now += 0.5
-    d.release(first, 180, first_output_at=clock.now - 0.4)  # frees the seat before any report
+    d.release(
+        first, Release(180, first_output_at=clock.now - 0.4)
+    )  # frees the seat before any report
     assert (await asyncio.wait_for(second, 1)).replica == "a"
     assert d.scheduler.cost.prediction_error()  # the true length was learned
 
@@ -119,7 +122,7 @@ async def test_overload_sheds_and_degradation_is_reported():
     assert d.scheduler.degraded >= 1 and d.scheduler.rejected == 0
     with pytest.raises(Overloaded):  # a raw prompt cannot be re-rendered: shed instead
         await admit(d, "raw", Effort.HIGH, degradable=False)
-    d.release(running, None, None)
+    d.release(running, Release())
     done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     assert done.pop().result().effort in (Effort.MEDIUM, Effort.LOW)  # lowered ones key first
     for task in waiting:
@@ -133,10 +136,12 @@ async def test_the_demand_signal_rides_on_each_dispatched_request():
     # prompt + expected output, per second over the 30 s window
     assert first.demand.offered_tokens_s == pytest.approx(first.ticket.cost_tokens / 30)
     clock.now += 2.0
-    d.release(first, 180, first_output_at=clock.now - 1.9)  # TTFT 0.1 s, ITL ~10 ms: met
+    d.release(first, Release(180, first_output_at=clock.now - 1.9))  # TTFT 0.1 s, ITL ~10 ms: met
     second = await admit(d, "r1")
     clock.now += 5.0
-    d.release(second, 100, first_output_at=clock.now - 0.1)  # TTFT 4.9 s > low's 1 s: missed
+    d.release(
+        second, Release(100, first_output_at=clock.now - 0.1)
+    )  # TTFT 4.9 s > low's 1 s: missed
     signal = d.signal(clock.now)
     assert dict(signal.attainment) == {Effort.LOW: 0.5}
     assert signal.queued_tokens == 0 and signal.waiting_requests == 0
@@ -160,7 +165,7 @@ async def test_a_failed_replica_gets_nothing_until_a_newer_report():
     d, _ = dispatcher()
     d.publish({"a": report(seats=4, at=100.0), "b": report(seats=4, at=100.0)})
     first = await admit(d, "r0")
-    d.release(first, None, None, replica_failed=True)
+    d.release(first, Release(replica_failed=True))
     survivor = "b" if first.replica == "a" else "a"
     for i in range(3):  # the cached reports still list the failed one: it stays out
         assert (await admit(d, f"r{i + 1}")).replica == survivor

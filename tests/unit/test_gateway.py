@@ -315,10 +315,8 @@ class _Recorder(InProcessEngine):
         self.requests.append(request)
         return self.engine.generate(request)
 
-    def release(
-        self, admission, output_tokens, first_output_at, replica_failed=False, ended_at=None
-    ):
-        self.released.append(output_tokens)
+    def release(self, admission, end):
+        self.released.append(end.output_tokens)
 
 
 async def test_effort_sets_the_engine_priority_and_cost_prior(harmony, engine):

@@ -145,10 +145,8 @@ class _Dying(InProcessEngine):
     async def admit(self, request, degradable):
         return Admission(replica=f"r-{self.calls}")
 
-    def release(
-        self, admission, output_tokens, first_output_at, replica_failed=False, ended_at=None
-    ):
-        self.failed.append((admission.replica, replica_failed))
+    def release(self, admission, end):
+        self.failed.append((admission.replica, end.replica_failed))
 
     async def generate(self, request):
         self.calls += 1
