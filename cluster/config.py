@@ -177,6 +177,13 @@ class EngineConfig(_Strict):
     kind: EngineKind = EngineKind.MOCK
     parallelism: ParallelismConfig = ParallelismConfig()
     hardware: HardwareConfig = HardwareConfig()
+    stream_interval: PositiveInt = Field(
+        1,
+        description="Tokens per streamed output of a request (vLLM's --stream-interval; the "
+        "first and the last go at once). Every output crosses the engine replica, Ray and the "
+        "gateway, so N tokens per output divide that per-token cost by about N; the chunks of a "
+        "stream then arrive N tokens at a time.",
+    )
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM AsyncEngineArgs, passed through unchanged."
     )
@@ -209,6 +216,13 @@ class ReplicaConfig(_Strict):
         if self.min_replicas > self.max_replicas:
             raise ValueError("min_replicas must not exceed max_replicas")
         return self
+
+
+class GatewayReplicaConfig(ReplicaConfig):
+    """A gateway replica holds many streams, each mostly waiting on its engine."""
+
+    target_ongoing_requests: PositiveInt = 200
+    max_ongoing_requests: PositiveInt = 1_000
 
 
 class AutoscalingConfig(_Strict):
@@ -266,8 +280,9 @@ class RouterConfig(_Strict):
     policy: Literal["effort_aware", "least_outstanding_tokens"] = Field(
         "effort_aware",
         description="effort_aware: each gateway's scheduler admits, orders and places requests "
-        "(late binding). least_outstanding_tokens: every request goes to Serve's router at once "
-        "and waits in the engine's own queue (the peers' way; a baseline).",
+        "(late binding). least_outstanding_tokens: every request is placed at once on the replica "
+        "with the least outstanding tokens and waits in the engine's own queue (the peers' way; "
+        "a baseline).",
     )
     load_report_period_s: PositiveFloat = Field(
         0.5, description="How often engine replicas report running/waiting/KV to routers."
@@ -318,7 +333,7 @@ class GatewayConfig(_Strict):
         "HAProxy's stats and metrics listeners bind every interface). `proxy`: Serve's Python "
         "proxy, one more process and Ray hop per chunk, loopback only when `host` is.",
     )
-    replicas: ReplicaConfig = ReplicaConfig(max_ongoing_requests=1_000, target_ongoing_requests=200)
+    replicas: GatewayReplicaConfig = GatewayReplicaConfig()
     max_request_body_bytes: PositiveInt = 4 * 1024 * 1024
     max_header_bytes: PositiveInt = Field(
         8 * 1024, description="Request headers (431 beyond; the HTTP server refuses over 16 KiB)."

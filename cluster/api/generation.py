@@ -83,6 +83,8 @@ class RequestRecord:
     reasoning_tokens: int = 0
     completion_tokens: int = 0
     expected_output_tokens: int = 0  # the cost model's prediction
+    admission: Admission | None = None  # where the scheduler placed it (None: never placed)
+    release: Release = field(default_factory=Release)  # how it left its replica, for the scheduler
 
     def met(self, slo: EffortProfile) -> bool:
         """Completed within both of its effort's SLOs."""
@@ -117,6 +119,7 @@ class Generation:
     _first_answer_at: float | None = field(default=None, repr=False)
     _gaps: list[float] = field(default_factory=list, repr=False)
     _recorded: bool = field(default=False, repr=False)
+    _replica_failed: bool = field(default=False, repr=False)
     _deadline_at: float | None = field(default=None, repr=False)  # event-loop time
 
     @property
@@ -144,10 +147,14 @@ class Generation:
         if self._first_answer_at is None:
             self._first_answer_at = time.time()
 
-    def _done(self, outcome: Outcome) -> None:
+    def _done(self, outcome: Outcome, output_tokens: int | None = None) -> None:
+        """The request ended (once): every completion hook hears its record, the scheduler's
+        feedback first (it frees the seat), then the caller's (quota, metrics).
+        `output_tokens` is set only for a request that ran to its end."""
         if self._recorded:
             return
         self._recorded = True
+        release = Release(output_tokens, self._first_at, self._ended_at, self._replica_failed)
         record = RequestRecord(
             endpoint=self.endpoint,
             effort=self.request.effort,
@@ -163,9 +170,16 @@ class Generation:
             reasoning_tokens=self.reasoning_tokens,
             completion_tokens=self.completion_tokens,
             expected_output_tokens=self.request.expected_output_tokens,
+            admission=self._admission,
+            release=release,
         )
-        for hook in self.caller.hooks:
+        self._admission = None
+        for hook in (self._scheduler_feedback, *self.caller.hooks):
             hook(record)
+
+    def _scheduler_feedback(self, record: RequestRecord) -> None:
+        if self._engine is not None and record.admission is not None:
+            self._engine.release(record.admission, record.release)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -188,16 +202,14 @@ class Generation:
                         outputs = await self._attempt(engine)
                         break
                     except EngineUnavailable:
-                        self._release(None, replica_failed=True)
+                        self._failed_attempt()
                         if attempt == START_ATTEMPTS:
                             raise
             self._first_at = time.time()
         except TimeoutError:
-            self._release(None)
             self._done(Outcome.DEADLINE)
             raise self._deadline_error() from None
         except Overloaded as err:
-            self._release(None)
             self._done(Outcome.REJECTED)
             raise OpenAIError(
                 429,
@@ -211,11 +223,9 @@ class Generation:
                 503, "No engine replica could take the request; retry.", code="engine_unavailable"
             ) from None
         except StopAsyncIteration:
-            self._release(None)
             self._done(Outcome.FAILED)
             raise OpenAIError(503, "the engine ended the request without output") from None
         except BaseException as err:
-            self._release(None)
             self._done(Outcome.FAILED if isinstance(err, Exception) else Outcome.CANCELLED)
             raise
         self._rest = outputs
@@ -243,7 +253,6 @@ class Generation:
             if self._rest is not None:
                 await self._rest.aclose()
         finally:
-            self._release(None)
             self._done(Outcome.CANCELLED)
 
     def _deadline_error(self) -> OpenAIError:
@@ -255,10 +264,11 @@ class Generation:
             code="deadline_exceeded",
         )
 
-    def _release(self, output_tokens: int | None, replica_failed: bool = False) -> None:
+    def _failed_attempt(self) -> None:
+        """The replica went away before the first output: free its seat with the scheduler
+        (which then avoids the replica) before the request tries elsewhere."""
         if self._engine is not None and self._admission is not None:
-            end = Release(output_tokens, self._first_at, self._ended_at, replica_failed)
-            self._engine.release(self._admission, end)
+            self._engine.release(self._admission, Release(replica_failed=True))
             self._admission = None
 
     async def token_batches(self) -> AsyncIterator[list[int]]:
@@ -284,7 +294,7 @@ class Generation:
             raise self._deadline_error() from None
         except EngineUnavailable:
             failed = Outcome.FAILED
-            self._release(None, replica_failed=True)
+            self._replica_failed = True
             raise OpenAIError(
                 503,
                 "The engine replica serving this request stopped; retry.",
@@ -296,11 +306,13 @@ class Generation:
         finally:
             await self._rest.aclose()
             ran_to_end = self.finish_reason in ("stop", "length") and not self.stop.stopped
-            self._release(self.completion_tokens if ran_to_end else None)
             if self.stop.stopped:
                 self.finish_reason = "stop"
             finished = ran_to_end or self.stop.stopped
-            self._done(failed or (Outcome.COMPLETED if finished else Outcome.CANCELLED))
+            self._done(
+                failed or (Outcome.COMPLETED if finished else Outcome.CANCELLED),
+                self.completion_tokens if ran_to_end else None,
+            )
 
 
 class Service:

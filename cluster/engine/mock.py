@@ -2,7 +2,9 @@
 
 One asyncio task steps the model. Steps are cheap to compute, so the loop runs them ahead until the
 modelled clock (scaled by `time_scale`) passes the wall clock, then sleeps; tokens a stream
-produced meanwhile are handed over together, as one Ray message instead of one per token.
+produced meanwhile are handed over together, as one Ray message instead of one per token. Like
+vLLM's `stream_interval`, a stream is woken for its first token, then every `stream_interval`
+tokens, and at its end.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ _MAX_STEPS_AHEAD = 64  # yield to the streams at least this often when the loop 
 class _Stream:
     script: list[int]
     produced: int = 0
+    sent: int = 0
     done: bool = False
     ended_at: float | None = None  # wall time the model freed its seat
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -46,6 +49,7 @@ class MockEngine(Engine):
             max_num_batched_tokens=mock.max_num_batched_tokens,
             kv_capacity_tokens=mock.kv_capacity_tokens,
         )
+        self._interval = config.engine.stream_interval
         self._writer = ReplyWriter(self._harmony, config.efforts, mock.final_share, mock.seed)
         self._streams: dict[str, _Stream] = {}
         self._work = asyncio.Event()
@@ -73,19 +77,18 @@ class MockEngine(Engine):
             request.expected_output_tokens,
         )
         self._work.set()
-        sent = 0
         try:
             while True:
                 await stream.wake.wait()
                 stream.wake.clear()
-                produced = stream.produced
+                sent, produced = stream.sent, stream.produced
                 if produced > sent or stream.done:
                     first = received_at if sent == 0 else None
+                    stream.sent = produced
                     if stream.done:
                         yield EngineOutput(script[sent:produced], finish, first, stream.ended_at)
                     else:
                         yield EngineOutput(script[sent:produced], received_at=first)
-                    sent = produced
                 if stream.done:
                     return
         finally:
@@ -123,7 +126,8 @@ class MockEngine(Engine):
                 stream = self._streams.get(request_id)
                 if stream is not None:
                     stream.produced += count
-                    stream.wake.set()
+                    if stream.sent == 0 or stream.produced - stream.sent >= self._interval:
+                        stream.wake.set()
             for request_id in result.finished:
                 stream = self._streams.get(request_id)
                 if stream is not None:

@@ -106,6 +106,7 @@ def vllm_engine_args(config: ClusterConfig) -> dict[str, Any]:
         # The gateway renders and parses harmony: the engine needs no tokenizer.
         "skip_tokenizer_init": True,
         "disable_log_stats": False,  # load reports come from the scheduler stats
+        "stream_interval": config.engine.stream_interval,
     }
     if world_size(config) > 1:
         args["distributed_executor_backend"] = "ray"

@@ -1,25 +1,21 @@
-"""Placement: which engine replica should take a request, from load reports plus local knowledge.
+"""Stateless placement: where a request goes when the scheduler named no replica.
 
-Load reports arrive every `load_report_period_s` and are stale in between, so each router keeps a
-ledger of what it placed itself and has not seen finish: work placed after a replica's last report
-is added to that report, so a burst between two reports does not pile onto the replica that looked
-emptiest. Pure: the caller passes the clock.
+The gateway's scheduler decides placement (it holds the only ledger of work placed since each
+replica's last report). Serve's router falls back on this for requests without a choice (before
+the first load report) and for the rest of its order
+when the chosen replica refuses. Reports are stale between two broadcasts, so a plain
+least-loaded choice would send a whole burst to the replica that looked emptiest: two replicas
+drawn at random, the less loaded first, spread it (Serve's own power of two choices, ranked by
+reported tokens instead of probed queue lengths). Pure: the caller passes the random source.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+import random
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 
 from cluster.contracts import LoadReport
-
-
-@dataclass(frozen=True)
-class Placement:
-    request_id: str
-    cost_tokens: int
-    placed_at: float
 
 
 @dataclass(frozen=True)
@@ -28,52 +24,20 @@ class ReplicaEstimate:
     outstanding_tokens: int
     running: int
 
-
-class PlacementPolicy(Protocol):
-    def rank(self, cost_tokens: int, replicas: Sequence[ReplicaEstimate]) -> list[Hashable]:
-        """Replicas in order of preference for a request of this cost."""
-
-
-class LeastOutstandingTokens:
-    """Prefer the replica with the fewest tokens still to process (prompt + expected output)."""
-
-    def rank(self, cost_tokens: int, replicas: Sequence[ReplicaEstimate]) -> list[Hashable]:
-        ordered = sorted(replicas, key=lambda r: (r.outstanding_tokens, r.running))
-        return [r.replica for r in ordered]
+    @classmethod
+    def of(cls, replica: Hashable, report: LoadReport | None) -> ReplicaEstimate:
+        if report is None:  # a replica that has not reported yet: nothing known against it
+            return cls(replica, 0, 0)
+        return cls(replica, report.outstanding_tokens, report.running + report.waiting)
 
 
-@dataclass
-class PlacementLedger:
-    """Per-router record of in-flight placements, merged with each replica's latest report."""
+def _load(r: ReplicaEstimate) -> tuple[int, int]:
+    return r.outstanding_tokens, r.running
 
-    _inflight: dict[Hashable, dict[str, Placement]] = field(default_factory=dict)
-    _where: dict[str, Hashable] = field(default_factory=dict)
 
-    def placed(self, replica: Hashable, request_id: str, cost_tokens: int, now: float) -> None:
-        self._inflight.setdefault(replica, {})[request_id] = Placement(request_id, cost_tokens, now)
-        self._where[request_id] = replica
-
-    def completed(self, request_id: str) -> None:
-        replica = self._where.pop(request_id, None)
-        if replica is not None:
-            self._inflight[replica].pop(request_id, None)
-
-    def forget_replicas(self, alive: Iterable[Hashable]) -> None:
-        keep = set(alive)
-        for replica in [r for r in self._inflight if r not in keep]:
-            for request_id in self._inflight.pop(replica):
-                self._where.pop(request_id, None)
-
-    def estimate(self, replica: Hashable, report: LoadReport | None) -> ReplicaEstimate:
-        mine = self._inflight.get(replica, {}).values()
-        if report is None:
-            return ReplicaEstimate(replica, sum(p.cost_tokens for p in mine), len(mine))
-        unseen = [p for p in mine if p.placed_at > report.reported_at]
-        return ReplicaEstimate(
-            replica,
-            report.outstanding_tokens + sum(p.cost_tokens for p in unseen),
-            report.running + report.waiting + len(unseen),
-        )
-
-    def estimates(self, reports: Mapping[Hashable, LoadReport | None]) -> list[ReplicaEstimate]:
-        return [self.estimate(replica, report) for replica, report in reports.items()]
+def power_of_two(replicas: Sequence[ReplicaEstimate], rng: random.Random) -> list[Hashable]:
+    """Replicas in order of preference: the less loaded of two random draws, the other, then
+    the rest from least to most reported work (prompt + expected output tokens)."""
+    drawn = sorted(rng.sample(list(replicas), min(2, len(replicas))), key=_load)
+    rest = sorted((r for r in replicas if r not in drawn), key=_load)
+    return [r.replica for r in drawn + rest]

@@ -6,6 +6,11 @@ now. On every load report (and on arrivals) it releases a batch: the best queued
 replica with headroom (no engine-side queue, a free seat, KV below the watermark), preferring the
 replica that already holds its harmony prefix unless that one is busier than the least-loaded by a
 margin. Pure: every call takes `now`.
+
+With `late_binding` off (`router.policy: least_outstanding_tokens`, the peers' way and our
+baseline) it admits everything and places each request at once on the replica with the least
+outstanding tokens, headroom or not: the engine's own queue holds the overflow. The same ledger
+of work placed since each report serves both, so placement is decided in one place.
 """
 
 from __future__ import annotations
@@ -153,6 +158,7 @@ class Scheduler:
     # How long a placed request may take to reach its engine: placements this close before a
     # report still count on top of it (briefly counted twice, never missed).
     transit_s: float = 0.0
+    late_binding: bool = True
     # Per effort: recent admissions and the mean key offset (key - arrival), to foresee arrivals
     # that will sort ahead of a waiting request.
     _admitted: dict[Effort, SlidingSum] = field(default_factory=dict)
@@ -211,6 +217,11 @@ class Scheduler:
         """Queue the request, degrade its effort (if configured and the caller can re-render it
         at a lower effort), or shed it with a Retry-After."""
         self.offered.add(now, ticket.cost_tokens)
+        if not self.late_binding:  # push: the engine's queue takes whatever comes
+            self._note_admission(ticket, now)
+            self.queue.push(ticket)
+            self.admitted += 1
+            return Admitted(ticket)
         candidate, degraded_from = ticket, None
         while True:
             wait = self.projected_wait_s(candidate, now)
@@ -289,7 +300,7 @@ class Scheduler:
     def _place(self, ticket: Ticket) -> Hashable | None:
         least, least_load = None, None
         for replica, state in self._replicas.items():
-            if state.headroom(ticket, self.config):
+            if not self.late_binding or state.headroom(ticket, self.config):
                 load = state.load_tokens()
                 if least_load is None or load < least_load:
                     least, least_load = replica, load

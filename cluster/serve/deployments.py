@@ -68,32 +68,25 @@ class EngineServer:
 
 
 class ServeEngineClient:
-    """The gateway's view of the engine deployment: the effort-aware dispatcher decides when and
-    where each request runs; the Serve handle (custom router) takes it there."""
+    """The gateway's view of the engine deployment: the dispatcher decides when and where each
+    request runs (effort-aware, or at once under `least_outstanding_tokens`); the Serve handle
+    (custom router) takes it there."""
 
     def __init__(self, handle: DeploymentHandle, config: ClusterConfig) -> None:
         self._stream = handle.options(stream=True, method_name="generate")
         self._ready = handle.options(method_name="ready")
         self._retry_after_s = config.router.retry_after_s
-        effort_aware = config.router.policy == "effort_aware"
-        self._dispatcher = Dispatcher(config, metrics=RouterMetrics()) if effort_aware else None
-        if self._dispatcher is not None:
-            subscribe_load_reports(
-                handle.app_name, handle.deployment_name, self._dispatcher.publish
-            )
+        self._dispatcher = Dispatcher(config, metrics=RouterMetrics())
+        subscribe_load_reports(handle.app_name, handle.deployment_name, self._dispatcher.publish)
 
     async def admit(self, request: SchedulingRequest, degradable: bool) -> Admission:
-        if self._dispatcher is None:  # push at once: Serve's router and the engine queue
-            return Admission()
         return await self._dispatcher.admit(request, degradable)
 
     def arrived(self, admission: Admission, received_at: float) -> None:
-        if self._dispatcher is not None:
-            self._dispatcher.arrived(admission, received_at)
+        self._dispatcher.arrived(admission, received_at)
 
     def release(self, admission: Admission, end: Release) -> None:
-        if self._dispatcher is not None:
-            self._dispatcher.release(admission, end)
+        self._dispatcher.release(admission, end)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         responses = self._stream.remote(request)
@@ -108,13 +101,13 @@ class ServeEngineClient:
             responses.cancel()
 
     async def ready(self) -> bool:
-        """An engine replica answers and, when this gateway schedules, its load has reached it
+        """An engine replica answers and its load has reached this gateway
         (the call itself starts the router that carries the load reports)."""
         try:
             answered = await asyncio.wait_for(self._ready.remote(), READY_TIMEOUT_S)
         except (TimeoutError, RayError, RayServeException):
             return False
-        return answered and (self._dispatcher is None or self._dispatcher.has_reports)
+        return answered and self._dispatcher.has_reports
 
 
 @serve.ingress()

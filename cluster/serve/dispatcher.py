@@ -63,7 +63,12 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         metrics: RouterMetrics | None = None,
     ) -> None:
-        self.scheduler = Scheduler(config.router, config.efforts, transit_s=TRANSIT_S)
+        self.scheduler = Scheduler(
+            config.router,
+            config.efforts,
+            transit_s=TRANSIT_S,
+            late_binding=config.router.policy == "effort_aware",
+        )
         self._metrics = metrics
         self._horizon_s = config.autoscaling.horizon_s
         self._efforts = config.efforts

@@ -21,6 +21,9 @@ from cluster.api.auth import KeyUsage, Quotas
 
 logger = logging.getLogger(__name__)
 STALE_S = 10.0
+# A sync slower than this counts as a lost ledger. Generous: the first call waits for the actor's
+# worker to start, seconds on a loaded node (one second made every sync time out on a busy box).
+SYNC_TIMEOUT_S = 10.0
 
 
 class QuotaLedger:
@@ -59,7 +62,7 @@ async def sync_forever(quotas: Quotas, app_name: str, replica: str, period_s: fl
             ledger = ledger or _ledger(app_name)
             mine = quotas.usage(time.monotonic())
             reply = ledger.sync.remote(replica, mine, time.time())
-            quotas.elsewhere(await asyncio.wait_for(reply, timeout=5 * period_s))
+            quotas.elsewhere(await asyncio.wait_for(reply, timeout=SYNC_TIMEOUT_S))
         except (RayError, TimeoutError) as err:  # lost or hung: make (or find) it again
             logger.warning("quota ledger unavailable (%s): limits count this replica only", err)
             quotas.elsewhere({})

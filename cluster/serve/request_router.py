@@ -2,8 +2,10 @@
 
 The gateway's `Dispatcher` (the effort-aware scheduler) picks a replica for each request and names
 it in `EngineRequest.replica`; this router tries that replica first. Requests without a choice
-(before the first load report) and replicas that refuse (at `max_ongoing_requests`) fall back to
-least outstanding tokens. Engine load reports arrive here as Serve routing stats
+(before the first load report) and the rest
+of the order after a replica that refuses (at `max_ongoing_requests`) follow the stateless power
+of two choices over the load reports (`cluster.scheduling.placement`): one decision, one ledger,
+and it is the scheduler's. Engine load reports arrive here as Serve routing stats
 (`record_routing_stats` on the engine replica); the router passes each broadcast on to the
 dispatcher that subscribed for the deployment in this process. (Serve pickles this module by
 value, so that registry lives in `cluster.serve.dispatcher`.)
@@ -11,19 +13,12 @@ value, so that registry lives in `cluster.serve.dispatcher`.)
 
 from __future__ import annotations
 
-import time
+import random
 
-from ray.serve.request_router import (
-    FIFOMixin,
-    PendingRequest,
-    ReplicaID,
-    ReplicaResult,
-    RequestRouter,
-    RunningReplica,
-)
+from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
 from cluster.contracts import EngineRequest, LoadReport
-from cluster.scheduling.placement import LeastOutstandingTokens, PlacementLedger, PlacementPolicy
+from cluster.scheduling.placement import ReplicaEstimate, power_of_two
 from cluster.serve.dispatcher import publish_load_reports
 
 
@@ -40,8 +35,7 @@ def _report(replica: RunningReplica) -> LoadReport | None:
 
 class TokenAwareRequestRouter(FIFOMixin, RequestRouter):
     def initialize_state(self, **kwargs) -> None:
-        self._policy: PlacementPolicy = LeastOutstandingTokens()
-        self._ledger = PlacementLedger()
+        self._rng = random.Random()
 
     async def choose_replicas(
         self,
@@ -51,31 +45,13 @@ class TokenAwareRequestRouter(FIFOMixin, RequestRouter):
         if not candidate_replicas:
             return []
         request = _engine_request(pending_request)
-        by_id = {r.replica_id: r for r in candidate_replicas}
-        self._ledger.forget_replicas(self.curr_replicas)
-        estimates = self._ledger.estimates({rid: _report(r) for rid, r in by_id.items()})
-        cost = request.expected_cost_tokens if request else 0
-        ranked = [[by_id[rid]] for rid in self._policy.rank(cost, estimates)]
         chosen = request.replica if request else None
-        first = [r for r in ranked if r[0].replica_id.unique_id == chosen]
-        return first + [r for r in ranked if r[0].replica_id.unique_id != chosen]
+        rest = {r.replica_id.unique_id: r for r in candidate_replicas}
+        first = [[rest.pop(chosen)]] if chosen in rest else []
+        estimates = [ReplicaEstimate.of(rid, _report(r)) for rid, r in rest.items()]
+        return first + [[rest[rid]] for rid in power_of_two(estimates, self._rng)]
 
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
         reports = {r.replica_id.unique_id: report for r in replicas if (report := _report(r))}
         publish_load_reports(self._deployment_id.app_name, self._deployment_id.name, reports)
-
-    def on_request_routed(
-        self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult
-    ) -> None:
-        request = _engine_request(pending_request)
-        if request is not None:
-            self._ledger.placed(
-                replica_id,
-                pending_request.metadata.internal_request_id,
-                request.expected_cost_tokens,
-                time.time(),
-            )
-
-    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
-        self._ledger.completed(internal_request_id)

@@ -73,6 +73,18 @@ async def test_streams_batch_tokens_per_message(engine, harmony):
     assert messages < tokens  # tokens produced between wake-ups travel together
 
 
+async def test_stream_interval_sends_n_tokens_per_output_between_the_first_and_last(harmony):
+    engine = MockEngine(fast_config(engine={"stream_interval": 8}), harmony)
+    plain = MockEngine(fast_config(), harmony)
+    req = request(harmony, "a", effort=Effort.MEDIUM, seed=4)
+    outputs = [out async for out in engine.generate(req)]
+    assert outputs[0].received_at is not None and outputs[-1].finish_reason == "stop"
+    assert all(len(out.token_ids) >= 8 for out in outputs[1:-1])
+    tokens, _ = await collect(plain, req)
+    assert [t for out in outputs for t in out.token_ids] == tokens  # same reply, fewer messages
+    assert len(outputs) <= len(tokens) / 8 + 2
+
+
 async def test_closing_the_stream_aborts_the_request(engine, harmony):
     streams = [engine.generate(request(harmony, f"r{i}", effort=Effort.HIGH)) for i in range(5)]
     for s in streams:

@@ -63,6 +63,7 @@ def test_engine_args_defaults_then_operator_overrides():
     assert args["max_num_seqs"] == 64
     assert args["skip_tokenizer_init"] is False
     assert args["disable_log_stats"] is False
+    assert args["stream_interval"] == 1  # engine.stream_interval, which the mock follows too
 
 
 @pytest.mark.parametrize("name", [p for p in presets() if p != "local-mock"])

@@ -1,54 +1,54 @@
+import random
+from collections import Counter
+
 from cluster.contracts import LoadReport
-from cluster.scheduling.placement import LeastOutstandingTokens, PlacementLedger, ReplicaEstimate
+from cluster.scheduling.placement import ReplicaEstimate, power_of_two
 
 
-def report(outstanding, at, running=1):
+def report(outstanding, running=1, waiting=0):
     return LoadReport(
         running=running,
-        waiting=0,
+        waiting=waiting,
         kv_used_tokens=0,
         kv_capacity_tokens=1000,
         outstanding_tokens=outstanding,
         max_num_seqs=16,
-        reported_at=at,
+        reported_at=0.0,
     )
 
 
-def test_least_outstanding_tokens_orders_by_work_then_running():
+def test_an_estimate_counts_queued_requests_and_nothing_for_a_silent_replica():
+    assert ReplicaEstimate.of("a", report(500, running=2, waiting=3)) == ReplicaEstimate(
+        "a", 500, 5
+    )
+    assert ReplicaEstimate.of("b", None) == ReplicaEstimate("b", 0, 0)
+
+
+def test_the_less_loaded_of_the_two_draws_leads_then_least_work_then_fewest_running():
     replicas = [
         ReplicaEstimate("a", 500, 1),
         ReplicaEstimate("b", 100, 9),
         ReplicaEstimate("c", 100, 2),
     ]
-    assert LeastOutstandingTokens().rank(10, replicas) == ["c", "b", "a"]
+    rng = random.Random(0)
+    for _ in range(20):
+        order = power_of_two(replicas, rng)
+        assert sorted(order) == ["a", "b", "c"]
+        drawn = order[:2]
+        load = {r.replica: (r.outstanding_tokens, r.running) for r in replicas}
+        assert load[drawn[0]] <= load[drawn[1]]
+    assert power_of_two(replicas[:2], rng) == ["b", "a"]  # two replicas: both are drawn
 
 
-def test_placements_after_a_report_count_until_the_next_one():
-    ledger = PlacementLedger()
-    ledger.placed("a", "r1", 300, now=10.0)
-    stale = ledger.estimate("a", report(100, at=9.0))
-    assert stale.outstanding_tokens == 400 and stale.running == 2
-    fresh = ledger.estimate("a", report(350, at=10.5))
-    assert fresh.outstanding_tokens == 350  # the report already includes r1
+def test_a_burst_between_two_reports_spreads_over_equally_reported_replicas():
+    # The reports stay the same for the whole burst (stale): a least-loaded choice would put
+    # every request on one replica.
+    replicas = [ReplicaEstimate(name, 0, 0) for name in "abcd"]
+    rng = random.Random(1)
+    firsts = Counter(power_of_two(replicas, rng)[0] for _ in range(400))
+    assert set(firsts) == set("abcd") and min(firsts.values()) > 50
 
 
-def test_burst_between_reports_spreads_over_replicas():
-    ledger, policy = PlacementLedger(), LeastOutstandingTokens()
-    reports = {"a": report(0, at=0.0), "b": report(0, at=0.0)}
-    chosen = []
-    for i in range(6):
-        best = policy.rank(100, ledger.estimates(reports))[0]
-        ledger.placed(best, f"r{i}", 100, now=1.0 + i)
-        chosen.append(best)
-    assert chosen.count("a") == chosen.count("b") == 3
-
-
-def test_completion_and_dead_replicas_are_forgotten():
-    ledger = PlacementLedger()
-    ledger.placed("a", "r1", 300, now=1.0)
-    ledger.placed("b", "r2", 200, now=1.0)
-    ledger.completed("r1")
-    assert ledger.estimate("a", None).outstanding_tokens == 0
-    ledger.forget_replicas(["a"])
-    assert ledger.estimate("b", None).outstanding_tokens == 0
-    ledger.completed("r2")  # late completion of a forgotten replica's request is harmless
+def test_one_or_no_replica():
+    assert power_of_two([ReplicaEstimate("a", 9, 9)], random.Random(0)) == ["a"]
+    assert power_of_two([], random.Random(0)) == []

@@ -138,6 +138,18 @@ def test_stale_report_plus_own_placements():
     assert placed[:2] == ["a", "a"] and "b" in placed
 
 
+def test_without_late_binding_everything_is_placed_at_once_and_a_burst_spreads():
+    # router.policy least_outstanding_tokens: no admission, no headroom, the same ledger.
+    s = Scheduler(RouterConfig(max_queued_requests=2), EFFORTS, late_binding=False)
+    s.report("a", idle(seats=2, running=2, waiting=5))  # full, and queueing already
+    s.report("b", idle(seats=2, running=2, waiting=5))
+    for i in range(6):  # beyond the queue cap and every seat: all admitted
+        assert isinstance(s.submit(s.ticket(ask(f"r{i}"), 1.0), 1.0), Admitted)
+        assert len(s.dispatch(1.0)) == 1  # placed at once
+    placed = [t.request_id for _, t in s._replicas["a"].placed]
+    assert len(placed) == 3 and s.rejected == 0  # the stale reports did not herd the burst
+
+
 def test_kv_watermark_and_seats_gate_placement():
     s = scheduler(kv_watermark=0.5)
     s.report("a", idle(capacity=1000, kv=450, seats=8))
