@@ -1,12 +1,12 @@
 """Stateless placement: where a request goes when the scheduler named no replica.
 
 The gateway's scheduler decides placement (it holds the only ledger of work placed since each
-replica's last report). Serve's router falls back on this for requests without a choice (before
-the first load report) and for the rest of its order
-when the chosen replica refuses. Reports are stale between two broadcasts, so a plain
-least-loaded choice would send a whole burst to the replica that looked emptiest: two replicas
-drawn at random, the less loaded first, spread it (Serve's own power of two choices, ranked by
-reported tokens instead of probed queue lengths). Pure: the caller passes the random source.
+replica's last report). Serve's router falls back on this for requests without a choice (before the
+first load report) and for the rest of its order when the chosen replica refuses. Reports are stale
+between two broadcasts, so a plain least-loaded choice would send a whole burst to the replica that
+looked emptiest: two replicas drawn at random, the less loaded first, spread it (Serve's own power
+of two choices, ranked by reported tokens instead of probed queue lengths). Pure: the caller passes
+the random source.
 """
 
 from __future__ import annotations

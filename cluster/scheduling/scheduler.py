@@ -304,8 +304,8 @@ class Scheduler:
                 load = state.load_tokens()
                 if least_load is None or load < least_load:
                     least, least_load = replica, load
-        if least is None:
-            return None
+        if least is None or not self.late_binding:  # push: least outstanding tokens, nothing else
+            return least
         home = self._replicas.get(self._prefix_home.get(ticket.prefix_key))
         if (
             home is not None

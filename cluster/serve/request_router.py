@@ -2,13 +2,12 @@
 
 The gateway's `Dispatcher` (the effort-aware scheduler) picks a replica for each request and names
 it in `EngineRequest.replica`; this router tries that replica first. Requests without a choice
-(before the first load report) and the rest
-of the order after a replica that refuses (at `max_ongoing_requests`) follow the stateless power
-of two choices over the load reports (`cluster.scheduling.placement`): one decision, one ledger,
-and it is the scheduler's. Engine load reports arrive here as Serve routing stats
-(`record_routing_stats` on the engine replica); the router passes each broadcast on to the
-dispatcher that subscribed for the deployment in this process. (Serve pickles this module by
-value, so that registry lives in `cluster.serve.dispatcher`.)
+(before the first load report) and the rest of the order after a replica that refuses (at
+`max_ongoing_requests`) follow the stateless power of two choices over the load reports
+(`cluster.scheduling.placement`): one decision, one ledger, and it is the scheduler's. Engine load
+reports arrive here as Serve routing stats (`record_routing_stats` on the engine replica); the
+router passes each broadcast on to the dispatcher that subscribed for the deployment in this
+process. (Serve pickles this module by value, so that registry lives in `cluster.serve.dispatcher`.)
 """
 
 from __future__ import annotations
