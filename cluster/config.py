@@ -173,6 +173,17 @@ class HardwareConfig(_Strict):
     )
 
 
+# vLLM engine arguments that come from a field of this schema, and the field.
+OWNED_ENGINE_ARGS = {
+    "model": "model.path",
+    "served_model_name": "model.served_name",
+    "max_model_len": "model.max_model_len",
+    "tensor_parallel_size": "engine.parallelism.tensor_parallel_size",
+    "pipeline_parallel_size": "engine.parallelism.pipeline_parallel_size",
+    "stream_interval": "engine.stream_interval",
+}
+
+
 class EngineConfig(_Strict):
     kind: EngineKind = EngineKind.MOCK
     parallelism: ParallelismConfig = ParallelismConfig()
@@ -196,6 +207,18 @@ class EngineConfig(_Strict):
         "high-effort answer can run for minutes; what is still running after it is aborted).",
     )
     mock: MockEngineConfig = MockEngineConfig()
+
+    @field_validator("engine_args")
+    @classmethod
+    def _not_owned(cls, engine_args: dict[str, Any]) -> dict[str, Any]:
+        """Arguments the gateway, the scheduler or the placement also read have their own field:
+        set in engine_args, vLLM would run with one value and the rest of the stack plan with
+        another."""
+        owned = sorted(set(engine_args) & OWNED_ENGINE_ARGS.keys())
+        if owned:
+            fields = ", ".join(f"{k} (set {OWNED_ENGINE_ARGS[k]})" for k in owned)
+            raise ValueError(f"engine_args may not set {fields}")
+        return engine_args
 
 
 class ReplicaConfig(_Strict):

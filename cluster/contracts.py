@@ -9,6 +9,7 @@ nothing from the project.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any, Literal
@@ -81,8 +82,6 @@ class EngineRequest:
     # The engine replica the gateway's scheduler chose (a Serve replica id); None lets Serve's
     # router pick, as before the first load report arrives.
     replica: str | None = None
-    # The dispatching gateway's demand signal, which the engine reports for autoscaling.
-    demand: DemandSignal | None = None
 
     @property
     def priority(self) -> int:
@@ -130,16 +129,38 @@ class LoadReport:
 
 @dataclass(frozen=True)
 class DemandSignal:
-    """What one gateway's scheduler knows about demand: the autoscaler's input, whether it comes
-    from live gateways (through the engines' metrics) or from the simulator."""
+    """What one gateway's scheduler knows about demand: the autoscaler's input. Live gateways
+    report it as their Serve autoscaling metrics (`to_metrics`); the simulator hands it over."""
 
-    gateway: str
-    at: float
     offered_tokens_s: float
     queued_tokens: float
-    waiting_requests: int
-    capacity_tokens_s: float | None  # its dispatch rate in tokens while saturated
+    waiting_requests: float  # a mean over Serve's look-back once it went through the metrics
+    capacity_tokens_s: float | None = None  # its dispatch rate in tokens while saturated
     attainment: tuple[tuple[Effort, float], ...] = ()
+
+    def to_metrics(self) -> dict[str, float]:
+        """Flat floats, the shape of Serve's custom autoscaling metrics."""
+        out = {
+            "offered_tokens_s": self.offered_tokens_s,
+            "queued_tokens": self.queued_tokens,
+            "waiting_requests": self.waiting_requests,
+        }
+        if self.capacity_tokens_s is not None:
+            out["capacity_tokens_s"] = self.capacity_tokens_s
+        out |= {f"attainment_{effort.value}": met for effort, met in self.attainment}
+        return out
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, float]) -> DemandSignal:
+        return cls(
+            offered_tokens_s=metrics.get("offered_tokens_s", 0.0),
+            queued_tokens=metrics.get("queued_tokens", 0.0),
+            waiting_requests=metrics.get("waiting_requests", 0.0),
+            capacity_tokens_s=metrics.get("capacity_tokens_s"),
+            attainment=tuple(
+                (e, metrics[key]) for e in Effort if (key := f"attainment_{e.value}") in metrics
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -149,7 +170,6 @@ class Admission:
     replica: str | None = None  # None: Serve's router picks
     effort: Effort | None = None  # set when the scheduler lowered the effort (degradation)
     ticket: Any = None  # the scheduler's handle, given back when the request ends
-    demand: DemandSignal | None = None  # for the engines' autoscaling metrics
 
 
 @dataclass(frozen=True)

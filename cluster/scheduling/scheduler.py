@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cluster.config import EffortProfile, RouterConfig
-from cluster.contracts import Effort, LoadReport, SchedulingRequest
+from cluster.contracts import DemandSignal, Effort, LoadReport, SchedulingRequest
 from cluster.scheduling.cost import CostModel
 from cluster.scheduling.drain import DrainRate
 from cluster.scheduling.queue import SchedulingQueue, Ticket
@@ -341,6 +341,17 @@ class Scheduler:
 
     def queued_tokens(self) -> int:
         return self.queue.queued_tokens
+
+    def demand(self, now: float, attainment: Mapping[Effort, float]) -> DemandSignal:
+        """Demand as this scheduler sees it, for the autoscaler (`attainment`: recent SLO
+        attainment by effort, which the caller judges)."""
+        return DemandSignal(
+            offered_tokens_s=self.offered.rate(now),
+            queued_tokens=self.queued_tokens(),
+            waiting_requests=len(self.queue),
+            capacity_tokens_s=self.drain.token_rate(now),
+            attainment=tuple(attainment.items()),
+        )
 
     def backlog_tokens(self) -> int:
         """Projected token backlog: queued work plus work engines still hold (autoscaling)."""

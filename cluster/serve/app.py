@@ -11,22 +11,24 @@ from ray.serve.config import RequestRouterConfig
 from cluster.config import ClusterConfig, EngineKind, ReplicaConfig, validate_config
 from cluster.engine.parallelism import engine_placement
 from cluster.serve.deployments import EngineServer, Gateway
+from cluster.serve.serve_config import follows_backlog
 
 ROUTER_CLASS = "cluster.serve.request_router:TokenAwareRequestRouter"
-POLICY_CLASS = "cluster.serve.autoscaling:BacklogPolicy"
-# Engine replicas push their autoscaling metrics this often (Serve reads it from the replica's
-# environment); the policy sees their mean over the look-back (gateways already smooth demand).
+# Gateway replicas push their demand (custom autoscaling metrics) this often (Serve reads it from
+# the replica's environment); the policy sees their mean over the look-back (gateways already
+# smooth demand).
 METRICS_PUSH_ENV = {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "2"}
 LOOK_BACK_S = 12.0  # above Serve's metrics_interval_s default (10 s), as it requires
 
 
-def _replica_options(replicas: ReplicaConfig) -> dict[str, Any]:
-    """Serve options for a deployment; between different bounds, Serve's default autoscaling."""
+def _replica_options(replicas: ReplicaConfig, autoscale: bool = False) -> dict[str, Any]:
+    """Serve options for a deployment: autoscaling between different bounds (or always, under the
+    application's policy, which sees only deployments that autoscale)."""
     options: dict[str, Any] = {
         "max_ongoing_requests": replicas.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": replicas.num_cpus},
     }
-    if replicas.min_replicas == replicas.max_replicas:
+    if replicas.min_replicas == replicas.max_replicas and not autoscale:
         options["num_replicas"] = replicas.min_replicas
     else:
         options["autoscaling_config"] = {
@@ -39,25 +41,26 @@ def _replica_options(replicas: ReplicaConfig) -> dict[str, Any]:
 
 
 def _engine_options(config: ClusterConfig) -> dict[str, Any]:
-    """The engine deployment follows the backlog autoscaler unless configured otherwise."""
     options = _replica_options(config.engine_replicas)
-    scaling = config.autoscaling
-    if "autoscaling_config" in options and scaling.policy == "backlog":
+    if follows_backlog(config):
+        scaling = config.autoscaling
         options["autoscaling_config"] |= {
             "min_replicas": 0 if scaling.scale_to_zero else config.engine_replicas.min_replicas,
-            "policy": {
-                "policy_function": POLICY_CLASS,
-                "policy_kwargs": {  # only what it needs: no secrets in the Serve config
-                    "autoscaling": scaling.model_dump(mode="json"),
-                    "min_replicas": config.engine_replicas.min_replicas,
-                    "max_replicas": config.engine_replicas.max_replicas,
-                },
-            },
             # Ours applies the configured delays with its hysteresis; Serve's would add to them.
             "upscale_delay_s": 0,
             "downscale_delay_s": 0,
-            "look_back_period_s": LOOK_BACK_S,
         }
+    return options
+
+
+def _gateway_options(config: ClusterConfig) -> dict[str, Any]:
+    """While engines follow the backlog the gateways report demand: they always autoscale
+    (between equal bounds, if so configured) so Serve collects their metrics."""
+    backlog = follows_backlog(config)
+    options = _replica_options(config.gateway.replicas, autoscale=backlog)
+    if backlog:
+        options["autoscaling_config"]["look_back_period_s"] = LOOK_BACK_S
+        options["ray_actor_options"]["runtime_env"] = {"env_vars": METRICS_PUSH_ENV}
     return options
 
 
@@ -67,7 +70,7 @@ def build(config: ClusterConfig) -> Application:
     if config.engine.kind is EngineKind.VLLM:
         engine_options |= engine_placement(config)
     # Weights come from model.path: a hub is never contacted (air-gapped clusters).
-    env = {"HF_HUB_OFFLINE": "1"} | METRICS_PUSH_ENV | config.engine.env
+    env = {"HF_HUB_OFFLINE": "1"} | config.engine.env
     engine_options["ray_actor_options"]["runtime_env"] = {"env_vars": env}
     engine = serve.deployment(EngineServer, name="engine").options(
         **engine_options,
@@ -83,7 +86,7 @@ def build(config: ClusterConfig) -> Application:
         health_check_period_s=5,
     )
     gateway = serve.deployment(Gateway, name="gateway").options(
-        **_replica_options(config.gateway.replicas),
+        **_gateway_options(config),
         # A gateway replica leaving (scale-down, upgrade) finishes its streams first.
         graceful_shutdown_timeout_s=config.engine.drain_timeout_s,
     )

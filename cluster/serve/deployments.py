@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from functools import partial
 from typing import Any
@@ -19,6 +18,7 @@ from cluster.api.response_store import make_store
 from cluster.config import ClusterConfig, validate_config, with_secret_env
 from cluster.contracts import (
     Admission,
+    DemandSignal,
     EngineOutput,
     EngineRequest,
     EngineUnavailable,
@@ -29,7 +29,6 @@ from cluster.contracts import (
 from cluster.engine.factory import build_engine
 from cluster.harmony import Harmony
 from cluster.metrics import EngineMetrics, GatewayMetrics, RouterMetrics
-from cluster.scheduling.autoscaling import SignalBoard
 from cluster.serve.dispatcher import Dispatcher, subscribe_load_reports
 from cluster.serve.quota_ledger import sync_forever
 
@@ -41,11 +40,9 @@ class EngineServer:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self._engine = build_engine(validate_config(config))
-        self._signals = SignalBoard()
         self._metrics = EngineMetrics(serve.get_replica_context().replica_id.unique_id)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
-        self._signals.note(request.demand)
         # Serve cancels this generator when the caller goes away; closing the engine's
         # iterator then aborts the request and frees its batch slot and KV.
         async for output in self._engine.generate(request):
@@ -55,10 +52,6 @@ class EngineServer:
         report = self._engine.load_report()
         self._metrics.record(report)
         return report.to_dict()
-
-    def record_autoscaling_stats(self) -> dict[str, float]:
-        """Custom metrics for the engine autoscaler (cluster/serve/autoscaling.py)."""
-        return self._signals.metrics(time.time())
 
     async def ready(self) -> bool:
         return True
@@ -87,6 +80,9 @@ class ServeEngineClient:
 
     def release(self, admission: Admission, end: Release) -> None:
         self._dispatcher.release(admission, end)
+
+    def demand(self) -> DemandSignal:
+        return self._dispatcher.demand()
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         responses = self._stream.remote(request)
@@ -120,6 +116,11 @@ class Gateway:
             self._config.harmony.vocab_dir, self._config.harmony.conversation_start_date
         )
         self._engine = ServeEngineClient(engine, self._config)
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """This gateway's demand, the autoscaling policy's input (cluster/serve/autoscaling.py).
+        On the replica's event loop, where the scheduler lives."""
+        return self._engine.demand().to_metrics()
 
     def __serve_build_asgi_app__(self):
         metrics = GatewayMetrics(self._config.efforts)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -73,7 +72,6 @@ class Dispatcher:
         self._horizon_s = config.autoscaling.horizon_s
         self._efforts = config.efforts
         self._clock = clock
-        self._name = uuid.uuid4().hex[:12]  # this gateway, in the engines' autoscaling metrics
         self._attainment = Attainment()  # recent outcomes: met both SLOs?
         self._waiting: dict[str, _Waiter] = {}
         self._latest: Mapping[str, LoadReport] | None = None
@@ -157,7 +155,7 @@ class Dispatcher:
                 self.scheduler.completed(decision.ticket, placed, None, self._clock())
             raise
         effort = decision.ticket.effort if decision.degraded_from else None
-        return Admission(replica, effort, decision.ticket, self.signal(self._clock()))
+        return Admission(replica, effort, decision.ticket)
 
     def arrived(self, admission: Admission, received_at: float) -> None:
         """The replica took the request at `received_at`: reports from then on count it."""
@@ -186,15 +184,7 @@ class Dispatcher:
             self._attainment.add(now, ticket.effort, met)
         self._release()
 
-    def signal(self, now: float) -> DemandSignal:
-        """Demand as this gateway sees it, for the engine autoscaler (rides on each request)."""
-        s = self.scheduler
-        return DemandSignal(
-            gateway=self._name,
-            at=now,
-            offered_tokens_s=s.offered.rate(now),
-            queued_tokens=s.queued_tokens(),
-            waiting_requests=len(s.queue),
-            capacity_tokens_s=s.drain.token_rate(now),
-            attainment=tuple(self._attainment.by_effort(now).items()),
-        )
+    def demand(self) -> DemandSignal:
+        """Demand as this gateway sees it: the gateway reports it to the autoscaler."""
+        now = self._clock()
+        return self.scheduler.demand(now, self._attainment.by_effort(now))

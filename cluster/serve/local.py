@@ -16,6 +16,7 @@ import psutil
 
 from cluster.config import ClusterConfig
 from cluster.serve.ray_env import serve_env
+from cluster.serve.serve_config import application
 
 APP_NAME = "gpt-oss"
 
@@ -50,20 +51,42 @@ class DeploymentFailed(RuntimeError):
     """The app did not start; the message carries each failing deployment's own reason."""
 
 
-def deploy(app: Any, name: str, route_prefix: str) -> None:
-    """`serve.run`, but a failure says why (Serve's own exception only names the deployment)."""
+# The applications this process declared, as a Serve config document lists them: each deploy
+# applies them all, since a declarative deploy deletes what it does not name.
+_declared: dict[str, dict[str, Any]] = {}
+
+
+def deploy(config: ClusterConfig, name: str = APP_NAME, route_prefix: str = "/") -> None:
+    """Deploy as `serve deploy` and KubeRay do, from the Serve config document (the application's
+    autoscaling policy exists only there), and wait until it runs or say why it failed."""
     from ray import serve
 
-    try:
-        serve.run(app, name=name, route_prefix=route_prefix)
-    except RuntimeError as err:
-        status = serve.status().applications.get(name)
+    _declared[name] = application(config, name, route_prefix)
+    _apply()
+    while (status := serve.status().applications.get(name)) is None or status.status in (
+        "NOT_STARTED",
+        "DEPLOYING",
+    ):
+        time.sleep(0.2)
+    if status.status != "RUNNING":
         reasons = [
-            f"{d_name}: {d.message}"
-            for d_name, d in (status.deployments.items() if status else [])
-            if d.message
+            f"{d_name}: {d.message}" for d_name, d in status.deployments.items() if d.message
         ]
-        raise DeploymentFailed("\n".join([str(err), *reasons])) from None
+        raise DeploymentFailed("\n".join([f"{name}: {status.message}", *reasons]))
+
+
+def undeploy(name: str) -> None:
+    """Delete one application this process deployed."""
+    _declared.pop(name, None)
+    _apply()
+
+
+def _apply() -> None:
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    document = ServeDeploySchema.model_validate({"applications": list(_declared.values())})
+    _get_global_client().deploy_apps(document)
 
 
 def free_port() -> int:
@@ -101,8 +124,6 @@ def local_cluster(
     import ray
     from ray import serve
 
-    from cluster.serve.app import build
-
     temp_dir = tempfile.mkdtemp(prefix="gpt-oss-ray-")
     try:
         # A start that fails half-way (a GCS that does not come up in time) must not leave
@@ -116,9 +137,9 @@ def local_cluster(
             _metrics_export_port=metrics_port,
         )
         serve.start(http_options={"host": config.gateway.host, "port": config.gateway.port})
-        # serve.run blocks until every replica is up: report replica states meanwhile.
+        # The deploy waits until every replica is up: report replica states meanwhile.
         with ThreadPoolExecutor(1) as pool:
-            deployed = pool.submit(deploy, build(config), APP_NAME, "/")
+            deployed = pool.submit(deploy, config)
             last = ""
             while not deployed.done():
                 time.sleep(0.5)
@@ -131,6 +152,7 @@ def local_cluster(
             f"http://{config.gateway.host}:{config.gateway.port}", config, metrics_url
         )
     finally:
+        _declared.clear()
         ray.shutdown()
 
 

@@ -8,6 +8,37 @@ from typing import Any
 from cluster.config import ClusterConfig
 
 APP_IMPORT_PATH = "cluster.serve.app:build_app"
+POLICY_CLASS = "cluster.serve.autoscaling:ClusterPolicy"
+
+
+def follows_backlog(cfg: ClusterConfig) -> bool:
+    """Whether engine replicas follow the backlog autoscaler (between different bounds)."""
+    replicas = cfg.engine_replicas
+    return cfg.autoscaling.policy == "backlog" and replicas.min_replicas < replicas.max_replicas
+
+
+def autoscaling_policy(cfg: ClusterConfig) -> dict[str, Any]:
+    """The application-level autoscaling policy: it decides every deployment that autoscales
+    (a Serve application has one policy or none). Its arguments are two sections of the config,
+    as written (the chart passes its values' sections): no secrets, which Serve would log."""
+    return {
+        "policy_function": POLICY_CLASS,
+        "policy_kwargs": {
+            "autoscaling": cfg.autoscaling.model_dump(mode="json"),
+            "engine_replicas": cfg.engine_replicas.model_dump(mode="json"),
+        },
+    }
+
+
+def application(cfg: ClusterConfig, name: str, route_prefix: str = "/") -> dict[str, Any]:
+    """One application of a Serve config document."""
+    return {
+        "name": name,
+        "route_prefix": route_prefix,
+        "import_path": APP_IMPORT_PATH,
+        "args": cfg.to_args(),
+        "autoscaling_policy": autoscaling_policy(cfg),
+    }
 
 
 def serve_config(cfg: ClusterConfig, app_name: str = "gpt-oss") -> dict[str, Any]:
@@ -15,12 +46,5 @@ def serve_config(cfg: ClusterConfig, app_name: str = "gpt-oss") -> dict[str, Any
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": cfg.gateway.host, "port": cfg.gateway.port},
-        "applications": [
-            {
-                "name": app_name,
-                "route_prefix": "/",
-                "import_path": APP_IMPORT_PATH,
-                "args": cfg.to_args(),
-            }
-        ],
+        "applications": [application(cfg, app_name)],
     }

@@ -158,19 +158,14 @@ class SimFleet:
     def decide(self, now: float, sim: Simulation) -> int:
         scheduler = sim.policy.scheduler
         serving = sum(r.serving(now) for r in sim.replicas)
-        rate = scheduler.drain.token_rate(now)
-        o = Observation.of(
-            now=now,
-            target=sim.target,
+        # The gateway's demand signal, combined as the live policy combines every gateway's.
+        demand = scheduler.demand(now, self._attainment(now, sim))
+        o = Observation(
+            ScalingSignal.of([demand], now=now, target=sim.target, serving=serving),
             serving=serving,
-            offered_tokens_s=scheduler.offered.rate(now),
-            queued_tokens=scheduler.queued_tokens(),
             backlog_tokens=scheduler.backlog_tokens(),
             ongoing=len(scheduler.queue)
             + sum(r.model.running + r.model.waiting for r in sim.replicas if r.stopped_at is None),
-            waiting_requests=len(scheduler.queue),
-            tokens_per_replica_s=rate / serving if rate and serving else None,
-            attainment=self._attainment(now, sim),
         )
         decision = self.autoscaler.decide(o)
         self.trace.append(

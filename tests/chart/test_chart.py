@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from cluster.chart import CHART_DIR, chart_files
-from cluster.config import ClusterConfig, validate_config
+from cluster.config import AutoscalingConfig, ClusterConfig, ReplicaConfig, validate_config
 from cluster.serve.ray_env import serve_env
+from cluster.serve.serve_config import APP_IMPORT_PATH, POLICY_CLASS
 from tests.helpers import system_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -177,6 +178,12 @@ def test_lint_render_and_validate_every_object(values):
     serve = yaml.safe_load(service["spec"]["serveConfigV2"])
     (app,) = serve["applications"]
     config = validate_config(app["args"])  # the application accepts what the chart passes
+    assert app["import_path"] == APP_IMPORT_PATH
+    policy = app["autoscaling_policy"]  # the one Python renders, from the same sections
+    assert policy["policy_function"] == POLICY_CLASS
+    kwargs = policy["policy_kwargs"]
+    assert AutoscalingConfig.model_validate(kwargs["autoscaling"]) == config.autoscaling
+    assert ReplicaConfig.model_validate(kwargs["engine_replicas"]) == config.engine_replicas
     assert config.responses.store == "redis"  # the chart's Redis, wired in
     assert config.responses.redis_url.get_secret_value().startswith("redis://gpt-oss-")
     workers = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]

@@ -12,8 +12,7 @@ import pytest
 from ray import serve
 
 from cluster.contracts import LoadReport
-from cluster.serve.app import build
-from cluster.serve.local import APP_NAME, DeploymentFailed, deploy
+from cluster.serve.local import APP_NAME, DeploymentFailed, deploy, undeploy
 from tests.engine.conftest import MODEL, vllm_cpu_config
 
 pytestmark = pytest.mark.engine
@@ -88,5 +87,5 @@ def test_disconnect_aborts_in_vllm(vllm_cluster):
 def test_start_up_fails_clearly_on_a_bad_weights_path(vllm_cluster, tmp_path):
     bad = vllm_cpu_config(str(tmp_path / "missing"), vllm_cluster.config.gateway.port)
     with pytest.raises(DeploymentFailed, match="holds no model on this node"):
-        deploy(build(bad), "bad-path", "/bad")
-    serve.delete("bad-path")
+        deploy(bad, "bad-path", "/bad")
+    undeploy("bad-path")

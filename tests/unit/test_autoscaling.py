@@ -4,7 +4,7 @@ import random
 
 from cluster.config import AutoscalingConfig
 from cluster.contracts import DemandSignal, Effort
-from cluster.scheduling.autoscaling import BacklogAutoscaler, ScalingSignal, SignalBoard
+from cluster.scheduling.autoscaling import BacklogAutoscaler, ScalingSignal
 
 # One replica's worth of offered tokens/s: 15,000 tokens/s planned at 80%.
 REPLICA = 12_000
@@ -126,13 +126,22 @@ def test_queued_tokens_add_to_the_projected_backlog():
     assert run(a, 1, 2 * REPLICA, 0.0, 1, queued_tokens=queued)[0].desired == 4
 
 
-def test_engines_sum_what_each_gateway_last_said():
-    board = SignalBoard(stale_s=30)
-    board.note(DemandSignal("g1", 100.0, 1_000.0, 50.0, 2, 9_000.0, ((Effort.LOW, 0.99),)))
-    board.note(DemandSignal("g2", 100.0, 500.0, 0.0, 0, None, ((Effort.LOW, 0.90),)))
-    board.note(DemandSignal("g1", 101.0, 2_000.0, 0.0, 0, 8_000.0, ()))  # g1 again: replaces
-    board.note(None)  # a request from a gateway without a scheduler
-    metrics = board.metrics(110.0)
-    assert metrics["offered_tokens_s"] == 2_500 and metrics["capacity_tokens_s"] == 8_000
-    assert metrics["attainment_low"] == 0.90
-    assert board.metrics(140.0)["offered_tokens_s"] == 0  # both went quiet: stale
+def test_the_fleet_signal_sums_the_gateways_and_keeps_the_worst_attainment():
+    demands = [
+        DemandSignal(1_000.0, 50.0, 2, 9_000.0, ((Effort.LOW, 0.99), (Effort.HIGH, 0.8))),
+        DemandSignal(500.0, 10.0, 0.4, None, ((Effort.LOW, 0.90),)),  # not saturated: no rate
+    ]
+    s = ScalingSignal.of(demands, now=5.0, target=3, serving=2)
+    assert (s.offered_tokens_s, s.queued_tokens, s.waiting_requests) == (1_500, 60, 3)
+    assert s.tokens_per_replica_s == 4_500  # the gateways' capacity, per serving replica
+    assert s.attainment == {Effort.LOW: 0.90, Effort.HIGH: 0.8} and s.starting == 1
+    # No gateway saturated, no replica serving: no throughput measured; Serve's queue floors.
+    idle = ScalingSignal.of([demands[1]], now=5.0, target=0, serving=0, waiting_requests=4)
+    assert idle.tokens_per_replica_s is None and idle.waiting_requests == 4
+
+
+def test_a_demand_signal_survives_serves_metrics_shape():
+    signal = DemandSignal(1_000.0, 50.0, 2, 9_000.0, ((Effort.LOW, 0.99),))
+    assert DemandSignal.from_metrics(signal.to_metrics()) == signal
+    quiet = DemandSignal(0.0, 0.0, 0)
+    assert DemandSignal.from_metrics(quiet.to_metrics()) == quiet

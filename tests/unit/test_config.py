@@ -70,6 +70,7 @@ def test_serve_config_args_round_trip_with_secrets():
     assert app["import_path"] == "cluster.serve.app:build_app"
     assert doc["http_options"]["port"] == 9000
     assert validate_config(app["args"]) == cfg
+    assert "s3cret" not in str(app["autoscaling_policy"])  # Serve logs a policy's arguments
 
 
 def test_render_cli_prints_a_serve_config(tmp_path):
@@ -94,13 +95,25 @@ def test_cli_reports_bad_config_and_exits_2(tmp_path):
 
 
 def test_replica_bounds_map_to_serve_options():
-    from cluster.serve.app import _replica_options
+    from cluster.serve.app import _engine_options, _gateway_options
 
-    fixed = _replica_options(validate_config({}).engine_replicas)
-    assert fixed["num_replicas"] == 1 and "autoscaling_config" not in fixed
+    fixed = validate_config({})
+    assert _engine_options(fixed)["num_replicas"] == 1
+    assert _gateway_options(fixed)["num_replicas"] == 1
     bounded = validate_config({"engine_replicas": {"min_replicas": 1, "max_replicas": 4}})
-    scaling = _replica_options(bounded.engine_replicas)["autoscaling_config"]
+    scaling = _engine_options(bounded)["autoscaling_config"]
     assert (scaling["min_replicas"], scaling["max_replicas"]) == (1, 4)
+    # The application's policy decides both; fixed gateways autoscale between equal bounds so
+    # Serve collects the demand they report.
+    policy = serve_config(bounded)["applications"][0]["autoscaling_policy"]
+    assert policy["policy_function"] == "cluster.serve.autoscaling:ClusterPolicy"
+    assert policy["policy_kwargs"]["engine_replicas"]["max_replicas"] == 4
+    gateway = _gateway_options(bounded)["autoscaling_config"]
+    assert (gateway["min_replicas"], gateway["max_replicas"]) == (1, 1)
+    serve_default = validate_config(
+        {"engine_replicas": {"max_replicas": 4}, "autoscaling": {"policy": "ongoing_requests"}}
+    )
+    assert _gateway_options(serve_default)["num_replicas"] == 1
 
 
 def test_partial_effort_overrides_keep_the_other_defaults():
@@ -129,3 +142,9 @@ def test_api_keys_come_from_a_mounted_secret_file_or_the_environment(tmp_path, m
 def test_a_queue_cap_of_zero_is_refused():
     with pytest.raises(ConfigError, match="max_queued_requests"):
         validate_config({"router": {"max_queued_requests": 0}})
+
+
+def test_engine_args_may_not_override_a_field_the_rest_of_the_stack_reads():
+    with pytest.raises(ConfigError, match=r"stream_interval \(set engine.stream_interval\)"):
+        validate_config({"engine": {"engine_args": {"stream_interval": 4, "max_num_seqs": 8}}})
+    validate_config({"engine": {"engine_args": {"max_num_seqs": 8}}})  # vLLM's own: passed on

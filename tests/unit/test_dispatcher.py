@@ -129,12 +129,12 @@ async def test_overload_sheds_and_degradation_is_reported():
         task.cancel()
 
 
-async def test_the_demand_signal_rides_on_each_dispatched_request():
+async def test_the_gateway_demand_signal_counts_offered_work_and_attainment():
     d, clock = dispatcher()
     d.publish({"a": report(seats=2)})
     first = await admit(d, "r0")
     # prompt + expected output, per second over the 30 s window
-    assert first.demand.offered_tokens_s == pytest.approx(first.ticket.cost_tokens / 30)
+    assert d.demand().offered_tokens_s == pytest.approx(first.ticket.cost_tokens / 30)
     clock.now += 2.0
     d.release(first, Release(180, first_output_at=clock.now - 1.9))  # TTFT 0.1 s, ITL ~10 ms: met
     second = await admit(d, "r1")
@@ -142,7 +142,7 @@ async def test_the_demand_signal_rides_on_each_dispatched_request():
     d.release(
         second, Release(100, first_output_at=clock.now - 0.1)
     )  # TTFT 4.9 s > low's 1 s: missed
-    signal = d.signal(clock.now)
+    signal = d.demand()
     assert dict(signal.attainment) == {Effort.LOW: 0.5}
     assert signal.queued_tokens == 0 and signal.waiting_requests == 0
 
