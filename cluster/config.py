@@ -62,6 +62,12 @@ class EffortProfile(_Strict):
     output_tokens: LengthPrior
     default_max_tokens: PositiveInt = Field(description="Clipped to the context left.")
     max_tokens: PositiveInt | None = Field(None, description="Cap; None: the context length.")
+    max_reasoning_tokens: PositiveInt | None = Field(
+        None,
+        description="Cap on a reply's analysis tokens, enforced by the engine's grammar so the "
+        "answer keeps its share (None: only a request's thinking_token_budget caps it, and a "
+        "response format or forced tool call caps it at half of max_tokens).",
+    )
     ttft_slo_s: PositiveFloat
     itl_slo_s: PositiveFloat
     deadline_s: PositiveFloat = Field(

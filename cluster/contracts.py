@@ -70,6 +70,29 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class ToolFormat:
+    """A function the reply may call, with the JSON Schema its arguments hold to."""
+
+    name: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OutputConstraint:
+    """What the engine holds a reply to, in harmony's structure: an optional analysis message of
+    at most `reasoning_budget` tokens, then the final message (free text, or JSON under
+    `final_schema`) or a call to one of `tools` with schema-valid JSON arguments. With `final`
+    False a tool call is forced. Engines enforce it while sampling (vLLM: an xgrammar structural
+    tag; the mock writes to it)."""
+
+    reasoning_budget: int | None = None
+    reasoning_required: bool = False  # the reply opens with analysis (what the effort asks)
+    final: bool = True
+    final_schema: dict[str, Any] | None = None
+    tools: tuple[ToolFormat, ...] = ()
+
+
+@dataclass(frozen=True)
 class EngineRequest:
     """One request as an engine sees it: harmony token ids in, the output budget and sampling.
     The scheduling fields ride along because Serve's router only sees the call's arguments."""
@@ -82,6 +105,7 @@ class EngineRequest:
     # The engine replica the gateway's scheduler chose (a Serve replica id); None lets Serve's
     # router pick, as before the first load report arrives.
     replica: str | None = None
+    constraint: OutputConstraint | None = None  # None: the model writes freely
 
     @property
     def priority(self) -> int:

@@ -37,6 +37,14 @@ from cluster.vocab import ensure_vocab
 TOOL_NAMESPACE = "functions"
 # o200k_harmony: 199,998 ordinary tokens, then special tokens up to the model's vocabulary size.
 FIRST_SPECIAL_TOKEN, VOCAB_SIZE = 199_998, 201_088
+# Its message markers by id, for grammars built where no encoding is loaded (a test checks them).
+SPECIAL_TOKENS = {
+    "<|constrain|>": 200_003,
+    "<|channel|>": 200_005,
+    "<|start|>": 200_006,
+    "<|end|>": 200_007,
+    "<|message|>": 200_008,
+}
 
 _EFFORTS = {
     Effort.LOW: ReasoningEffort.LOW,
@@ -226,8 +234,8 @@ class ChannelParser:
                 self._raw = self.harmony.text_stream()
                 continue
             channel = parser.current_channel
-            if channel == "analysis":
-                self.reasoning_tokens += 1
+            if channel == "analysis" and not self.harmony.encoding.is_special_token(token):
+                self.reasoning_tokens += 1  # its text, as a budget counts it (not `<|end|>`)
             delta = parser.last_content_delta
             if not delta:
                 continue

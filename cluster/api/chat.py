@@ -28,7 +28,8 @@ from openai.types.completion_usage import CompletionTokensDetails, CompletionUsa
 from cluster.api.chunks import MARKER, ChunkTemplate
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import Caller, Demand, Generation, Service, Stream
-from cluster.api.protocol import ChatCompletionRequest, ChatMessage
+from cluster.api.output_format import ReplyFormat
+from cluster.api.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
 from cluster.api.sampling import check_model
 from cluster.api.stops import StopMatcher
 from cluster.contracts import Effort
@@ -154,6 +155,21 @@ class ChatService(Service):
         ]
         requested = body.max_completion_tokens or body.max_tokens
         param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+        fmt, schema = (
+            body.response_format,
+            body.response_format and body.response_format.json_schema,
+        )
+        choice = body.tool_choice
+        reply = ReplyFormat.of(
+            format_type=fmt and fmt.type,
+            schema=schema and schema.schema_,
+            schema_name=schema and schema.name,
+            schema_description=schema and schema.description,
+            schema_param="response_format.json_schema.schema",
+            tool_choice=choice.function.name if isinstance(choice, NamedToolChoice) else choice,
+            tools=tools,
+            reasoning_budget=body.thinking_token_budget,
+        )
 
         render = self.renderer(
             body,
@@ -163,11 +179,12 @@ class ChatService(Service):
             id_prefix="chatcmpl",
             requested_max_tokens=requested,
             max_tokens_param=param,
+            reply=reply,
         )
 
         demand = Demand(
             tenant=caller.tenant,
-            prefix_key=prefix_key(effort, instructions, tools),
+            prefix_key=prefix_key(effort, reply.instructions(instructions), tools),
             tools=bool(tools),
             rerender=partial(render, degraded=True),
         )

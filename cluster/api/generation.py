@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from cluster.api.engine_client import EngineClient
 from cluster.api.errors import OpenAIError
+from cluster.api.output_format import ReplyFormat
 from cluster.api.protocol import SamplingRequest
 from cluster.api.sampling import engine_request, new_id
 from cluster.api.stops import StopMatcher
@@ -333,10 +334,13 @@ class Service:
         id_prefix: str,
         requested_max_tokens: int | None,
         max_tokens_param: str,
+        reply: ReplyFormat | None = None,
     ) -> Callable[..., EngineRequest]:
         """`render(effort, degraded=False)`: the conversation as an engine request at an effort.
         The first render and a degraded re-render share one request id."""
         request_id = new_id(id_prefix)
+        if reply is not None:
+            instructions = reply.instructions(instructions)
 
         def render(effort: Effort, degraded: bool = False) -> EngineRequest:
             prompt = self._harmony.render(conversation, effort, instructions, tools)
@@ -350,6 +354,7 @@ class Service:
                 max_tokens_param=max_tokens_param,
                 stop_token_ids=self._harmony.stop_token_ids,
                 degraded=degraded,
+                reply=reply,
             )
 
         return render

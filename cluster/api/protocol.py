@@ -76,6 +76,43 @@ class ToolSpecIn(_Request):
     function: FunctionSpec
 
 
+_NAME = r"^[A-Za-z0-9_-]+$"
+
+
+class JsonSchemaSpec(_Request):
+    name: str = Field(min_length=1, max_length=64, pattern=_NAME)
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Request):
+    """Chat's `response_format`."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given with, and only with, type json_schema")
+        return self
+
+
+class FunctionName(_Request):
+    name: str = Field(min_length=1)
+
+
+class NamedToolChoice(_Request):
+    """Chat's `tool_choice` naming one function."""
+
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["auto", "none", "required"]
+
+
 class StreamOptions(_Request):
     include_usage: bool = False
     continuous_usage_stats: bool = False
@@ -122,8 +159,11 @@ class ChatCompletionRequest(SamplingRequest):
     reasoning_effort: Effort | None = None
     max_completion_tokens: PositiveInt | None = None
     tools: list[ToolSpecIn] | None = None
-    tool_choice: Literal["auto", "none"] | None = None
+    tool_choice: ToolChoice | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    # vLLM's name: at most this many analysis tokens, so the answer keeps its share.
+    thinking_token_budget: PositiveInt | None = None
     logprobs: Literal[False] | None = None
 
 
@@ -205,6 +245,34 @@ class FunctionTool(_Request):
     strict: bool | None = None
 
 
+class TextFormat(_Request):
+    """The Responses API's `text.format`: the schema's fields sit beside `type`."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=_NAME)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> TextFormat:
+        if self.type == "json_schema" and (self.name is None or self.schema_ is None):
+            raise ValueError("a json_schema format needs name and schema")
+        return self
+
+
+class TextParam(_Request):
+    format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None  # accepted; gpt-oss has no knob
+
+
+class NamedFunctionChoice(_Request):
+    """The Responses API's `tool_choice` naming one function."""
+
+    type: Literal["function"]
+    name: str = Field(min_length=1)
+
+
 class ResponsesRequest(_Request):
     model: str
     input: str | list[InputItem]
@@ -212,8 +280,10 @@ class ResponsesRequest(_Request):
     reasoning: ReasoningParam | None = None
     max_output_tokens: PositiveInt | None = None
     tools: list[FunctionTool] | None = None
-    tool_choice: Literal["auto", "none"] | None = None
+    tool_choice: ToolChoice | NamedFunctionChoice | None = None
     parallel_tool_calls: bool | None = None
+    text: TextParam | None = None
+    thinking_token_budget: PositiveInt | None = None
     store: bool = True
     previous_response_id: str | None = None
     stream: bool = False

@@ -25,10 +25,12 @@ from openai.types.responses import Response
 from cluster.api.chat import ChatGeneration, prefix_key
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import Caller, Demand, Service, Stream
+from cluster.api.output_format import ReplyFormat
 from cluster.api.protocol import (
     FunctionCallItem,
     FunctionCallOutputItem,
     MessageItem,
+    NamedFunctionChoice,
     ReasoningItemIn,
     ResponsesRequest,
 )
@@ -90,6 +92,19 @@ def input_turns(items: str | list, earlier: tuple[Turn, ...]) -> tuple[str | Non
     return ("\n\n".join(instructions) or None), turns
 
 
+def _tool_choice(body: ResponsesRequest) -> str | dict[str, str]:
+    choice = body.tool_choice or "auto"
+    return choice if isinstance(choice, str) else choice.model_dump()
+
+
+def _text_format(body: ResponsesRequest) -> dict[str, Any]:
+    """The response's `text.format`: the request's, echoed as OpenAI does."""
+    fmt = body.text and body.text.format
+    if fmt is None:
+        return {"type": "text"}
+    return fmt.model_dump(by_alias=True, exclude_none=True)
+
+
 class ResponsesService(Service):
     endpoint = "responses"
 
@@ -146,6 +161,18 @@ class ResponsesService(Service):
             if body.tool_choice != "none"
         ]
         conversation = (*earlier, *turns)
+        fmt = body.text and body.text.format
+        choice = body.tool_choice
+        reply = ReplyFormat.of(
+            format_type=fmt and fmt.type,
+            schema=fmt and fmt.schema_,
+            schema_name=fmt and fmt.name,
+            schema_description=fmt and fmt.description,
+            schema_param="text.format.schema",
+            tool_choice=choice.name if isinstance(choice, NamedFunctionChoice) else choice,
+            tools=tools,
+            reasoning_budget=body.thinking_token_budget,
+        )
 
         render = self.renderer(
             body,
@@ -155,11 +182,12 @@ class ResponsesService(Service):
             id_prefix="resp",
             requested_max_tokens=body.max_output_tokens,
             max_tokens_param="max_output_tokens",
+            reply=reply,
         )
 
         demand = Demand(
             caller.tenant,
-            prefix_key(effort, instructions, tools),
+            prefix_key(effort, reply.instructions(instructions), tools),
             bool(tools),
             partial(render, degraded=True),
         )
@@ -217,8 +245,8 @@ class _Reply:
             "previous_response_id": body.previous_response_id,
             "reasoning": {"effort": self.effort.value, "summary": None},
             "tools": [t.model_dump(exclude_none=True) for t in body.tools or ()],
-            "tool_choice": body.tool_choice or "auto",
-            "parallel_tool_calls": True,
+            "tool_choice": _tool_choice(body),
+            "parallel_tool_calls": body.parallel_tool_calls is not False,
             "temperature": body.temperature,
             "top_p": body.top_p,
             "store": body.store,
@@ -226,7 +254,7 @@ class _Reply:
             "usage": usage,
             "error": None,
             "incomplete_details": incomplete,
-            "text": {"format": {"type": "text"}},
+            "text": {"format": _text_format(body)},
             "truncation": "disabled",
             "user": body.user,
         }

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Sequence
 
 from cluster.api.errors import OpenAIError
+from cluster.api.output_format import ReplyFormat
 from cluster.api.protocol import SamplingRequest
 from cluster.config import ClusterConfig
 from cluster.contracts import (
@@ -78,6 +79,7 @@ def engine_request(
     max_tokens_param: str,
     stop_token_ids: Sequence[int],
     degraded: bool = False,
+    reply: ReplyFormat | None = None,
 ) -> EngineRequest:
     """The engine's view of a request: output budget checked, sampling set, cost prior attached.
     A request `degraded` to a lower effort keeps its id and the client's budget within that
@@ -88,7 +90,8 @@ def engine_request(
     max_tokens = resolve_max_tokens(
         config, effort, requested_max_tokens, len(prompt), max_tokens_param
     )
-    prior = config.efforts[effort].output_tokens
+    profile = config.efforts[effort]
+    prior = profile.output_tokens
     return EngineRequest(
         request_id=request_id,
         prompt_token_ids=prompt,
@@ -101,4 +104,5 @@ def engine_request(
         ),
         effort=effort,
         expected_output_tokens=min(max_tokens, math.ceil(prior.mean_tokens)),
+        constraint=reply.constraint(effort, profile, max_tokens) if reply is not None else None,
     )

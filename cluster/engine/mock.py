@@ -61,7 +61,7 @@ class MockEngine(Engine):
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._run(), name="mock-engine-loop")
         script = self._writer.write(
-            request.prompt_token_ids, request.sampling.seed, request.request_id
+            request.prompt_token_ids, request.sampling.seed, request.request_id, request.constraint
         )
         stops = set(request.sampling.stop_token_ids)
         cut = next((i + 1 for i, t in enumerate(script) if t in stops), len(script))

@@ -4,6 +4,10 @@ The mock reads its prompt the way the model does (the effort from the system mes
 tools from the developer message, the last user message) and writes an analysis message then a
 final answer, or a tool call on the commentary channel when tools are offered and the user names
 one. Lengths follow the configured lognormal per effort, seeded per request for reproducibility.
+
+A request's `OutputConstraint` is the mock's grammar: the analysis stays within its budget, a
+schema'd answer is a JSON instance of the schema (jsf, a JSON Schema faker), and a forced call
+names an allowed function with arguments valid against its parameters.
 """
 
 from __future__ import annotations
@@ -14,9 +18,14 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+from faker import Faker
+from jsf import JSF
 
 from cluster.config import EffortProfile
-from cluster.contracts import Effort
+from cluster.contracts import Effort, OutputConstraint, ToolFormat
 from cluster.harmony import TOOL_NAMESPACE, Harmony
 
 _VOCABULARY = (
@@ -34,6 +43,26 @@ _TOOL_RE = re.compile(
 _FIELD_RE = re.compile(r"^(\w+)(\??): (\w+)", re.MULTILINE)
 _DUMMY = {"number": 1, "boolean": True}
 _USER_RE = re.compile(r"<\|start\|>user<\|message\|>(.*?)<\|end\|>", re.DOTALL)
+
+
+INSTANCE_ATTEMPTS = 20
+
+
+def schema_instance(schema: dict[str, Any], rng: random.Random) -> Any:
+    """A JSON value valid against `schema`, reproducible from `rng`. jsf draws from the global
+    `random` and Faker's shared generator: both are seeded here and the global state restored."""
+    state = random.getstate()
+    try:
+        for _ in range(INSTANCE_ATTEMPTS):
+            seed = rng.getrandbits(32)
+            random.seed(seed)
+            Faker.seed(seed)
+            value = JSF(schema).generate()
+            if jsonschema.Draft202012Validator(schema).is_valid(value):
+                return value
+    finally:
+        random.setstate(state)
+    raise ValueError(f"no instance of the schema found in {INSTANCE_ATTEMPTS} attempts")
 
 
 @dataclass(frozen=True)
@@ -94,7 +123,11 @@ class ReplyWriter:
         return max(4, round(rng.lognormvariate(math.log(prior.median_tokens), prior.sigma)))
 
     def write(
-        self, prompt_token_ids: Sequence[int], seed: int | None, request_id: str
+        self,
+        prompt_token_ids: Sequence[int],
+        seed: int | None,
+        request_id: str,
+        constraint: OutputConstraint | None = None,
     ) -> list[int]:
         """The full reply, ending in `<|return|>` or `<|call|>`; the engine truncates at max_tokens."""
         rng = random.Random(seed if seed is not None else f"{self._seed}:{request_id}")
@@ -102,6 +135,8 @@ class ReplyWriter:
         total = self.sample_length(view.effort, rng)
         if not view.chat:
             return self._prose(total, view.user_text, rng) + [self._special["<|return|>"]]
+        if constraint is not None:
+            return self._constrained(constraint, total, view, rng)
         called = next((t for t in view.tools if t.lower() in view.user_text.lower()), None)
         if called is not None:
             return self._analysis(max(4, total // 4), view, rng) + self._tool_call(
@@ -113,6 +148,30 @@ class ReplyWriter:
             + self._message("final", self._prose(final, view.user_text, rng))
             + [self._special["<|return|>"]]
         )
+
+    def _constrained(
+        self, c: OutputConstraint, total: int, view: PromptView, rng: random.Random
+    ) -> list[int]:
+        """A reply in the shape the constraint allows, as an engine's grammar would hold it."""
+        named = [t for t in c.tools if t.name.lower() in view.user_text.lower()]
+        call: ToolFormat | None = None
+        if not c.final:
+            call = (named or [rng.choice(c.tools)])[0]
+        elif named:
+            call = named[0]
+        final = max(4, round(total * self._final_share))
+        reasoning = max(4, (total // 4) if call else total - final)
+        if c.reasoning_budget is not None:
+            reasoning = min(reasoning, c.reasoning_budget)
+        analysis = self._analysis(reasoning, view, rng) if reasoning else []
+        if call is not None:
+            arguments = json.dumps(schema_instance(call.parameters, rng))
+            return analysis + self._call(call.name, arguments)
+        if c.final_schema is not None:
+            body = self._harmony.encode_text(json.dumps(schema_instance(c.final_schema, rng)))
+        else:
+            body = self._prose(final, view.user_text, rng)
+        return analysis + self._message("final", body) + [self._special["<|return|>"]]
 
     def _analysis(self, length: int, view: PromptView, rng: random.Random) -> list[int]:
         body = self._prose(length, view.user_text, rng)
@@ -134,6 +193,9 @@ class ReplyWriter:
         words = [w for w in re.findall(r"[A-Za-z]+", user_text) if w.lower() != name.lower()]
         topic = " ".join(words[-2:]) or name
         arguments = json.dumps({f: _DUMMY.get(t, topic) for f, t in fields.items()})
+        return self._call(name, arguments)
+
+    def _call(self, name: str, arguments: str) -> list[int]:
         header = f"commentary to={TOOL_NAMESPACE}.{name} "
         return [
             self._special["<|channel|>"],

@@ -103,8 +103,10 @@ def vllm_engine_args(config: ClusterConfig) -> dict[str, Any]:
         "tensor_parallel_size": p.tensor_parallel_size,
         "pipeline_parallel_size": p.pipeline_parallel_size,
         "max_model_len": config.model.max_model_len,
-        # The gateway renders and parses harmony: the engine needs no tokenizer.
-        "skip_tokenizer_init": True,
+        # The gateway renders and parses harmony; the engine loads the weights' tokenizer only
+        # for structured outputs (xgrammar compiles grammars against its vocabulary) and never
+        # detokenizes (`detokenize=False` per request).
+        "skip_tokenizer_init": False,
         "disable_log_stats": False,  # load reports come from the scheduler stats
         "stream_interval": config.engine.stream_interval,
     }

@@ -1,7 +1,9 @@
 """An engine replica holding a vLLM `AsyncLLM` (V1), fed harmony token ids by the gateway.
 
-The gateway tokenizes and parses, so vLLM runs with `skip_tokenizer_init`: token ids in, token ids
-out, no detokenizer on the engine's hot path. Load reports come from vLLM's own scheduler stats
+The gateway tokenizes and parses: token ids in, token ids out, no detokenizer on the engine's hot
+path. vLLM loads the weights' tokenizer all the same, because structured outputs (xgrammar)
+compile their grammar against its vocabulary: a request's `OutputConstraint` becomes a structural
+tag bound to harmony's channels (`structural_tag.py`). Load reports come from vLLM's own scheduler stats
 (a stat logger), and vLLM's metrics are exported through Ray under their own names
 (`RayPrometheusStatLogger`, as Ray Serve LLM does). vLLM is imported lazily: the mock-only install
 does not carry it.
@@ -19,6 +21,7 @@ from cluster.config import ClusterConfig
 from cluster.contracts import EngineOutput, EngineRequest, LoadReport
 from cluster.engine.base import Engine
 from cluster.engine.parallelism import vllm_engine_args
+from cluster.engine.structural_tag import structural_tag_json
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +73,14 @@ class VLLMEngine(Engine):
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         s = request.sampling
+        structured = (
+            None
+            if request.constraint is None
+            else StructuredOutputsParams(structural_tag=structural_tag_json(request.constraint))
+        )
         params = SamplingParams(
             max_tokens=s.max_tokens,
             temperature=s.temperature,
@@ -82,6 +90,7 @@ class VLLMEngine(Engine):
             output_kind=RequestOutputKind.DELTA,
             detokenize=False,
             skip_special_tokens=False,
+            structured_outputs=structured,
         )
         prompt = {"prompt_token_ids": request.prompt_token_ids}
         self._inflight[request.request_id] = (

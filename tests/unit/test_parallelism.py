@@ -55,14 +55,14 @@ def test_engine_args_defaults_then_operator_overrides():
             engine={
                 "kind": "vllm",
                 "parallelism": {"tensor_parallel_size": 2},
-                "engine_args": {"max_num_seqs": 64, "skip_tokenizer_init": False},
+                "engine_args": {"max_num_seqs": 64, "disable_log_stats": True},
             },
         )
     )
     assert args["model"] == "/models/gpt-oss-120b"
     assert args["max_num_seqs"] == 64
-    assert args["skip_tokenizer_init"] is False
-    assert args["disable_log_stats"] is False
+    assert args["skip_tokenizer_init"] is False  # structured outputs compile against it
+    assert args["disable_log_stats"] is True  # the operator's word wins
     assert args["stream_interval"] == 1  # engine.stream_interval, which the mock follows too
 
 
