@@ -118,25 +118,25 @@ class KeyUsage:
 
 @dataclass
 class QuotaHold:
-    """A key's quota slot, held from admission to the request's end: a completion hook that
-    releases it once, charging what the request used (nothing for a request shed by admission,
-    or one that failed before it began)."""
+    """A key's quota slots, one per choice of the request (`n`), held from admission to each
+    choice's end: a completion hook that releases one slot per record, charging what that choice
+    used (nothing for one shed by admission). Called with no record, the request failed before
+    it began: every slot still held goes back."""
 
     quotas: Quotas
     key: str
     clock: Callable[[], float]
-    released: bool = False
+    held: int = 1
 
     def __call__(self, record: RequestRecord | None = None) -> None:
-        if self.released:
-            return
-        self.released = True
-        used = (
-            0
-            if record is None or record.outcome == Outcome.REJECTED
-            else record.prompt_tokens + record.completion_tokens
-        )
-        self.quotas.release(self.key, used, self.clock())
+        for _ in range(self.held if record is None else min(self.held, 1)):
+            self.held -= 1
+            used = (
+                0
+                if record is None or record.outcome == Outcome.REJECTED
+                else record.prompt_tokens + record.completion_tokens
+            )
+            self.quotas.release(self.key, used, self.clock())
 
 
 class Quotas:
@@ -156,20 +156,22 @@ class Quotas:
         """What the other gateway replicas last reported, summed per key."""
         self._elsewhere = usage
 
-    def acquire(self, key: Identity, now: float) -> Refusal | None:
-        """Take a request slot for `key`, or say which limit refuses it and for how long."""
+    def acquire(self, key: Identity, now: float, count: int = 1) -> Refusal | None:
+        """Take `count` request slots for `key` (a request's choices: each is a request's
+        work), or say which limit refuses them and for how long."""
         usage = self._usage.setdefault(key.name, _Usage())
         usage.expire(now)
         other = self._elsewhere.get(key.name, KeyUsage())
         rpm, tpm, concurrent = key.requests_per_minute, key.tokens_per_minute, key.max_concurrent
-        if concurrent is not None and usage.in_flight + other.in_flight >= concurrent:
+        if concurrent is not None and usage.in_flight + other.in_flight + count > concurrent:
             return Refusal("max_concurrent", 1, f"{concurrent} concurrent requests per key")
         requests = len(usage.requests) + other.requests
-        if rpm is not None and requests >= rpm:
+        if rpm is not None and requests + count > rpm:
             if other.requests:  # spread over the window, as far as this replica knows
                 wait = WINDOW_S * (requests - rpm + 1) / requests
             else:  # when enough of the oldest have left for one more
-                wait = usage.requests[len(usage.requests) - rpm] + WINDOW_S - now
+                ahead = min(len(usage.requests) + count - 1 - rpm, len(usage.requests) - 1)
+                wait = (usage.requests[ahead] if ahead >= 0 else now) + WINDOW_S - now
             return Refusal("requests_per_minute", _ceil(wait), f"{rpm} requests per minute")
         tokens = usage.token_sum + other.tokens
         if tpm is not None and tokens >= tpm:
@@ -178,8 +180,8 @@ class Quotas:
             else:
                 wait = _until_below(usage.tokens, usage.token_sum - tpm, now)
             return Refusal("tokens_per_minute", _ceil(wait), f"{tpm} tokens per minute")
-        usage.requests.append(now)
-        usage.in_flight += 1
+        usage.requests.extend([now] * count)
+        usage.in_flight += count
         return None
 
     def release(self, key: str, tokens: int, now: float) -> None:

@@ -7,11 +7,12 @@ function is `tool_calls`, and `usage.completion_tokens_details.reasoning_tokens`
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from openai.types.chat import (
@@ -26,13 +27,14 @@ from openai.types.chat.chat_completion_message_function_tool_call import Functio
 from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage
 
 from cluster.api.chunks import MARKER, ChunkTemplate
+from cluster.api.engine_client import EngineClient
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import Caller, Demand, Generation, Service, Stream
 from cluster.api.output_format import ReplyFormat
 from cluster.api.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
-from cluster.api.sampling import check_model
+from cluster.api.sampling import check_model, usage_options
 from cluster.api.stops import StopMatcher
-from cluster.contracts import Effort
+from cluster.contracts import Effort, EngineRequest
 from cluster.harmony import ChannelDelta, ChannelParser, ToolCall, ToolSpec, Turn
 
 
@@ -88,16 +90,6 @@ class ChatGeneration(Generation):
             return "tool_calls"
         return self.finish_reason or "stop"
 
-    def usage(self) -> CompletionUsage:
-        return CompletionUsage(
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
-            total_tokens=self.prompt_tokens + self.completion_tokens,
-            completion_tokens_details=CompletionTokensDetails(
-                reasoning_tokens=self.parser.reasoning_tokens
-            ),
-        )
-
     async def deltas(self) -> AsyncIterator[ChannelDelta]:
         """Channel deltas with client stop strings applied to the answer."""
         async with aclosing(self.token_batches()) as batches:
@@ -113,6 +105,76 @@ class ChatGeneration(Generation):
                         break
         if tail := self.stop.flush():
             yield ChannelDelta("content", tail)
+
+
+def usage(runs: Sequence[ChatGeneration]) -> CompletionUsage:
+    """Usage of a request's choices as OpenAI counts it: the prompt once, every choice's output."""
+    prompt = runs[0].prompt_tokens
+    completion = sum(r.completion_tokens for r in runs)
+    return CompletionUsage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        completion_tokens_details=CompletionTokensDetails(
+            reasoning_tokens=sum(r.parser.reasoning_tokens for r in runs)
+        ),
+    )
+
+
+def nth_choice(request: EngineRequest, index: int) -> EngineRequest:
+    """Choice `index` of a request: its own engine request id and, with a seed, its own seed."""
+    if index == 0:
+        return request
+    seed = request.sampling.seed
+    return replace(
+        request,
+        request_id=f"{request.request_id}-{index}",
+        sampling=replace(request.sampling, seed=None if seed is None else seed + index),
+    )
+
+
+async def start_all(runs: Sequence[Generation], engine: EngineClient) -> None:
+    """Admit every choice (each a request for the scheduler); one refused, none runs."""
+    started = await asyncio.gather(*(r.start(engine) for r in runs), return_exceptions=True)
+    failed = [e for e in started if isinstance(e, BaseException)]
+    if failed:
+        await asyncio.gather(*(r.close() for r in runs))
+        raise failed[0]
+
+
+async def merge(streams: Sequence[AsyncIterator[str]]) -> AsyncIterator[str]:
+    """The items of several streams as they come; the first error ends it."""
+    if len(streams) == 1:
+        async with aclosing(streams[0]) as only:
+            async for item in only:
+                yield item
+        return
+    queue: asyncio.Queue[tuple[str | None, BaseException | None]] = asyncio.Queue()
+
+    async def pump(stream: AsyncIterator[str]) -> None:
+        try:
+            async with aclosing(stream):
+                async for item in stream:
+                    await queue.put((item, None))
+            await queue.put((None, None))
+        except Exception as err:  # noqa: BLE001 - handed to the reader, which raises it
+            await queue.put((None, err))
+
+    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    try:
+        left = len(tasks)
+        while left:
+            item, err = await queue.get()
+            if err is not None:
+                raise err
+            if item is None:
+                left -= 1
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class ChatService(Service):
@@ -143,7 +205,8 @@ class ChatService(Service):
                 param="tools",
             )
 
-    def _prepare(self, body: ChatCompletionRequest, caller: Caller) -> ChatGeneration:
+    def _prepare(self, body: ChatCompletionRequest, caller: Caller) -> list[ChatGeneration]:
+        """One generation per choice (`n`): each is admitted, placed and charged as a request."""
         check_model(self._config, body.model)
         self._check_size(body)
         effort = body.reasoning_effort or self._config.default_effort
@@ -182,33 +245,52 @@ class ChatService(Service):
             reply=reply,
         )
 
-        demand = Demand(
-            tenant=caller.tenant,
-            prefix_key=prefix_key(effort, reply.instructions(instructions), tools),
-            tools=bool(tools),
-            rerender=partial(render, degraded=True),
-        )
-        return ChatGeneration(
-            request=render(effort),
-            stop=StopMatcher(body.stop),
-            demand=demand,
-            endpoint="chat",
-            caller=caller,
-            deadline_s=self._config.efforts[effort].deadline_s,
-            parser=self._harmony.parser(),
-        )
+        key = prefix_key(effort, reply.instructions(instructions), tools)
+
+        def choice(index: int) -> ChatGeneration:
+            def variant(effort: Effort, degraded: bool = False) -> EngineRequest:
+                return nth_choice(render(effort, degraded), index)
+
+            demand = Demand(caller.tenant, key, bool(tools), partial(variant, degraded=True))
+            return ChatGeneration(
+                request=variant(effort),
+                stop=StopMatcher(body.stop),
+                demand=demand,
+                endpoint="chat",
+                caller=caller,
+                deadline_s=self._config.efforts[effort].deadline_s,
+                parser=self._harmony.parser(),
+            )
+
+        return [choice(i) for i in range(body.n)]
 
     async def create(
         self, body: ChatCompletionRequest, caller: Caller
     ) -> tuple[ChatCompletion | Stream, dict[str, str]]:
-        chat = self._prepare(body, caller)
-        await chat.start(self._engine)
+        runs = self._prepare(body, caller)
+        await start_all(runs, self._engine)
+        headers = runs[0].headers
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return Stream(self._stream(chat, body.model, include_usage), chat.close), chat.headers
-        return await self._complete(chat, body.model), chat.headers
+            stream = self._stream(runs, body.model, *usage_options(body))
 
-    async def _complete(self, run: ChatGeneration, model: str) -> ChatCompletion:
+            async def close() -> None:
+                await asyncio.gather(*(r.close() for r in runs))
+
+            return Stream(stream, close), headers
+        return await self._complete(runs, body.model), headers
+
+    async def _complete(self, runs: list[ChatGeneration], model: str) -> ChatCompletion:
+        choices = await asyncio.gather(*(self._choice(run, i) for i, run in enumerate(runs)))
+        return ChatCompletion(
+            id=runs[0].request.request_id,
+            object="chat.completion",
+            created=int(time.time()),
+            model=model,
+            choices=list(choices),
+            usage=usage(runs),
+        )
+
+    async def _choice(self, run: ChatGeneration, index: int) -> cc.Choice:
         content: list[str] = []
         reasoning: list[str] = []
         async with aclosing(run.deltas()) as deltas:
@@ -229,26 +311,46 @@ class ChatService(Service):
             reasoning="".join(reasoning) or None,
             tool_calls=tool_calls or None,
         )
-        return ChatCompletion(
-            id=run.request.request_id,
-            object="chat.completion",
-            created=int(time.time()),
-            model=model,
-            choices=[cc.Choice(index=0, message=message, finish_reason=run.openai_finish_reason())],
-            usage=run.usage(),
-        )
+        return cc.Choice(index=index, message=message, finish_reason=run.openai_finish_reason())
 
     async def _stream(
-        self, run: ChatGeneration, model_name: str, include_usage: bool
+        self, runs: list[ChatGeneration], model_name: str, include_usage: bool, continuous: bool
     ) -> AsyncIterator[str]:
+        """Every choice's chunks as they come, then the usage of them all. `continuous`: usage
+        so far on every chunk (vLLM's `continuous_usage_stats`)."""
         created = int(time.time())
+        streams = [
+            self._choice_chunks(run, i, runs, created, model_name, continuous)
+            for i, run in enumerate(runs)
+        ]
+        async with aclosing(merge(streams)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+        if include_usage:
+            yield ChatCompletionChunk(
+                id=runs[0].request.request_id,
+                object="chat.completion.chunk",
+                created=created,
+                model=model_name,
+                choices=[],
+                usage=usage(runs),
+            ).model_dump_json(exclude_none=True)
 
-        def model(delta: ck.ChoiceDelta | None, finish: str | None = None, usage=None):
-            choices = (
-                [] if delta is None else [ck.Choice(index=0, delta=delta, finish_reason=finish)]
-            )
+    async def _choice_chunks(
+        self,
+        run: ChatGeneration,
+        index: int,
+        runs: list[ChatGeneration],
+        created: int,
+        model_name: str,
+        continuous: bool,
+    ) -> AsyncIterator[str]:
+        """One choice's chunks: its role, its deltas, its finish reason."""
+
+        def model(delta: ck.ChoiceDelta, finish: str | None = None, usage=None):
+            choices = [ck.Choice(index=index, delta=delta, finish_reason=finish)]
             return ChatCompletionChunk(
-                id=run.request.request_id,
+                id=runs[0].request.request_id,
                 object="chat.completion.chunk",
                 created=created,
                 model=model_name,
@@ -256,8 +358,9 @@ class ChatService(Service):
                 usage=usage,
             )
 
-        def chunk(delta: ck.ChoiceDelta | None, finish: str | None = None, usage=None) -> str:
-            return model(delta, finish, usage).model_dump_json(exclude_none=True)
+        def chunk(delta: ck.ChoiceDelta, finish: str | None = None) -> str:
+            so_far = usage(runs) if continuous else None
+            return model(delta, finish, so_far).model_dump_json(exclude_none=True)
 
         # Reasoning and answer text, nearly every chunk of a stream: one template each.
         text_chunks = {
@@ -267,8 +370,10 @@ class ChatService(Service):
         yield chunk(ck.ChoiceDelta(role="assistant", content=""))
         async with aclosing(run.deltas()) as deltas:
             async for d in deltas:
-                if (template := text_chunks.get(d.kind)) is not None:
+                if (template := text_chunks.get(d.kind)) is not None and not continuous:
                     yield template(d.text)
+                elif d.kind != "tool_call":
+                    yield chunk(ck.ChoiceDelta(**{d.kind: d.text}))
                 else:
                     call = run.parser.tool_calls[d.tool_index]
                     yield chunk(
@@ -287,5 +392,3 @@ class ChatService(Service):
                         )
                     )
         yield chunk(ck.ChoiceDelta(), run.openai_finish_reason())
-        if include_usage:
-            yield chunk(None, usage=run.usage())

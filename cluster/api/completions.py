@@ -17,7 +17,7 @@ from cluster.api.chunks import MARKER, ChunkTemplate
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import Caller, Demand, Generation, Service, Stream
 from cluster.api.protocol import CompletionRequest
-from cluster.api.sampling import check_model, engine_request, new_id
+from cluster.api.sampling import check_model, engine_request, new_id, usage_options
 from cluster.api.stops import StopMatcher
 from cluster.harmony import VOCAB_SIZE
 
@@ -84,15 +84,17 @@ class CompletionService(Service):
             reply = completion([choice(text, run.finish_reason or "stop")], with_usage=True)
             return reply, run.headers
 
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-
+        include_usage, continuous = usage_options(body)
         token_chunk = ChunkTemplate(completion([choice(MARKER, None)]), exclude_none=False)
 
         async def events() -> AsyncIterator[str]:
             async with aclosing(self._texts(run)) as texts:
                 async for piece in texts:
-                    yield token_chunk(piece)
-            final = completion([choice("", run.finish_reason or "stop")])
+                    if continuous:  # usage so far on every chunk (vLLM's continuous_usage_stats)
+                        yield completion([choice(piece, None)], True).model_dump_json()
+                    else:
+                        yield token_chunk(piece)
+            final = completion([choice("", run.finish_reason or "stop")], continuous)
             yield final.model_dump_json(exclude_none=True)
             if include_usage:
                 yield completion([], with_usage=True).model_dump_json(exclude_none=True)

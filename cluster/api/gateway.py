@@ -120,10 +120,17 @@ def create_app(
     hooks = (on_done,) if on_done is not None else ()
 
     async def call(service, body: SamplingRequest, identity: Identity | None):
-        """Run one request within its key's quota: the slot is held until the request ends."""
+        """Run one request within its key's quota: the slots are held until its choices end."""
+        choices = getattr(body, "n", 1)  # each choice is a request's work, and counts as one
+        if choices > config.gateway.max_choices:
+            raise OpenAIError(
+                400,
+                f"n is {choices}, above the limit of {config.gateway.max_choices}",
+                param="n",
+            )
         if identity is None:  # open mode: fairness by the request's `user` field
             return await service.create(body, Caller(body.user or "anonymous", None, hooks))
-        refusal = quotas.acquire(identity, clock())
+        refusal = quotas.acquire(identity, clock(), choices)
         if refusal is not None:
             effort = getattr(body, "reasoning_effort", None) or config.default_effort
             now = time.time()
@@ -137,7 +144,7 @@ def create_app(
                 code="rate_limit_exceeded",
                 headers={"Retry-After": str(refusal.retry_after_s)},
             )
-        hold = QuotaHold(quotas, identity.name, clock)
+        hold = QuotaHold(quotas, identity.name, clock, held=choices)
         try:
             return await service.create(body, Caller(identity.name, identity.name, (hold, *hooks)))
         except BaseException:

@@ -140,13 +140,6 @@ class SamplingRequest(_Request):
             raise ValueError("stop takes up to 4 non-empty strings")
         return stops
 
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, v: int) -> int:
-        if v != 1:
-            raise ValueError("only n=1 is supported")
-        return v
-
     @model_validator(mode="after")
     def _stream_options(self) -> SamplingRequest:
         if self.stream_options is not None and not self.stream:
@@ -169,6 +162,7 @@ class ChatCompletionRequest(SamplingRequest):
 
 class CompletionRequest(SamplingRequest):
     prompt: str | list[int] | list[str] | list[list[int]]
+    n: int = Field(1, ge=1, le=1, description="One choice per completion request (chat takes n).")
     max_tokens: PositiveInt | None = 16
     echo: Literal[False] | None = None
     logprobs: None = None

@@ -22,6 +22,14 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex}"
 
 
+def usage_options(body: SamplingRequest) -> tuple[bool, bool]:
+    """(usage in a last chunk, usage so far on every chunk): `stream_options` as vLLM reads it,
+    where `continuous_usage_stats` counts only with `include_usage`."""
+    options = body.stream_options
+    include = bool(options and options.include_usage)
+    return include, include and bool(options and options.continuous_usage_stats)
+
+
 def check_model(config: ClusterConfig, model: str) -> None:
     if model not in (config.model.served_name, config.model.name):
         raise OpenAIError(

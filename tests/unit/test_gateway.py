@@ -166,7 +166,8 @@ BAD = [
     ("/v1/chat/completions", chat(reasoning_effort="max"), 400, "reasoning_effort", None),
     ("/v1/chat/completions", chat(max_tokens=0), 400, "max_tokens", None),
     ("/v1/chat/completions", chat(max_tokens=10**6), 400, "max_tokens", None),
-    ("/v1/chat/completions", chat(n=2), 400, "n", None),
+    ("/v1/chat/completions", chat(n=9), 400, "n", None),
+    ("/v1/completions", {"model": MODEL, "prompt": "a", "n": 2}, 400, "n", None),
     ("/v1/chat/completions", chat(logprobs=True), 400, "logprobs", None),
     ("/v1/chat/completions", chat(messages=[]), 400, "messages", None),
     (
@@ -343,3 +344,60 @@ async def test_tenant_and_prefix_reach_the_scheduler(harmony, engine):
     prefixes = [a[1] for a in recorder.admitted]
     assert prefixes[0] == prefixes[1] != prefixes[2]  # the effort is part of the prefix
     assert [a[3] for a in recorder.admitted] == [True, True, True, False]  # raw prompts stay
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+async def test_continuous_usage_stats_put_usage_so_far_on_every_chunk(client, path):
+    body = chat() if "chat" in path else {"model": MODEL, "prompt": "Once", "max_tokens": 40}
+    options = {"include_usage": True, "continuous_usage_stats": True}
+    r = await client.post(path, json=body | {"stream": True, "seed": 3, "stream_options": options})
+    chunks = sse_chunks(r.text)
+    counted = [c["usage"]["completion_tokens"] for c in chunks if c["choices"]]
+    assert len(counted) >= 2 and counted == sorted(counted) and counted[-1] > 0
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == counted[-1]
+    plain = await client.post(
+        path, json=body | {"stream": True, "seed": 3, "stream_options": {"include_usage": True}}
+    )
+    assert all(c.get("usage") is None for c in sse_chunks(plain.text)[:-1])  # only when asked
+
+
+async def test_n_choices_each_run_as_a_request_and_usage_counts_the_prompt_once(harmony, engine):
+    recorder = _Recorder(engine)
+    async with client_for(create_app(fast_config(), harmony, recorder)) as c:
+        body = chat(n=3, seed=5, max_tokens=30)
+        full = (await c.post("/v1/chat/completions", json=body)).json()
+        stream = await c.post(
+            "/v1/chat/completions",
+            json=body | {"stream": True, "stream_options": {"include_usage": True}},
+        )
+    assert [ch["index"] for ch in full["choices"]] == [0, 1, 2]
+    texts = [ch["message"]["reasoning"] or "" for ch in full["choices"]]
+    assert len(set(texts)) == 3  # three samples (seeds 5, 6, 7), not one thrice
+    assert len(recorder.admitted) == 6 and len({r.request_id for r in recorder.requests}) == 6
+    usage = full["usage"]
+    assert usage["prompt_tokens"] == len(recorder.requests[0].prompt_token_ids)  # once
+    assert usage["completion_tokens"] == 90  # three choices of max_tokens each
+    chunks = sse_chunks(stream.text)
+    finished = {ch["index"] for c in chunks for ch in c["choices"] if ch.get("finish_reason")}
+    assert finished == {0, 1, 2} and {c["id"] for c in chunks} == {chunks[0]["id"]}
+    for i in range(3):  # each choice streams what it answers without streaming (same seed)
+        streamed = "".join(
+            ch["delta"].get("reasoning", "")
+            for c in chunks
+            for ch in c["choices"]
+            if ch["index"] == i
+        )
+        assert streamed == texts[i]
+    assert chunks[-1]["usage"] == usage
+
+
+async def test_n_choices_count_against_the_keys_limits(harmony, engine):
+    config = fast_config(auth={"api_keys": [{"name": "two", "key": "k-2", "max_concurrent": 2}]})
+    async with client_for(create_app(config, harmony, InProcessEngine(engine))) as c:
+        auth = {"Authorization": "Bearer k-2"}
+        r = await c.post("/v1/chat/completions", json=chat(n=3, max_tokens=2), headers=auth)
+        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
+        r = await c.post("/v1/chat/completions", json=chat(n=2, max_tokens=2), headers=auth)
+        assert r.status_code == 200 and len(r.json()["choices"]) == 2
+        r = await c.post("/v1/chat/completions", json=chat(n=2, max_tokens=2), headers=auth)
+        assert r.status_code == 200  # both slots came back when the choices ended
