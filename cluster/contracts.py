@@ -67,6 +67,11 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop_token_ids: tuple[int, ...] = ()
+    logprobs: int | None = None  # top alternatives to report per token (0: the sampled only)
+
+
+# One generated token's log-probability, then its top alternatives (token id, logprob), best first.
+TokenLogprob = tuple[float, tuple[tuple[int, float], ...]]
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,7 @@ class EngineOutput:
     finish_reason: FinishReason | None = None
     received_at: float | None = None
     ended_at: float | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None  # one per token id, when the request asked
 
 
 @dataclass(frozen=True)

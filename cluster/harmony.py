@@ -26,12 +26,13 @@ from openai_harmony import (
     ReasoningEffort,
     Role,
     StreamableParser,
+    StreamState,
     SystemContent,
     ToolDescription,
     load_harmony_encoding,
 )
 
-from cluster.contracts import Effort
+from cluster.contracts import Effort, TokenLogprob
 from cluster.vocab import ensure_vocab
 
 TOOL_NAMESPACE = "functions"
@@ -105,6 +106,12 @@ class Harmony:
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return self.encoding.decode(token_ids)
+
+    def token_bytes(self, token: int) -> bytes:
+        """One token's bytes (a character may span tokens, so they need not be UTF-8 alone)."""
+        return self.encoding.decode([token], errors="surrogateescape").encode(
+            "utf-8", "surrogateescape"
+        )
 
     def text_stream(self) -> TextStream:
         return TextStream(self.encoding)
@@ -188,6 +195,7 @@ class TextStream:
 
 
 DeltaKind = Literal["reasoning", "content", "tool_call"]
+_CONTENT = StreamState.CONTENT
 
 
 @dataclass
@@ -197,6 +205,8 @@ class ChannelDelta:
     tool_index: int | None = None
     tool_name: str | None = None
     new_tool_call: bool = False
+    # Answer deltas, when the request asked: (token id, its logprob and alternatives) per token.
+    logprobs: list[tuple[int, TokenLogprob]] | None = None
 
 
 @dataclass
@@ -209,6 +219,8 @@ class ChannelParser:
     _parser: StreamableParser = field(init=False)
     _tool_key: tuple[int, str] | None = field(default=None, init=False)
     _raw: TextStream | None = field(default=None, init=False)
+    # Answer tokens whose text harmony has not released yet (a character split across tokens).
+    _pending: list[tuple[int, TokenLogprob]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self._parser = StreamableParser(self.harmony.encoding, role=Role.ASSISTANT)
@@ -218,8 +230,11 @@ class ChannelParser:
         """The model broke harmony's grammar; the rest of its output became plain content."""
         return self._raw is not None
 
-    def feed(self, token_ids: Iterable[int]) -> list[ChannelDelta]:
-        """Process tokens; consecutive deltas of the same kind are merged."""
+    def feed(
+        self, token_ids: Iterable[int], logprobs: Sequence[TokenLogprob] | None = None
+    ) -> list[ChannelDelta]:
+        """Process tokens; consecutive deltas of the same kind are merged. With `logprobs` (one
+        per token), answer deltas carry those of their tokens."""
         out: list[ChannelDelta] = []
         parser = self._parser
         token_ids = list(token_ids)
@@ -234,18 +249,24 @@ class ChannelParser:
                 self._raw = self.harmony.text_stream()
                 continue
             channel = parser.current_channel
-            if channel == "analysis" and not self.harmony.encoding.is_special_token(token):
+            text_token = not self.harmony.encoding.is_special_token(token)
+            if channel == "analysis" and text_token:
                 self.reasoning_tokens += 1  # its text, as a budget counts it (not `<|end|>`)
+            recipient = parser.current_recipient
+            calls = bool(recipient and recipient.startswith(f"{TOOL_NAMESPACE}."))
+            answer = channel in ("final", "commentary") and not calls
+            if logprobs is not None and answer and text_token and parser.state == _CONTENT:
+                self._pending.append((token, logprobs[i]))
             delta = parser.last_content_delta
             if not delta:
                 continue
-            recipient = parser.current_recipient
             if channel == "analysis":
                 _append(out, ChannelDelta("reasoning", delta))
-            elif recipient and recipient.startswith(f"{TOOL_NAMESPACE}."):
+            elif calls:
                 _append(out, self._tool_delta(recipient.removeprefix(f"{TOOL_NAMESPACE}."), delta))
-            elif channel in ("final", "commentary"):
-                _append(out, ChannelDelta("content", delta))
+            elif answer:
+                taken, self._pending = self._pending, []
+                _append(out, ChannelDelta("content", delta, logprobs=taken if logprobs else None))
         return out
 
     def _tool_delta(self, name: str, text: str) -> ChannelDelta:
@@ -271,6 +292,8 @@ def _append(out: list[ChannelDelta], delta: ChannelDelta) -> None:
         and not delta.new_tool_call
     ):
         last.text += delta.text
+        if delta.logprobs:
+            last.logprobs = (last.logprobs or []) + delta.logprobs
     else:
         out.append(delta)
 

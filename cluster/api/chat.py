@@ -20,10 +20,12 @@ from openai.types.chat import (
     ChatCompletionChunk,
     ChatCompletionMessage,
     ChatCompletionMessageFunctionToolCall,
+    ChatCompletionTokenLogprob,
 )
 from openai.types.chat import chat_completion as cc
 from openai.types.chat import chat_completion_chunk as ck
 from openai.types.chat.chat_completion_message_function_tool_call import Function
+from openai.types.chat.chat_completion_token_logprob import TopLogprob
 from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage
 
 from cluster.api.chunks import MARKER, ChunkTemplate
@@ -34,8 +36,8 @@ from cluster.api.output_format import ReplyFormat
 from cluster.api.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
 from cluster.api.sampling import check_model, usage_options
 from cluster.api.stops import StopMatcher
-from cluster.contracts import Effort, EngineRequest
-from cluster.harmony import ChannelDelta, ChannelParser, ToolCall, ToolSpec, Turn
+from cluster.contracts import Effort, EngineRequest, TokenLogprob
+from cluster.harmony import ChannelDelta, ChannelParser, Harmony, ToolCall, ToolSpec, Turn
 
 
 def prefix_key(effort: Effort, instructions: str | None, tools: list[ToolSpec]) -> str:
@@ -93,8 +95,8 @@ class ChatGeneration(Generation):
     async def deltas(self) -> AsyncIterator[ChannelDelta]:
         """Channel deltas with client stop strings applied to the answer."""
         async with aclosing(self.token_batches()) as batches:
-            async for token_ids in batches:
-                for delta in self.parser.feed(token_ids):
+            async for output in batches:
+                for delta in self.parser.feed(output.token_ids, output.logprobs):
                     if delta.kind == "content":
                         delta.text = self.stop.feed(delta.text)
                         if delta.text:
@@ -119,6 +121,33 @@ def usage(runs: Sequence[ChatGeneration]) -> CompletionUsage:
             reasoning_tokens=sum(r.parser.reasoning_tokens for r in runs)
         ),
     )
+
+
+def token_logprobs(
+    harmony: Harmony, entries: Sequence[tuple[int, TokenLogprob]]
+) -> list[ChatCompletionTokenLogprob]:
+    """OpenAI's per-token shape: the token's text (decoded through harmony), its bytes, its
+    logprob and the top alternatives'."""
+
+    def text(token: int) -> tuple[str, list[int]]:
+        raw = harmony.token_bytes(token)
+        return raw.decode("utf-8", errors="replace"), list(raw)
+
+    out = []
+    for token, (logprob, top) in entries:
+        token_text, raw = text(token)
+        alternatives = []
+        for alternative, alternative_logprob in top:
+            alt_text, alt_raw = text(alternative)
+            alternatives.append(
+                TopLogprob(token=alt_text, bytes=alt_raw, logprob=alternative_logprob)
+            )
+        out.append(
+            ChatCompletionTokenLogprob(
+                token=token_text, bytes=raw, logprob=logprob, top_logprobs=alternatives
+            )
+        )
+    return out
 
 
 def nth_choice(request: EngineRequest, index: int) -> EngineRequest:
@@ -293,10 +322,12 @@ class ChatService(Service):
     async def _choice(self, run: ChatGeneration, index: int) -> cc.Choice:
         content: list[str] = []
         reasoning: list[str] = []
+        logprobs: list[tuple[int, TokenLogprob]] = []
         async with aclosing(run.deltas()) as deltas:
             async for delta in deltas:
                 if delta.kind == "content":
                     content.append(delta.text)
+                    logprobs += delta.logprobs or ()
                 elif delta.kind == "reasoning":
                     reasoning.append(delta.text)
         tool_calls = [
@@ -311,7 +342,15 @@ class ChatService(Service):
             reasoning="".join(reasoning) or None,
             tool_calls=tool_calls or None,
         )
-        return cc.Choice(index=index, message=message, finish_reason=run.openai_finish_reason())
+        asked = run.request.sampling.logprobs is not None
+        return cc.Choice(
+            index=index,
+            message=message,
+            finish_reason=run.openai_finish_reason(),
+            logprobs=cc.ChoiceLogprobs(content=token_logprobs(self._harmony, logprobs))
+            if asked
+            else None,
+        )
 
     async def _stream(
         self, runs: list[ChatGeneration], model_name: str, include_usage: bool, continuous: bool
@@ -347,8 +386,8 @@ class ChatService(Service):
     ) -> AsyncIterator[str]:
         """One choice's chunks: its role, its deltas, its finish reason."""
 
-        def model(delta: ck.ChoiceDelta, finish: str | None = None, usage=None):
-            choices = [ck.Choice(index=index, delta=delta, finish_reason=finish)]
+        def model(delta: ck.ChoiceDelta, finish: str | None = None, usage=None, logprobs=None):
+            choices = [ck.Choice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)]
             return ChatCompletionChunk(
                 id=runs[0].request.request_id,
                 object="chat.completion.chunk",
@@ -358,9 +397,12 @@ class ChatService(Service):
                 usage=usage,
             )
 
-        def chunk(delta: ck.ChoiceDelta, finish: str | None = None) -> str:
+        def chunk(delta: ck.ChoiceDelta, finish: str | None = None, logprobs=None) -> str:
             so_far = usage(runs) if continuous else None
-            return model(delta, finish, so_far).model_dump_json(exclude_none=True)
+            return model(delta, finish, so_far, logprobs).model_dump_json(exclude_none=True)
+
+        # Per-chunk usage or logprobs: no template (each chunk differs beyond its text).
+        templated = not continuous and run.request.sampling.logprobs is None
 
         # Reasoning and answer text, nearly every chunk of a stream: one template each.
         text_chunks = {
@@ -370,10 +412,15 @@ class ChatService(Service):
         yield chunk(ck.ChoiceDelta(role="assistant", content=""))
         async with aclosing(run.deltas()) as deltas:
             async for d in deltas:
-                if (template := text_chunks.get(d.kind)) is not None and not continuous:
+                if (template := text_chunks.get(d.kind)) is not None and templated:
                     yield template(d.text)
                 elif d.kind != "tool_call":
-                    yield chunk(ck.ChoiceDelta(**{d.kind: d.text}))
+                    logprobs = None
+                    if d.logprobs is not None:
+                        logprobs = ck.ChoiceLogprobs(
+                            content=token_logprobs(self._harmony, d.logprobs)
+                        )
+                    yield chunk(ck.ChoiceDelta(**{d.kind: d.text}), logprobs=logprobs)
                 else:
                     call = run.parser.tool_calls[d.tool_index]
                     yield chunk(

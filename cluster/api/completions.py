@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from openai.types import Completion, CompletionChoice
+from openai.types.completion_choice import Logprobs
 from openai.types.completion_usage import CompletionUsage
 
 from cluster.api.chunks import MARKER, ChunkTemplate
@@ -19,6 +20,7 @@ from cluster.api.generation import Caller, Demand, Generation, Service, Stream
 from cluster.api.protocol import CompletionRequest
 from cluster.api.sampling import check_model, engine_request, new_id, usage_options
 from cluster.api.stops import StopMatcher
+from cluster.contracts import TokenLogprob
 from cluster.harmony import VOCAB_SIZE
 
 
@@ -75,13 +77,27 @@ class CompletionService(Service):
                 usage=usage if with_usage else None,
             )
 
-        def choice(text: str, finish: str | None) -> CompletionChoice:
-            return CompletionChoice.model_construct(index=0, text=text, finish_reason=finish)
+        asked = body.logprobs is not None
+        offset = 0  # characters of the completion so far, for text_offset
+
+        def choice(text: str, finish: str | None, entries=()) -> CompletionChoice:
+            nonlocal offset
+            logprobs = self._logprobs(entries, offset) if asked else None
+            offset += len(text)
+            return CompletionChoice.model_construct(
+                index=0, text=text, finish_reason=finish, logprobs=logprobs
+            )
 
         if not body.stream:
+            entries: list[tuple[int, TokenLogprob]] = []
+            pieces: list[str] = []
             async with aclosing(self._texts(run)) as texts:
-                text = "".join([piece async for piece in texts])
-            reply = completion([choice(text, run.finish_reason or "stop")], with_usage=True)
+                async for piece, logprobs in texts:
+                    pieces.append(piece)
+                    entries += logprobs
+            reply = completion(
+                [choice("".join(pieces), run.finish_reason or "stop", entries)], with_usage=True
+            )
             return reply, run.headers
 
         include_usage, continuous = usage_options(body)
@@ -89,9 +105,11 @@ class CompletionService(Service):
 
         async def events() -> AsyncIterator[str]:
             async with aclosing(self._texts(run)) as texts:
-                async for piece in texts:
-                    if continuous:  # usage so far on every chunk (vLLM's continuous_usage_stats)
-                        yield completion([choice(piece, None)], True).model_dump_json()
+                async for piece, logprobs in texts:
+                    if continuous or asked:  # usage so far, or logprobs: no template
+                        yield completion(
+                            [choice(piece, None, logprobs)], continuous
+                        ).model_dump_json()
                     else:
                         yield token_chunk(piece)
             final = completion([choice("", run.finish_reason or "stop")], continuous)
@@ -101,12 +119,37 @@ class CompletionService(Service):
 
         return Stream(events(), run.close), run.headers
 
-    async def _texts(self, run: Generation) -> AsyncIterator[str]:
-        """Decoded text (special tokens dropped) with client stop strings applied."""
+    async def _texts(self, run: Generation) -> AsyncIterator[tuple[str, list]]:
+        """Decoded text (special tokens dropped) with client stop strings applied, and the
+        logprobs of the tokens it came from (when asked)."""
         decoder = self._harmony.text_stream()
+        pending: list[tuple[int, TokenLogprob]] = []
         async with aclosing(run.token_batches()) as batches:
-            async for token_ids in batches:
-                if text := run.stop.feed(decoder.feed(token_ids)):
-                    yield text
+            async for output in batches:
+                if output.logprobs is not None:
+                    pending += zip(output.token_ids, output.logprobs, strict=True)
+                if text := run.stop.feed(decoder.feed(output.token_ids)):
+                    yield text, pending
+                    pending = []
         if tail := run.stop.feed(decoder.flush()) + run.stop.flush():
-            yield tail
+            yield tail, pending
+
+    def _logprobs(self, entries: list[tuple[int, TokenLogprob]], offset: int) -> Logprobs:
+        """The legacy completions shape: tokens, their logprobs, the top alternatives as
+        {token: logprob}, and where each token starts in the completion's text."""
+        tokens, offsets = [], []
+        for token, _ in entries:
+            text = self._harmony.token_bytes(token).decode("utf-8", errors="replace")
+            tokens.append(text)
+            offsets.append(offset)
+            offset += len(text)
+        top = [
+            {self._harmony.token_bytes(t).decode("utf-8", errors="replace"): lp for t, lp in alts}
+            for _, (_, alts) in entries
+        ]
+        return Logprobs(
+            tokens=tokens,
+            token_logprobs=[lp for _, (lp, _) in entries],
+            top_logprobs=top,
+            text_offset=offsets,
+        )

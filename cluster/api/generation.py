@@ -270,8 +270,9 @@ class Generation:
             self._engine.release(self._admission, Release(replica_failed=True))
             self._admission = None
 
-    async def token_batches(self) -> AsyncIterator[list[int]]:
-        """Token ids as they arrive; stopping early (or a stop string) aborts the engine work."""
+    async def token_batches(self) -> AsyncIterator[EngineOutput]:
+        """Engine outputs as they arrive; stopping early (or a stop string) aborts the engine
+        work."""
         assert self._rest is not None, "start() first"
         output, last_at, failed = self._first, self._first_at, None
         try:
@@ -279,7 +280,7 @@ class Generation:
                 self.completion_tokens += len(output.token_ids)
                 self.finish_reason = output.finish_reason or self.finish_reason
                 self._ended_at = output.ended_at
-                yield output.token_ids
+                yield output
                 if output.finish_reason is not None or self.stop.stopped:
                     break
                 async with asyncio.timeout_at(self._deadline_at):

@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator,
 
 from cluster.contracts import Effort
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's limits (and vLLM's default max_logprobs)
+MAX_COMPLETION_LOGPROBS = 5
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -132,6 +135,11 @@ class SamplingRequest(_Request):
     user: str | None = None
     max_tokens: PositiveInt | None = None
 
+    @property
+    def alternatives(self) -> int | None:
+        """Top alternatives to report per token; None: no logprobs."""
+        return None
+
     @field_validator("stop")
     @classmethod
     def _stops(cls, v: str | list[str] | None) -> list[str]:
@@ -157,7 +165,19 @@ class ChatCompletionRequest(SamplingRequest):
     response_format: ResponseFormat | None = None
     # vLLM's name: at most this many analysis tokens, so the answer keeps its share.
     thinking_token_budget: PositiveInt | None = None
-    logprobs: Literal[False] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs=true")
+        return self
+
+    @property
+    def alternatives(self) -> int | None:
+        """Top alternatives to report per answer token; None: no logprobs."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(SamplingRequest):
@@ -165,8 +185,12 @@ class CompletionRequest(SamplingRequest):
     n: int = Field(1, ge=1, le=1, description="One choice per completion request (chat takes n).")
     max_tokens: PositiveInt | None = 16
     echo: Literal[False] | None = None
-    logprobs: None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)
     suffix: None = None
+
+    @property
+    def alternatives(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod
@@ -288,6 +312,10 @@ class ResponsesRequest(_Request):
 
     @property
     def seed(self) -> None:  # the Responses API has none; the engine request reads it
+        return None
+
+    @property
+    def alternatives(self) -> None:  # no logprobs in this API
         return None
 
     @field_validator("input")

@@ -109,6 +109,7 @@ def engine_request(
             top_p=1.0 if body.top_p is None else body.top_p,
             seed=body.seed,
             stop_token_ids=tuple(stop_token_ids),
+            logprobs=body.alternatives,
         ),
         effort=effort,
         expected_output_tokens=min(max_tokens, math.ceil(prior.mean_tokens)),

@@ -68,6 +68,10 @@ class MockEngine(Engine):
         finish = "stop" if cut <= request.sampling.max_tokens else "length"
         script = script[: min(cut, request.sampling.max_tokens)]
         stream = _Stream(script)
+        logprobs = None
+        if request.sampling.logprobs is not None:
+            s = request.sampling
+            logprobs = self._writer.logprobs(script, s.logprobs, s.seed, request.request_id)
         received_at = time.time()
         self._streams[request.request_id] = stream
         self._model.add(
@@ -85,10 +89,13 @@ class MockEngine(Engine):
                 if produced > sent or stream.done:
                     first = received_at if sent == 0 else None
                     stream.sent = produced
+                    lps = logprobs[sent:produced] if logprobs is not None else None
                     if stream.done:
-                        yield EngineOutput(script[sent:produced], finish, first, stream.ended_at)
+                        yield EngineOutput(
+                            script[sent:produced], finish, first, stream.ended_at, lps
+                        )
                     else:
-                        yield EngineOutput(script[sent:produced], received_at=first)
+                        yield EngineOutput(script[sent:produced], received_at=first, logprobs=lps)
                 if stream.done:
                     return
         finally:

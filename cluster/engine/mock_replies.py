@@ -26,7 +26,7 @@ from jsf import JSF
 
 from cluster.config import EffortProfile
 from cluster.contracts import Effort, OutputConstraint, ToolFormat
-from cluster.harmony import TOOL_NAMESPACE, Harmony
+from cluster.harmony import FIRST_SPECIAL_TOKEN, TOOL_NAMESPACE, Harmony
 
 _VOCABULARY = (
     "the user asks about this so we should consider what matters most here and check each "
@@ -117,6 +117,23 @@ class ReplyWriter:
                 "<|constrain|>",
             )
         }
+
+    def logprobs(self, script: Sequence[int], top: int, seed: int | None, request_id: str) -> tuple:
+        """Plausible log-probabilities for a reply: the written token the likeliest (it is what
+        the mock "sampled"), `top` alternatives below it, best first; seeded as the reply is."""
+        rng = random.Random(
+            f"logprobs:{seed if seed is not None else f'{self._seed}:{request_id}'}"
+        )
+        out = []
+        for token in script:
+            sampled = -rng.expovariate(4.0)
+            alternatives = [(token, sampled)]
+            logprob = sampled
+            while len(alternatives) < top:
+                logprob -= rng.expovariate(1.0)
+                alternatives.append((rng.randrange(FIRST_SPECIAL_TOKEN), logprob))
+            out.append((sampled, tuple(alternatives[:top])))
+        return tuple(out)
 
     def sample_length(self, effort: Effort, rng: random.Random) -> int:
         prior = self._efforts[effort].output_tokens

@@ -91,6 +91,7 @@ class VLLMEngine(Engine):
             detokenize=False,
             skip_special_tokens=False,
             structured_outputs=structured,
+            logprobs=s.logprobs,
         )
         prompt = {"prompt_token_ids": request.prompt_token_ids}
         self._inflight[request.request_id] = (
@@ -112,11 +113,12 @@ class VLLMEngine(Engine):
                 )
                 finished = out.finished
                 tokens = list(completion.token_ids)
+                logprobs = _logprobs(tokens, completion.logprobs, s.logprobs)
                 if finished:  # the engine core has freed its seat by now
                     reason = _finish_reason(completion.finish_reason)
-                    yield EngineOutput(tokens, reason, received_at, time.time())
+                    yield EngineOutput(tokens, reason, received_at, time.time(), logprobs)
                 else:
-                    yield EngineOutput(tokens, received_at=received_at)
+                    yield EngineOutput(tokens, received_at=received_at, logprobs=logprobs)
                 received_at = None
         finally:
             self._inflight.pop(request.request_id, None)
@@ -141,6 +143,18 @@ class VLLMEngine(Engine):
 
     async def shutdown(self) -> None:
         self._llm.shutdown()
+
+
+def _logprobs(tokens: list[int], per_token: Any, top: int | None) -> tuple | None:
+    """vLLM's per-token {token id: Logprob} (the sampled token and the top `top` by rank) as
+    `TokenLogprob`s."""
+    if top is None or per_token is None:
+        return None
+    out = []
+    for token, ranked in zip(tokens, per_token, strict=True):
+        best = sorted((lp.rank, t, lp.logprob) for t, lp in ranked.items() if lp.rank is not None)
+        out.append((ranked[token].logprob, tuple((t, lp) for _, t, lp in best[:top])))
+    return tuple(out)
 
 
 def _finish_reason(reason: Any) -> str:

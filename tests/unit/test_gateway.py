@@ -1,6 +1,7 @@
 """The gateway's HTTP behaviour in-process (FastAPI app + mock engine, no Ray)."""
 
 import json
+import math
 
 import httpx
 import pytest
@@ -168,7 +169,9 @@ BAD = [
     ("/v1/chat/completions", chat(max_tokens=10**6), 400, "max_tokens", None),
     ("/v1/chat/completions", chat(n=9), 400, "n", None),
     ("/v1/completions", {"model": MODEL, "prompt": "a", "n": 2}, 400, "n", None),
-    ("/v1/chat/completions", chat(logprobs=True), 400, "logprobs", None),
+    ("/v1/chat/completions", chat(logprobs=True, top_logprobs=21), 400, "top_logprobs", None),
+    ("/v1/chat/completions", chat(top_logprobs=2), 400, None, None),
+    ("/v1/completions", {"model": MODEL, "prompt": "a", "logprobs": 6}, 400, "logprobs", None),
     ("/v1/chat/completions", chat(messages=[]), 400, "messages", None),
     (
         "/v1/chat/completions",
@@ -401,3 +404,46 @@ async def test_n_choices_count_against_the_keys_limits(harmony, engine):
         assert r.status_code == 200 and len(r.json()["choices"]) == 2
         r = await c.post("/v1/chat/completions", json=chat(n=2, max_tokens=2), headers=auth)
         assert r.status_code == 200  # both slots came back when the choices ended
+
+
+def check_token_logprobs(entries: list[dict], top: int) -> None:
+    assert entries
+    for e in entries:
+        assert math.isfinite(e["logprob"]) and e["logprob"] <= 0
+        assert bytes(e["bytes"]).decode("utf-8", errors="replace") == e["token"]
+        ranked = [a["logprob"] for a in e["top_logprobs"]]
+        assert len(ranked) == top and ranked == sorted(ranked, reverse=True)
+
+
+async def test_chat_logprobs_cover_the_answer_tokens_streaming_or_not(client):
+    body = chat(logprobs=True, top_logprobs=3, seed=4, reasoning_effort="low", max_tokens=2000)
+    full = (await client.post("/v1/chat/completions", json=body)).json()
+    choice = full["choices"][0]
+    entries = choice["logprobs"]["content"]
+    check_token_logprobs(entries, 3)
+    assert "".join(e["token"] for e in entries) == choice["message"]["content"]  # answer only
+    stream = await client.post("/v1/chat/completions", json=body | {"stream": True})
+    streamed = [
+        e
+        for c in sse_chunks(stream.text)
+        for ch in c["choices"]
+        for e in (ch.get("logprobs") or {}).get("content") or ()
+    ]
+    assert streamed == entries  # same seed, same tokens, same logprobs
+    plain = (await client.post("/v1/chat/completions", json=chat(seed=4))).json()
+    assert plain["choices"][0].get("logprobs") is None  # only when asked
+
+
+async def test_completions_logprobs_in_the_legacy_shape(client):
+    body = {"model": MODEL, "prompt": "Once upon", "max_tokens": 20, "logprobs": 2, "seed": 1}
+    choice = (await client.post("/v1/completions", json=body)).json()["choices"][0]
+    logprobs = choice["logprobs"]
+    assert (
+        len(logprobs["tokens"])
+        == len(logprobs["token_logprobs"])
+        == len(logprobs["text_offset"])
+        > 0
+    )
+    assert all(math.isfinite(lp) for lp in logprobs["token_logprobs"])
+    assert all(len(top) <= 2 for top in logprobs["top_logprobs"])
+    assert logprobs["text_offset"] == sorted(logprobs["text_offset"])
