@@ -12,7 +12,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 
 from openai.types.chat import (
@@ -20,24 +20,23 @@ from openai.types.chat import (
     ChatCompletionChunk,
     ChatCompletionMessage,
     ChatCompletionMessageFunctionToolCall,
-    ChatCompletionTokenLogprob,
 )
 from openai.types.chat import chat_completion as cc
 from openai.types.chat import chat_completion_chunk as ck
 from openai.types.chat.chat_completion_message_function_tool_call import Function
-from openai.types.chat.chat_completion_token_logprob import TopLogprob
 from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage
 
+from cluster.api.choices import merge, nth_choice, start_all
 from cluster.api.chunks import MARKER, ChunkTemplate
-from cluster.api.engine_client import EngineClient
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import Caller, Demand, Generation, Service, Stream
+from cluster.api.logprobs import token_logprobs
 from cluster.api.output_format import ReplyFormat
 from cluster.api.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
 from cluster.api.sampling import check_model, usage_options
 from cluster.api.stops import StopMatcher
 from cluster.contracts import Effort, EngineRequest, TokenLogprob
-from cluster.harmony import ChannelDelta, ChannelParser, Harmony, ToolCall, ToolSpec, Turn
+from cluster.harmony import ChannelDelta, ChannelParser, ToolCall, ToolSpec, Turn
 
 
 def prefix_key(effort: Effort, instructions: str | None, tools: list[ToolSpec]) -> str:
@@ -121,89 +120,6 @@ def usage(runs: Sequence[ChatGeneration]) -> CompletionUsage:
             reasoning_tokens=sum(r.parser.reasoning_tokens for r in runs)
         ),
     )
-
-
-def token_logprobs(
-    harmony: Harmony, entries: Sequence[tuple[int, TokenLogprob]]
-) -> list[ChatCompletionTokenLogprob]:
-    """OpenAI's per-token shape: the token's text (decoded through harmony), its bytes, its
-    logprob and the top alternatives'."""
-
-    def text(token: int) -> tuple[str, list[int]]:
-        raw = harmony.token_bytes(token)
-        return raw.decode("utf-8", errors="replace"), list(raw)
-
-    out = []
-    for token, (logprob, top) in entries:
-        token_text, raw = text(token)
-        alternatives = []
-        for alternative, alternative_logprob in top:
-            alt_text, alt_raw = text(alternative)
-            alternatives.append(
-                TopLogprob(token=alt_text, bytes=alt_raw, logprob=alternative_logprob)
-            )
-        out.append(
-            ChatCompletionTokenLogprob(
-                token=token_text, bytes=raw, logprob=logprob, top_logprobs=alternatives
-            )
-        )
-    return out
-
-
-def nth_choice(request: EngineRequest, index: int) -> EngineRequest:
-    """Choice `index` of a request: its own engine request id and, with a seed, its own seed."""
-    if index == 0:
-        return request
-    seed = request.sampling.seed
-    return replace(
-        request,
-        request_id=f"{request.request_id}-{index}",
-        sampling=replace(request.sampling, seed=None if seed is None else seed + index),
-    )
-
-
-async def start_all(runs: Sequence[Generation], engine: EngineClient) -> None:
-    """Admit every choice (each a request for the scheduler); one refused, none runs."""
-    started = await asyncio.gather(*(r.start(engine) for r in runs), return_exceptions=True)
-    failed = [e for e in started if isinstance(e, BaseException)]
-    if failed:
-        await asyncio.gather(*(r.close() for r in runs))
-        raise failed[0]
-
-
-async def merge(streams: Sequence[AsyncIterator[str]]) -> AsyncIterator[str]:
-    """The items of several streams as they come; the first error ends it."""
-    if len(streams) == 1:
-        async with aclosing(streams[0]) as only:
-            async for item in only:
-                yield item
-        return
-    queue: asyncio.Queue[tuple[str | None, BaseException | None]] = asyncio.Queue()
-
-    async def pump(stream: AsyncIterator[str]) -> None:
-        try:
-            async with aclosing(stream):
-                async for item in stream:
-                    await queue.put((item, None))
-            await queue.put((None, None))
-        except Exception as err:  # noqa: BLE001 - handed to the reader, which raises it
-            await queue.put((None, err))
-
-    tasks = [asyncio.create_task(pump(s)) for s in streams]
-    try:
-        left = len(tasks)
-        while left:
-            item, err = await queue.get()
-            if err is not None:
-                raise err
-            if item is None:
-                left -= 1
-            else:
-                yield item
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class ChatService(Service):

@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 from openai.types import Completion, CompletionChoice
-from openai.types.completion_choice import Logprobs
 from openai.types.completion_usage import CompletionUsage
 
 from cluster.api.chunks import MARKER, ChunkTemplate
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import Caller, Demand, Generation, Service, Stream
+from cluster.api.logprobs import legacy_logprobs
 from cluster.api.protocol import CompletionRequest
 from cluster.api.sampling import check_model, engine_request, new_id, usage_options
 from cluster.api.stops import StopMatcher
@@ -82,7 +82,7 @@ class CompletionService(Service):
 
         def choice(text: str, finish: str | None, entries=()) -> CompletionChoice:
             nonlocal offset
-            logprobs = self._logprobs(entries, offset) if asked else None
+            logprobs = legacy_logprobs(self._harmony, entries, offset) if asked else None
             offset += len(text)
             return CompletionChoice.model_construct(
                 index=0, text=text, finish_reason=finish, logprobs=logprobs
@@ -133,23 +133,3 @@ class CompletionService(Service):
                     pending = []
         if tail := run.stop.feed(decoder.flush()) + run.stop.flush():
             yield tail, pending
-
-    def _logprobs(self, entries: list[tuple[int, TokenLogprob]], offset: int) -> Logprobs:
-        """The legacy completions shape: tokens, their logprobs, the top alternatives as
-        {token: logprob}, and where each token starts in the completion's text."""
-        tokens, offsets = [], []
-        for token, _ in entries:
-            text = self._harmony.token_bytes(token).decode("utf-8", errors="replace")
-            tokens.append(text)
-            offsets.append(offset)
-            offset += len(text)
-        top = [
-            {self._harmony.token_bytes(t).decode("utf-8", errors="replace"): lp for t, lp in alts}
-            for _, (_, alts) in entries
-        ]
-        return Logprobs(
-            tokens=tokens,
-            token_logprobs=[lp for _, (lp, _) in entries],
-            top_logprobs=top,
-            text_offset=offsets,
-        )

@@ -68,7 +68,7 @@ def test_completions_and_models(client):
         ({"model": "nope"}, openai.NotFoundError),
         ({"reasoning_effort": "extreme"}, openai.BadRequestError),
         ({"max_tokens": 0}, openai.BadRequestError),
-        ({"n": 3}, openai.BadRequestError),
+        ({"n": 9}, openai.BadRequestError),  # above gateway.max_choices
         ({"messages": [{"role": "robot", "content": "x"}]}, openai.BadRequestError),
     ],
 )
