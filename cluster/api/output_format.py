@@ -24,15 +24,42 @@ from cluster.harmony import ToolSpec
 
 # Keywords that the engine's grammar (xgrammar) enforces and the mock's instance generator honours.
 _ENFORCED = {
-    "type", "properties", "required", "additionalProperties", "items", "prefixItems",
-    "minItems", "maxItems", "enum", "const", "anyOf", "oneOf", "$ref", "$defs", "definitions",
-    "minLength", "maxLength", "pattern", "format", "minimum", "maximum", "exclusiveMinimum",
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "prefixItems",
+    "minItems",
+    "maxItems",
+    "enum",
+    "const",
+    "anyOf",
+    "oneOf",
+    "$ref",
+    "$defs",
+    "definitions",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "format",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
     "exclusiveMaximum",
-}  # fmt: skip
+}
 _ANNOTATIONS = {
-    "title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated",
-    "readOnly", "writeOnly",
-}  # fmt: skip
+    "title",
+    "description",
+    "default",
+    "examples",
+    "$schema",
+    "$id",
+    "$comment",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+}
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
 # With a format to meet, reasoning gets at most this share of the output budget unless a budget
@@ -64,8 +91,8 @@ def check_schema(schema: dict[str, Any], param: str) -> dict[str, Any]:
         Draft202012Validator.check_schema(schema)
     except SchemaError as err:
         where = "/".join(str(p) for p in err.absolute_path) or "/"
-        raise OpenAIError(400, f"{param} is not a valid JSON Schema at {where}: {err.message}",
-                          param=param) from None  # fmt: skip
+        message = f"{param} is not a valid JSON Schema at {where}: {err.message}"
+        raise OpenAIError(400, message, param=param) from None
     for keyword, where in _unsupported(schema, ""):
         raise OpenAIError(
             400,
