@@ -32,7 +32,7 @@ from cluster.api.errors import OpenAIError
 from cluster.api.generation import Caller, Demand, Generation, Service, Stream
 from cluster.api.logprobs import token_logprobs
 from cluster.api.output_format import ReplyFormat
-from cluster.api.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice
+from cluster.api.protocol import ChatCompletionRequest, ChatMessage
 from cluster.api.sampling import check_model, usage_options
 from cluster.api.stops import StopMatcher
 from cluster.contracts import Effort, EngineRequest, TokenLogprob
@@ -163,20 +163,12 @@ class ChatService(Service):
         ]
         requested = body.max_completion_tokens or body.max_tokens
         param = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-        fmt, schema = (
-            body.response_format,
-            body.response_format and body.response_format.json_schema,
-        )
-        choice = body.tool_choice
         reply = ReplyFormat.of(
-            format_type=fmt and fmt.type,
-            schema=schema and schema.schema_,
-            schema_name=schema and schema.name,
-            schema_description=schema and schema.description,
-            schema_param="response_format.json_schema.schema",
-            tool_choice=choice.function.name if isinstance(choice, NamedToolChoice) else choice,
-            tools=tools,
-            reasoning_budget=body.thinking_token_budget,
+            body.response_format,
+            "response_format.json_schema.schema",
+            body.tool_choice,
+            tools,
+            body.thinking_token_budget,
         )
 
         render = self.renderer(

@@ -121,7 +121,7 @@ def create_app(
 
     async def call(service, body: SamplingRequest, identity: Identity | None):
         """Run one request within its key's quota: the slots are held until its choices end."""
-        choices = getattr(body, "n", 1)  # each choice is a request's work, and counts as one
+        choices = body.n  # each choice is a request's work, and counts as one
         if choices > config.gateway.max_choices:
             raise OpenAIError(
                 400,

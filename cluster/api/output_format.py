@@ -18,6 +18,7 @@ from typing import Any
 from jsonschema import Draft202012Validator, SchemaError
 
 from cluster.api.errors import OpenAIError
+from cluster.api.protocol import NamedFunctionChoice, NamedToolChoice, ResponseFormat, TextFormat
 from cluster.config import EffortProfile
 from cluster.contracts import Effort, OutputConstraint, ToolFormat
 from cluster.harmony import ToolSpec
@@ -117,18 +118,18 @@ class ReplyFormat:
     @classmethod
     def of(
         cls,
-        *,
-        format_type: str | None = None,
-        schema: dict[str, Any] | None = None,
-        schema_name: str | None = None,
-        schema_description: str | None = None,
+        fmt: ResponseFormat | TextFormat | None = None,
         schema_param: str = "response_format",
-        tool_choice: str | None = None,
+        tool_choice: str | NamedToolChoice | NamedFunctionChoice | None = None,
         tools: Sequence[ToolSpec] = (),
         reasoning_budget: int | None = None,
     ) -> ReplyFormat:
         """Checked: a valid, enforceable schema; a tool choice naming an offered function."""
-        choice = tool_choice or "auto"
+        choice = (
+            tool_choice.name
+            if isinstance(tool_choice, NamedToolChoice | NamedFunctionChoice)
+            else tool_choice or "auto"
+        )
         names = [t.name for t in tools]
         if choice == "required" and not tools:
             raise OpenAIError(400, "tool_choice `required` needs tools", param="tool_choice")
@@ -139,13 +140,15 @@ class ReplyFormat:
                 f"offered ({', '.join(names) or 'none'})",
                 param="tool_choice",
             )
-        if format_type == "json_schema":
-            schema = check_schema(schema or {}, schema_param)
-        elif format_type == "json_object":
+        kind = fmt.type if fmt is not None else None
+        if kind == "json_schema":
+            schema = check_schema(fmt.schema_ or {}, schema_param)
+        elif kind == "json_object":
             schema = ANY_OBJECT
         else:
             schema = None
-        return cls(schema, schema_name, schema_description, choice, tools, reasoning_budget)
+        name, description = (fmt.name, fmt.description) if fmt is not None else (None, None)
+        return cls(schema, name, description, choice, tools, reasoning_budget)
 
     def instructions(self, instructions: str | None) -> str | None:
         """Developer instructions with the answer's schema as a `# Response Formats` section

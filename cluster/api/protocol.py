@@ -101,6 +101,19 @@ class ResponseFormat(_Request):
             raise ValueError("json_schema is given with, and only with, type json_schema")
         return self
 
+    # The fields of the Responses API's flat `text.format`, so both read alike.
+    @property
+    def name(self) -> str | None:
+        return self.json_schema and self.json_schema.name
+
+    @property
+    def description(self) -> str | None:
+        return self.json_schema and self.json_schema.description
+
+    @property
+    def schema_(self) -> dict[str, Any] | None:
+        return self.json_schema and self.json_schema.schema_
+
 
 class FunctionName(_Request):
     name: str = Field(min_length=1)
@@ -111,6 +124,10 @@ class NamedToolChoice(_Request):
 
     type: Literal["function"]
     function: FunctionName
+
+    @property
+    def name(self) -> str:  # as the Responses API's flat choice has it
+        return self.function.name
 
 
 ToolChoice = Literal["auto", "none", "required"]
@@ -317,6 +334,10 @@ class ResponsesRequest(_Request):
     @property
     def alternatives(self) -> None:  # no logprobs in this API
         return None
+
+    @property
+    def n(self) -> int:  # one choice per response
+        return 1
 
     @field_validator("input")
     @classmethod

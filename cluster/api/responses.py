@@ -30,7 +30,6 @@ from cluster.api.protocol import (
     FunctionCallItem,
     FunctionCallOutputItem,
     MessageItem,
-    NamedFunctionChoice,
     ReasoningItemIn,
     ResponsesRequest,
 )
@@ -161,17 +160,12 @@ class ResponsesService(Service):
             if body.tool_choice != "none"
         ]
         conversation = (*earlier, *turns)
-        fmt = body.text and body.text.format
-        choice = body.tool_choice
         reply = ReplyFormat.of(
-            format_type=fmt and fmt.type,
-            schema=fmt and fmt.schema_,
-            schema_name=fmt and fmt.name,
-            schema_description=fmt and fmt.description,
-            schema_param="text.format.schema",
-            tool_choice=choice.name if isinstance(choice, NamedFunctionChoice) else choice,
-            tools=tools,
-            reasoning_budget=body.thinking_token_budget,
+            body.text and body.text.format,
+            "text.format.schema",
+            body.tool_choice,
+            tools,
+            body.thinking_token_budget,
         )
 
         render = self.renderer(

@@ -11,6 +11,7 @@ from cluster.api.engine_client import InProcessEngine
 from cluster.api.errors import OpenAIError
 from cluster.api.gateway import create_app
 from cluster.api.output_format import ReplyFormat, check_schema
+from cluster.api.protocol import ResponseFormat, TextFormat
 from cluster.config import EffortProfile
 from cluster.contracts import Effort
 from cluster.engine.mock import MockEngine
@@ -185,7 +186,7 @@ def test_the_constraint_keeps_the_answer_its_share_and_costs_nothing_unasked():
     )
     plain = ReplyFormat.of()
     assert plain.constraint(Effort.LOW, profile, 1_000) is None  # no grammar at all
-    schema = ReplyFormat.of(format_type="json_object", tools=(ToolSpec("f"),))
+    schema = ReplyFormat.of(ResponseFormat(type="json_object"), tools=(ToolSpec("f"),))
     c = schema.constraint(Effort.LOW, profile, 1_000)
     assert c.reasoning_budget == 500 and c.final and [t.name for t in c.tools] == ["f"]
     capped = profile.model_copy(update={"max_reasoning_tokens": 64})
@@ -199,7 +200,9 @@ def test_the_constraint_keeps_the_answer_its_share_and_costs_nothing_unasked():
 
 
 def test_the_structural_tag_binds_the_channels_not_the_first_token():
-    schema = ReplyFormat.of(format_type="json_schema", schema=SCHEMAS["enum"], reasoning_budget=7)
+    schema = ReplyFormat.of(
+        TextFormat(type="json_schema", name="e", schema=SCHEMAS["enum"]), reasoning_budget=7
+    )
     profile = EffortProfile(
         output_tokens={"median_tokens": 100}, default_max_tokens=100, ttft_slo_s=1, itl_slo_s=1
     )
