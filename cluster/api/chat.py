@@ -171,6 +171,7 @@ class ChatService(Service):
             body.thinking_token_budget,
         )
 
+        instructions = reply.instructions(instructions)  # the schema, as the model reads it
         render = self.renderer(
             body,
             turns,
@@ -182,7 +183,7 @@ class ChatService(Service):
             reply=reply,
         )
 
-        key = prefix_key(effort, reply.instructions(instructions), tools)
+        key = prefix_key(effort, instructions, tools)
 
         def choice(index: int) -> ChatGeneration:
             def variant(effort: Effort, degraded: bool = False) -> EngineRequest:

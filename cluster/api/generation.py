@@ -338,10 +338,10 @@ class Service:
         reply: ReplyFormat | None = None,
     ) -> Callable[..., EngineRequest]:
         """`render(effort, degraded=False)`: the conversation as an engine request at an effort.
-        The first render and a degraded re-render share one request id."""
+        The first render and a degraded re-render share one request id. `instructions` already
+        hold the reply's response format (`ReplyFormat.instructions`); `reply` sets the engine's
+        constraint."""
         request_id = new_id(id_prefix)
-        if reply is not None:
-            instructions = reply.instructions(instructions)
 
         def render(effort: Effort, degraded: bool = False) -> EngineRequest:
             prompt = self._harmony.render(conversation, effort, instructions, tools)

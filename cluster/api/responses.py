@@ -168,6 +168,7 @@ class ResponsesService(Service):
             body.thinking_token_budget,
         )
 
+        instructions = reply.instructions(instructions)  # the schema, as the model reads it
         render = self.renderer(
             body,
             conversation,
@@ -181,7 +182,7 @@ class ResponsesService(Service):
 
         demand = Demand(
             caller.tenant,
-            prefix_key(effort, reply.instructions(instructions), tools),
+            prefix_key(effort, instructions, tools),
             bool(tools),
             partial(render, degraded=True),
         )

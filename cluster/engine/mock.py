@@ -68,9 +68,9 @@ class MockEngine(Engine):
         finish = "stop" if cut <= request.sampling.max_tokens else "length"
         script = script[: min(cut, request.sampling.max_tokens)]
         stream = _Stream(script)
+        s = request.sampling
         logprobs = None
-        if request.sampling.logprobs is not None:
-            s = request.sampling
+        if s.logprobs is not None:
             logprobs = self._writer.logprobs(script, s.logprobs, s.seed, request.request_id)
         received_at = time.time()
         self._streams[request.request_id] = stream

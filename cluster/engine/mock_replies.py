@@ -51,14 +51,15 @@ INSTANCE_ATTEMPTS = 20
 def schema_instance(schema: dict[str, Any], rng: random.Random) -> Any:
     """A JSON value valid against `schema`, reproducible from `rng`. jsf draws from the global
     `random` and Faker's shared generator: both are seeded here and the global state restored."""
+    faker, validator = JSF(schema), jsonschema.Draft202012Validator(schema)
     state = random.getstate()
     try:
         for _ in range(INSTANCE_ATTEMPTS):
             seed = rng.getrandbits(32)
             random.seed(seed)
             Faker.seed(seed)
-            value = JSF(schema).generate()
-            if jsonschema.Draft202012Validator(schema).is_valid(value):
+            value = faker.generate()
+            if validator.is_valid(value):
                 return value
     finally:
         random.setstate(state)
