@@ -371,8 +371,8 @@ class GatewayConfig(_Strict):
     max_tools: PositiveInt = Field(128, description="Function tools in one request.")
     max_choices: PositiveInt = Field(
         8,
-        description="Most choices (`n`) one chat request may ask for; each is a request's work "
-        "for the scheduler and the key's quota.",
+        description="Most choices (`n`) one chat or completions request may ask for; each is "
+        "a request's work for the scheduler and the key's quota.",
     )
     max_tool_schema_bytes: PositiveInt = Field(
         64 * 1024, description="JSON size of all tool definitions of one request."

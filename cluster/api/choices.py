@@ -1,4 +1,4 @@
-"""A chat request's `n` choices: each its own engine request (id, seed), all admitted or none,
+"""A request's `n` choices (chat, completions): each its own engine request (id, seed), all admitted or none,
 their streams merged as they come."""
 
 from __future__ import annotations

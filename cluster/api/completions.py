@@ -6,13 +6,15 @@ callers who render harmony themselves) and are dropped from the returned text.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 
 from openai.types import Completion, CompletionChoice
 from openai.types.completion_usage import CompletionUsage
 
+from cluster.api.choices import merge, nth_choice, start_all
 from cluster.api.chunks import MARKER, ChunkTemplate
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import Caller, Demand, Generation, Service, Stream
@@ -37,7 +39,7 @@ class CompletionService(Service):
             prompt = list(body.prompt)
             if any(not 0 <= t < VOCAB_SIZE for t in prompt):
                 raise OpenAIError(400, "prompt: token id out of range", param="prompt")
-        request = engine_request(
+        first = engine_request(
             self._config,
             body,
             prompt,
@@ -50,26 +52,32 @@ class CompletionService(Service):
                 self._harmony.special_id("<|endoftext|>"),
             ),
         )
-        deadline = self._config.efforts[request.effort].deadline_s
-        run = Generation(
-            request=request,
-            stop=StopMatcher(body.stop),
-            demand=Demand(tenant=caller.tenant),
-            endpoint="completions",
-            caller=caller,
-            deadline_s=deadline,
-        )
-        await run.start(self._engine)
+        deadline = self._config.efforts[first.effort].deadline_s
+        runs = [
+            Generation(
+                request=nth_choice(first, i),
+                stop=StopMatcher(body.stop),
+                demand=Demand(tenant=caller.tenant),
+                endpoint="completions",
+                caller=caller,
+                deadline_s=deadline,
+            )
+            for i in range(body.n)
+        ]
+        await start_all(runs, self._engine)
         created = int(time.time())
 
         def completion(choices: list[CompletionChoice], with_usage: bool = False) -> Completion:
+            """The prompt counts once, every choice's output."""
+            done = sum(r.completion_tokens for r in runs)
+            prompt_tokens = runs[0].prompt_tokens
             usage = CompletionUsage(
-                prompt_tokens=run.prompt_tokens,
-                completion_tokens=run.completion_tokens,
-                total_tokens=run.prompt_tokens + run.completion_tokens,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=done,
+                total_tokens=prompt_tokens + done,
             )
             return Completion(
-                id=request.request_id,
+                id=first.request_id,
                 object="text_completion",
                 created=created,
                 model=body.model,
@@ -78,32 +86,35 @@ class CompletionService(Service):
             )
 
         asked = body.logprobs is not None
-        offset = 0  # characters of the completion so far, for text_offset
 
-        def choice(text: str, finish: str | None, entries=()) -> CompletionChoice:
-            nonlocal offset
-            logprobs = legacy_logprobs(self._harmony, entries, offset) if asked else None
-            offset += len(text)
-            return CompletionChoice.model_construct(
-                index=0, text=text, finish_reason=finish, logprobs=logprobs
-            )
+        def chooser(index: int) -> Callable[..., CompletionChoice]:
+            """Choice `index`'s pieces, each with the logprobs of its tokens (when asked)."""
+            offset = 0  # characters of this choice's text so far, for text_offset
+
+            def choice(text: str, finish: str | None, entries=()) -> CompletionChoice:
+                nonlocal offset
+                logprobs = legacy_logprobs(self._harmony, entries, offset) if asked else None
+                offset += len(text)
+                return CompletionChoice.model_construct(
+                    index=index, text=text, finish_reason=finish, logprobs=logprobs
+                )
+
+            return choice
 
         if not body.stream:
-            entries: list[tuple[int, TokenLogprob]] = []
-            pieces: list[str] = []
-            async with aclosing(self._texts(run)) as texts:
-                async for piece, logprobs in texts:
-                    pieces.append(piece)
-                    entries += logprobs
-            reply = completion(
-                [choice("".join(pieces), run.finish_reason or "stop", entries)], with_usage=True
+            choices = await asyncio.gather(
+                *(self._whole(run, chooser(i)) for i, run in enumerate(runs))
             )
-            return reply, run.headers
+            return completion(list(choices), with_usage=True), runs[0].headers
 
         include_usage, continuous = usage_options(body)
-        token_chunk = ChunkTemplate(completion([choice(MARKER, None)]), exclude_none=False)
 
-        async def events() -> AsyncIterator[str]:
+        async def chunks(run: Generation, index: int) -> AsyncIterator[str]:
+            choice = chooser(index)
+            prototype = CompletionChoice.model_construct(
+                index=index, text=MARKER, finish_reason=None, logprobs=None
+            )
+            token_chunk = ChunkTemplate(completion([prototype]), exclude_none=False)
             async with aclosing(self._texts(run)) as texts:
                 async for piece, logprobs in texts:
                     if continuous or asked:  # usage so far, or logprobs: no template
@@ -114,10 +125,28 @@ class CompletionService(Service):
                         yield token_chunk(piece)
             final = completion([choice("", run.finish_reason or "stop")], continuous)
             yield final.model_dump_json(exclude_none=True)
+
+        async def events() -> AsyncIterator[str]:
+            async with aclosing(merge([chunks(run, i) for i, run in enumerate(runs)])) as merged:
+                async for chunk in merged:
+                    yield chunk
             if include_usage:
                 yield completion([], with_usage=True).model_dump_json(exclude_none=True)
 
-        return Stream(events(), run.close), run.headers
+        async def close() -> None:
+            await asyncio.gather(*(r.close() for r in runs))
+
+        return Stream(events(), close), runs[0].headers
+
+    async def _whole(self, run: Generation, choice: Callable[..., CompletionChoice]):
+        """A choice's whole text, not streamed."""
+        entries: list[tuple[int, TokenLogprob]] = []
+        pieces: list[str] = []
+        async with aclosing(self._texts(run)) as texts:
+            async for piece, logprobs in texts:
+                pieces.append(piece)
+                entries += logprobs
+        return choice("".join(pieces), run.finish_reason or "stop", entries)
 
     async def _texts(self, run: Generation) -> AsyncIterator[tuple[str, list]]:
         """Decoded text (special tokens dropped) with client stop strings applied, and the

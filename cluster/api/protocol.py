@@ -199,7 +199,7 @@ class ChatCompletionRequest(SamplingRequest):
 
 class CompletionRequest(SamplingRequest):
     prompt: str | list[int] | list[str] | list[list[int]]
-    n: int = Field(1, ge=1, le=1, description="One choice per completion request (chat takes n).")
+    n: int = Field(1, ge=1)
     max_tokens: PositiveInt | None = 16
     echo: Literal[False] | None = None
     logprobs: int | None = Field(None, ge=0, le=MAX_COMPLETION_LOGPROBS)

@@ -168,7 +168,7 @@ BAD = [
     ("/v1/chat/completions", chat(max_tokens=0), 400, "max_tokens", None),
     ("/v1/chat/completions", chat(max_tokens=10**6), 400, "max_tokens", None),
     ("/v1/chat/completions", chat(n=9), 400, "n", None),
-    ("/v1/completions", {"model": MODEL, "prompt": "a", "n": 2}, 400, "n", None),
+    ("/v1/completions", {"model": MODEL, "prompt": "a", "n": 9}, 400, "n", None),
     ("/v1/chat/completions", chat(logprobs=True, top_logprobs=21), 400, "top_logprobs", None),
     ("/v1/chat/completions", chat(top_logprobs=2), 400, None, None),
     ("/v1/completions", {"model": MODEL, "prompt": "a", "logprobs": 6}, 400, "logprobs", None),
@@ -392,6 +392,34 @@ async def test_n_choices_each_run_as_a_request_and_usage_counts_the_prompt_once(
         )
         assert streamed == texts[i]
     assert chunks[-1]["usage"] == usage
+
+
+async def test_completions_take_n_choices_as_chat_does(harmony, engine):
+    recorder = _Recorder(engine)
+    body = {"model": MODEL, "prompt": "Once upon", "max_tokens": 12, "n": 3, "seed": 2}
+    async with client_for(create_app(fast_config(), harmony, recorder)) as c:
+        full = (await c.post("/v1/completions", json=body | {"logprobs": 1})).json()
+        options = {"include_usage": True}
+        stream = await c.post(
+            "/v1/completions", json=body | {"stream": True, "stream_options": options}
+        )
+    assert [ch["index"] for ch in full["choices"]] == [0, 1, 2]
+    texts = [ch["text"] for ch in full["choices"]]
+    assert len(set(texts)) == 3  # three samples (seeds 2, 3, 4)
+    for ch in full["choices"]:  # each choice's offsets count its own text from 0
+        logprobs = ch["logprobs"]
+        assert logprobs["text_offset"][0] == 0 and "".join(logprobs["tokens"]) == ch["text"]
+    assert len({r.request_id for r in recorder.requests}) == 6
+    assert full["usage"]["prompt_tokens"] == len(recorder.requests[0].prompt_token_ids)
+    assert full["usage"]["completion_tokens"] == 36
+    chunks = sse_chunks(stream.text)
+    assert {c["id"] for c in chunks} == {chunks[0]["id"]}
+    finished = {ch["index"] for c in chunks for ch in c["choices"] if ch.get("finish_reason")}
+    assert finished == {0, 1, 2}
+    for i in range(3):
+        streamed = "".join(ch["text"] for c in chunks for ch in c["choices"] if ch["index"] == i)
+        assert streamed == texts[i]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == full["usage"]
 
 
 async def test_n_choices_count_against_the_keys_limits(harmony, engine):
