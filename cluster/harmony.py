@@ -92,7 +92,14 @@ class Harmony:
         """`<|return|>` and `<|call|>`: an assistant turn ends with an answer or a tool call."""
         return tuple(self.encoding.stop_tokens_for_assistant_actions())
 
+    @cached_property
+    def raw_stop_token_ids(self) -> tuple[int, ...]:
+        """Raw completions also stop at `<|endoftext|>`."""
+        return (*self.stop_token_ids, self.special_id("<|endoftext|>"))
+
     def special_id(self, text: str) -> int:
+        """One special token's id: slow (the encoder scans for every other special token), so
+        never per request."""
         (token,) = self.encoding.encode(text, allowed_special={text})
         return token
 

@@ -47,10 +47,7 @@ class CompletionService(Service):
             effort=self._config.default_effort,
             requested_max_tokens=body.max_tokens,
             max_tokens_param="max_tokens",
-            stop_token_ids=(
-                *self._harmony.stop_token_ids,
-                self._harmony.special_id("<|endoftext|>"),
-            ),
+            stop_token_ids=self._harmony.raw_stop_token_ids,
         )
         deadline = self._config.efforts[first.effort].deadline_s
         runs = [

@@ -85,18 +85,20 @@ class MockEngine(Engine):
             while True:
                 await stream.wake.wait()
                 stream.wake.clear()
-                sent, produced = stream.sent, stream.produced
-                if produced > sent or stream.done:
+                # Read once: the engine loop may finish the stream while this waits at `yield`
+                # for a slow reader, and the last tokens and the finish reason must still go.
+                sent, produced, done = stream.sent, stream.produced, stream.done
+                if produced > sent or done:
                     first = received_at if sent == 0 else None
                     stream.sent = produced
                     lps = logprobs[sent:produced] if logprobs is not None else None
-                    if stream.done:
+                    if done:
                         yield EngineOutput(
                             script[sent:produced], finish, first, stream.ended_at, lps
                         )
                     else:
                         yield EngineOutput(script[sent:produced], received_at=first, logprobs=lps)
-                if stream.done:
+                if done:
                     return
         finally:
             if not stream.done:

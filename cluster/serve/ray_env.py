@@ -4,13 +4,11 @@ cluster starts with: `local_cluster` sets it before Ray starts, the chart sets i
 
 Ray Serve reads these flags once per process, at import, so they cannot travel in the Serve
 config document. `RAY_SERVE_THROUGHPUT_OPTIMIZED` is Serve's own bundle for streaming-heavy
-apps: the handle's router on the replica's main event loop, direct ingress, buffered request
-logs, the garbage collector frozen after start-up. Two of its pieces stay off, each for a failure
-our tests found in Ray 2.60:
-- user code on the replica's main loop: a streamed Responses request then loses its last item
-  (the engine's final output, with its tool call and finish reason);
-- gRPC between deployments: API-key limits then stop holding across two gateway replicas
-  (tests/quotas: each replica admits its own full quota, as if the ledger sync never ran).
+apps: user code and the handle's router on the replica's main event loop (no thread hop per
+streamed item), direct ingress, buffered request logs, the garbage collector frozen after start-up.
+One of its pieces stays off, for a failure our tests found in Ray 2.60: gRPC between deployments
+(API-key limits then stop holding across two gateway replicas, tests/quotas: each replica admits
+its own full quota, as if the ledger sync never ran).
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ DRAIN_S = 5
 def serve_env(config: ClusterConfig) -> dict[str, str]:
     env = {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
         "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(DRAIN_S),
     }

@@ -85,6 +85,20 @@ async def test_stream_interval_sends_n_tokens_per_output_between_the_first_and_l
     assert len(outputs) <= len(tokens) / 8 + 2
 
 
+async def test_a_reader_that_lags_still_gets_the_last_tokens_and_the_finish(engine, harmony):
+    req = request(harmony, "a", max_tokens=40, seed=5)
+    whole, _ = await collect(engine, request(harmony, "b", max_tokens=40, seed=5))
+    stream = engine.generate(req)
+    first = await anext(stream)
+    deadline = asyncio.get_running_loop().time() + 10
+    while engine.load_report().running:  # the engine finishes while the reader holds off
+        assert asyncio.get_running_loop().time() < deadline, "the request never finished"
+        await asyncio.sleep(0.01)
+    rest = [out async for out in stream]
+    assert rest and rest[-1].finish_reason == "length"
+    assert first.token_ids + [t for out in rest for t in out.token_ids] == whole
+
+
 async def test_closing_the_stream_aborts_the_request(engine, harmony):
     streams = [engine.generate(request(harmony, f"r{i}", effort=Effort.HIGH)) for i in range(5)]
     for s in streams:
