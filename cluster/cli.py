@@ -159,7 +159,7 @@ def bench_engine(
     from cluster.bench.engine_overhead import run, run_structured
 
     if structured:
-        run_structured(stream_interval)
+        run_structured(stream_interval, profile)
     else:
         run(profile, stream_interval, router_policy)
 

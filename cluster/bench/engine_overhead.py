@@ -37,7 +37,7 @@ MODEL = TINY_SERVED_NAME
 PROMPT_TOKENS, OUTPUT_TOKENS = 199, 128
 IDLE_S = 5.0  # idle CPU is measured this long before the load starts
 PROFILE_S = 20  # py-spy samples the first seconds of the 16-stream load
-PROFILED = ("gateway", "engine replica front end", "Serve proxy", "vLLM api_server")
+PROFILED = ("gateway", "engine replica front end", "Serve proxy", "vLLM api_server", ENGINE_CORE)
 
 
 @dataclass
@@ -161,7 +161,7 @@ async def _drive(
     )
 
 
-def _measure(url: str, profile: Path | None = None, request=completion) -> dict[int, Result]:
+def _measure(url: str, profile: Path | None, request=completion) -> dict[int, Result]:
     idle = idle_cpu(IDLE_S)
     results = {1: asyncio.run(_drive(url, 1, 8, idle, request))}
     with profiled(PROFILED, profile, PROFILE_S):
@@ -264,9 +264,10 @@ def run(
         _print_profiles(profile)
 
 
-def run_structured(stream_interval: int = 1) -> None:
+def run_structured(stream_interval: int = 1, profile: Path | None = None) -> None:
     """What structured output costs on our stack: streaming chat on the same cluster, plain and
-    under a JSON Schema (a grammar from the analysis' end to max_tokens), in turn."""
+    under a JSON Schema (a grammar from the analysis' end to max_tokens), in turn; with
+    `profile`, py-spy's samples of each at 16 streams."""
     model = build_tiny_model(Path(".cache") / "tiny-gpt-oss")
     cache = tempfile.mkdtemp(prefix="vllm-cache-")
     print(
@@ -278,8 +279,10 @@ def run_structured(stream_interval: int = 1) -> None:
         model, free_port(), env={"VLLM_CACHE_ROOT": cache}, stream_interval=stream_interval
     )
     with local_cluster(config) as cluster:
-        plain = _measure(cluster.url, request=chat)
-        structured = _measure(cluster.url, request=lambda p: chat(p, structured=True))
+        plain = _measure(cluster.url, profile and profile / "plain", chat)
+        structured = _measure(
+            cluster.url, profile and profile / "json_schema", lambda p: chat(p, structured=True)
+        )
     # Plain chat on random weights rarely closes a harmony header, so its text comes at the end:
     # its TTFT says nothing; tokens/s and CPU per token do.
     print(
@@ -294,6 +297,8 @@ def run_structured(stream_interval: int = 1) -> None:
             )
         ratio = structured[c].tokens_per_s / plain[c].tokens_per_s
         print(f"{c:>8} {'ratio (structured / plain)':<34}{ratio:>13.2f}x")
+    if profile is not None:
+        _print_profiles(profile)
 
 
 STACKS = ("vLLM api_server", "gpt-oss-cluster (Serve + vLLM)")
@@ -352,6 +357,6 @@ def _print_cpu(theirs: dict[int, Result], ours: dict[int, Result]) -> None:
 
 def _print_profiles(profile: Path) -> None:
     for path in sorted(profile.glob("*/*.txt")):
-        print(f"\npy-spy, {path.parent.name} / {path.stem}, 16 streams (inclusive share):")
-        for frame, share in top_frames(path):
-            print(f"  {share:6.1%}  {frame[:110]}")
+        print(f"\npy-spy, {path.parent.name} / {path.stem}, 16 streams (inclusive / own share):")
+        for frame, inclusive, own in top_frames(path):
+            print(f"  {inclusive:6.1%} {own:6.1%}  {frame[:110]}")

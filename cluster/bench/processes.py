@@ -9,6 +9,7 @@ its engine core `VLLM::EngineCore` and its model runner `VLLM::Worker`.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -150,16 +151,21 @@ def profiled(roles: tuple[str, ...], out_dir: Path | None, seconds: int) -> Iter
             spy.wait(seconds + 30)
 
 
-def top_frames(collapsed: Path, n: int = 12) -> list[tuple[str, float]]:
-    """The `n` functions with the most samples anywhere on the stack (inclusive share)."""
-    counts: dict[str, int] = defaultdict(int)
+def top_frames(collapsed: Path, n: int = 15) -> list[tuple[str, float, float]]:
+    """The `n` functions with the most samples of their own (function, inclusive share, own
+    share), line numbers merged. A frame's own share is time in native code it called: a
+    thread's or event loop's entry frame owns the C work under it (Ray's core worker, uvloop)."""
+    inclusive: dict[str, int] = defaultdict(int)
+    own: dict[str, int] = defaultdict(int)
     total = 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
         total += int(count)
-        for frame in set(stack.split(";")):
-            counts[frame] += int(count)
-    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
-    return [(frame, c / total) for frame, c in ranked] if total else []
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            inclusive[frame] += int(count)
+    ranked = sorted(own.items(), key=lambda kv: -kv[1])[:n]
+    return [(f, inclusive[f] / total, c / total) for f, c in ranked] if total else []
