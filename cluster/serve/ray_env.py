@@ -4,11 +4,15 @@ cluster starts with: `local_cluster` sets it before Ray starts, the chart sets i
 
 Ray Serve reads these flags once per process, at import, so they cannot travel in the Serve
 config document. `RAY_SERVE_THROUGHPUT_OPTIMIZED` is Serve's own bundle for streaming-heavy
-apps: user code and the handle's router on the replica's main event loop (no thread hop per
-streamed item), direct ingress, buffered request logs, the garbage collector frozen after start-up.
-One of its pieces stays off, for a failure our tests found in Ray 2.60: gRPC between deployments
-(API-key limits then stop holding across two gateway replicas, tests/quotas: each replica admits
-its own full quota, as if the ledger sync never ran).
+apps: the handle's router on the replica's main event loop, direct ingress, buffered request
+logs, the garbage collector frozen after start-up. Two of its pieces stay off:
+- user code on the main loop, by measurement: in `make bench-engine` (stream interval 8) it gave
+  0.73-0.79x vLLM's tokens/s at 1 stream in four runs, against 0.85-1.09x with user code on its
+  own thread, and no clear change at 16 streams (the failure that first kept it off was the mock
+  engine's own, since fixed);
+- gRPC between deployments, for a failure our tests found in Ray 2.60: API-key limits then stop
+  holding across two gateway replicas (tests/quotas: each replica admits its own full quota, as
+  if the ledger sync never ran).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ DRAIN_S = 5
 def serve_env(config: ClusterConfig) -> dict[str, str]:
     env = {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
         "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(DRAIN_S),
     }

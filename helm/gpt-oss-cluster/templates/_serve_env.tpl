@@ -4,6 +4,8 @@
 {{- if eq $ingress "proxy" -}}
 - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
   value: "1"
+- name: RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD
+  value: "1"
 - name: RAY_SERVE_USE_GRPC_BY_DEFAULT
   value: "0"
 - name: RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S
@@ -12,6 +14,8 @@
   value: "0"
 {{- else if eq $ingress "haproxy" -}}
 - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
+  value: "1"
+- name: RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD
   value: "1"
 - name: RAY_SERVE_USE_GRPC_BY_DEFAULT
   value: "0"
