@@ -26,7 +26,7 @@ from openai.types.chat import chat_completion_chunk as ck
 from openai.types.chat.chat_completion_message_function_tool_call import Function
 from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage
 
-from cluster.api.choices import merge, nth_choice, start_all
+from cluster.api.choices import close_all, merge, nth_choice, start_all
 from cluster.api.chunks import MARKER, ChunkTemplate
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import Caller, Demand, Generation, Service, Stream
@@ -211,10 +211,7 @@ class ChatService(Service):
         if body.stream:
             stream = self._stream(runs, body.model, *usage_options(body))
 
-            async def close() -> None:
-                await asyncio.gather(*(r.close() for r in runs))
-
-            return Stream(stream, close), headers
+            return Stream(stream, partial(close_all, runs)), headers
         return await self._complete(runs, body.model), headers
 
     async def _complete(self, runs: list[ChatGeneration], model: str) -> ChatCompletion:

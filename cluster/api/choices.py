@@ -34,6 +34,11 @@ async def start_all(runs: Sequence[Generation], engine: EngineClient) -> None:
         raise failed[0]
 
 
+async def close_all(runs: Sequence[Generation]) -> None:
+    """Abort what is left of every choice (a stream's `close`)."""
+    await asyncio.gather(*(r.close() for r in runs))
+
+
 async def merge(streams: Sequence[AsyncIterator[str]]) -> AsyncIterator[str]:
     """The items of several streams as they come; the first error ends it."""
     if len(streams) == 1:

@@ -10,11 +10,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from functools import partial
 
 from openai.types import Completion, CompletionChoice
 from openai.types.completion_usage import CompletionUsage
 
-from cluster.api.choices import merge, nth_choice, start_all
+from cluster.api.choices import close_all, merge, nth_choice, start_all
 from cluster.api.chunks import MARKER, ChunkTemplate
 from cluster.api.errors import OpenAIError
 from cluster.api.generation import Caller, Demand, Generation, Service, Stream
@@ -130,10 +131,7 @@ class CompletionService(Service):
             if include_usage:
                 yield completion([], with_usage=True).model_dump_json(exclude_none=True)
 
-        async def close() -> None:
-            await asyncio.gather(*(r.close() for r in runs))
-
-        return Stream(events(), close), runs[0].headers
+        return Stream(events(), partial(close_all, runs)), runs[0].headers
 
     async def _whole(self, run: Generation, choice: Callable[..., CompletionChoice]):
         """A choice's whole text, not streamed."""
