@@ -1,5 +1,5 @@
-"""A request's `n` choices (chat, completions): each its own engine request (id, seed), all admitted or none,
-their streams merged as they come."""
+"""A request's `n` choices (chat, completions): each its own engine request (id, seed), all
+admitted or none, their streams merged as they come."""
 
 from __future__ import annotations
 

@@ -133,7 +133,9 @@ class CompletionService(Service):
 
         return Stream(events(), partial(close_all, runs)), runs[0].headers
 
-    async def _whole(self, run: Generation, choice: Callable[..., CompletionChoice]):
+    async def _whole(
+        self, run: Generation, choice: Callable[..., CompletionChoice]
+    ) -> CompletionChoice:
         """A choice's whole text, not streamed."""
         entries: list[tuple[int, TokenLogprob]] = []
         pieces: list[str] = []
