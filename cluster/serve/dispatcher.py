@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from cluster.config import ClusterConfig
@@ -35,7 +35,9 @@ from cluster.scheduling.scheduler import Rejected, Scheduler
 TRANSIT_S = 1.0
 
 ReportListener = Callable[[Mapping[str, LoadReport]], None]
+ReplicaListener = Callable[[Iterable[str]], None]
 _listeners: dict[tuple[str, str], ReportListener] = {}  # (app, deployment) -> listener
+_replica_listeners: dict[tuple[str, str], ReplicaListener] = {}
 
 
 def subscribe_load_reports(app_name: str, deployment: str, listener: ReportListener) -> None:
@@ -47,6 +49,17 @@ def publish_load_reports(app_name: str, deployment: str, reports: Mapping[str, L
     """Called by Serve's router in this process (on its own thread) with reports by replica id."""
     if (listener := _listeners.get((app_name, deployment))) is not None:
         listener(reports)
+
+
+def subscribe_replicas(app_name: str, deployment: str, listener: ReplicaListener) -> None:
+    """Have `listener` hear the ids of the deployment's running replicas on every change."""
+    _replica_listeners[app_name, deployment] = listener
+
+
+def publish_replicas(app_name: str, deployment: str, replicas: Iterable[str]) -> None:
+    """Called by Serve's router in this process (on its own thread) with its replica set."""
+    if (listener := _replica_listeners.get((app_name, deployment))) is not None:
+        listener(replicas)
 
 
 @dataclass

@@ -8,23 +8,29 @@ it in `EngineRequest.replica`; this router tries that replica first. Requests wi
 reports arrive here as Serve routing stats (`record_routing_stats` on the engine replica); the
 router passes each broadcast on to the dispatcher that subscribed for the deployment in this
 process. (Serve pickles this module by value, so that registry lives in `cluster.serve.dispatcher`.)
+An output channel's `attach` call (`cluster.serve.channels`) goes to the replica it names or waits
+for it: never elsewhere.
 """
 
 from __future__ import annotations
 
 import random
+from typing import TypeVar
 
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
 from cluster.contracts import EngineRequest, LoadReport
 from cluster.scheduling.placement import ReplicaEstimate, power_of_two
-from cluster.serve.dispatcher import publish_load_reports
+from cluster.serve.channels import Channel
+from cluster.serve.dispatcher import publish_load_reports, publish_replicas
+
+T = TypeVar("T")
 
 
-def _engine_request(pending: PendingRequest | None) -> EngineRequest | None:
+def _arg(pending: PendingRequest | None, kind: type[T]) -> T | None:
     if pending is None:
         return None
-    return next((a for a in pending.args if isinstance(a, EngineRequest)), None)
+    return next((a for a in pending.args if isinstance(a, kind)), None)
 
 
 def _report(replica: RunningReplica) -> LoadReport | None:
@@ -43,9 +49,11 @@ class TokenAwareRequestRouter(FIFOMixin, RequestRouter):
     ) -> list[list[RunningReplica]]:
         if not candidate_replicas:
             return []
-        request = _engine_request(pending_request)
-        chosen = request.replica if request else None
         rest = {r.replica_id.unique_id: r for r in candidate_replicas}
+        if (channel := _arg(pending_request, Channel)) is not None:
+            return [[rest[channel.replica]]] if channel.replica in rest else []
+        request = _arg(pending_request, EngineRequest)
+        chosen = request.replica if request else None
         first = [[rest.pop(chosen)]] if chosen in rest else []
         estimates = [ReplicaEstimate.of(rid, _report(r)) for rid, r in rest.items()]
         return first + [[rest[rid]] for rid in power_of_two(estimates, self._rng)]
@@ -53,4 +61,6 @@ class TokenAwareRequestRouter(FIFOMixin, RequestRouter):
     def update_replicas(self, replicas: list[RunningReplica]) -> None:
         super().update_replicas(replicas)
         reports = {r.replica_id.unique_id: report for r in replicas if (report := _report(r))}
-        publish_load_reports(self._deployment_id.app_name, self._deployment_id.name, reports)
+        app, deployment = self._deployment_id.app_name, self._deployment_id.name
+        publish_load_reports(app, deployment, reports)
+        publish_replicas(app, deployment, [r.replica_id.unique_id for r in replicas])

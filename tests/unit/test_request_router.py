@@ -6,7 +6,8 @@ from ray.serve._private.common import DeploymentHandleSource, DeploymentID, Requ
 from ray.serve.request_router import PendingRequest, ReplicaID
 
 from cluster.contracts import Effort, EngineRequest, LoadReport, SamplingParams
-from cluster.serve.dispatcher import subscribe_load_reports
+from cluster.serve.channels import Channel
+from cluster.serve.dispatcher import subscribe_load_reports, subscribe_replicas
 from cluster.serve.request_router import TokenAwareRequestRouter
 
 
@@ -49,8 +50,20 @@ async def test_replica_broadcasts_reach_the_subscribed_dispatcher():
     a, b = replica("a", 10), replica("b", 20)
     b.routing_stats = {}  # a new replica that has not reported yet
     router = await make_router([])
+    replicas = []
+    subscribe_replicas("t", "engine", replicas.append)
     router.update_replicas([a, b])
     assert list(heard[-1]) == ["a"] and heard[-1]["a"].outstanding_tokens == 10
+    assert list(replicas[-1]) == ["a", "b"]  # every replica, reported or not
+
+
+async def test_an_output_channel_goes_to_its_replica_or_waits_for_it():
+    a, b = replica("a", 0), replica("b", 1000)
+    router = await make_router([a, b])
+    meta = RequestMetadata("x", "x")
+    attach = PendingRequest(args=[Channel("gw", "b")], kwargs={}, metadata=meta)
+    assert await router.choose_replicas([a, b], attach) == [[b]]
+    assert await router.choose_replicas([a], attach) == []  # not there (yet): never elsewhere
 
 
 async def test_without_a_choice_the_less_loaded_of_two_leads():

@@ -1,0 +1,177 @@
+"""Output channels end to end in one process: engine replicas' outboxes wired to a gateway's
+channels by plain calls where the cluster has Serve calls (no Ray)."""
+
+import asyncio
+
+import pytest
+
+from cluster.contracts import EngineOutput, EngineUnavailable
+from cluster.serve.channels import Channels, Outboxes
+
+GATEWAY = "gw"
+
+
+class Replica:
+    """An engine replica's `run` and `attach`, over a fake engine that emits `n` outputs."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.outboxes = Outboxes()
+        self.aborted: list[str] = []
+        self.attached = 0
+        self.items = 0  # channel items sent (one per batch)
+        self.fail: Exception | None = None  # the next attach raises it after one batch
+
+    async def outputs(self, request_id, n, step: asyncio.Semaphore | None, error):
+        """`step`: one output per release (None: one per loop turn); `error` replaces the last."""
+        try:
+            for i in range(n):
+                if step is not None:
+                    await step.acquire()
+                await asyncio.sleep(0)
+                last = i == n - 1
+                if last and error is not None:
+                    raise error
+                yield EngineOutput([i], "stop" if last else None)
+        finally:
+            if i < n - 1:
+                self.aborted.append(request_id)
+
+    async def run(self, request_id: str, n: int, step=None, error=None) -> str:
+        await self.outboxes.run(GATEWAY, request_id, self.outputs(request_id, n, step, error))
+        return self.name
+
+    async def attach(self):
+        self.attached += 1
+        async for batch in self.outboxes.attach(GATEWAY):
+            self.items += 1
+            yield batch
+            if self.fail is not None:
+                raise self.fail
+
+
+class Cluster:
+    def __init__(self, *names: str) -> None:
+        self.replicas = {n: Replica(n) for n in names}
+        self.channels = Channels(lambda name: self.replicas[name].attach())
+        self.channels.replicas(names)
+
+    def stream(self, request_id: str, replica: str, n: int, step=None, error=None):
+        call = asyncio.ensure_future(self.replicas[replica].run(request_id, n, step, error))
+        return self.channels.stream(request_id, call, call.cancel, expected=replica)
+
+
+@pytest.fixture
+async def cluster_of():
+    made: list[Cluster] = []
+
+    def make(*names: str) -> Cluster:
+        made.append(Cluster(*names))
+        return made[-1]
+
+    yield make
+    for cluster in made:
+        await cluster.channels.close()
+
+
+async def collect(outputs) -> list[EngineOutput]:
+    return [o async for o in outputs]
+
+
+async def until(condition, timeout=5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+async def test_every_request_gets_its_outputs_in_order_in_fewer_items(cluster_of):
+    cluster = cluster_of("a", "b")
+    runs = [cluster.stream(f"r{i}", "ab"[i % 2], 20) for i in range(16)]
+    results = await asyncio.gather(*map(collect, runs))
+    for outputs in results:
+        assert [o.token_ids[0] for o in outputs] == list(range(20))
+        assert outputs[-1].finish_reason == "stop"
+    items = sum(r.items for r in cluster.replicas.values())
+    assert items < 16 * 20 / 4, items  # outputs of one step travel together
+    assert all(r.attached == 1 for r in cluster.replicas.values())
+
+
+async def test_a_client_that_leaves_aborts_its_request_and_no_other(cluster_of):
+    cluster = cluster_of("a")
+    stay = asyncio.ensure_future(collect(cluster.stream("stay", "a", 50)))
+    leaver = cluster.stream("leave", "a", 50)
+    assert (await anext(leaver)).token_ids == [0]
+    await leaver.aclose()
+    await until(lambda: "leave" in cluster.replicas["a"].aborted)
+    assert len(await stay) == 50
+    assert cluster.replicas["a"].aborted == ["leave"]
+
+
+async def test_a_run_that_fails_delivers_what_came_before_then_its_error(cluster_of):
+    cluster = cluster_of("a")
+    outputs = cluster.stream("r", "a", 3, error=EngineUnavailable("boom"))
+    seen = []
+    with pytest.raises(EngineUnavailable, match="boom"):
+        async for output in outputs:
+            seen.append(output.token_ids[0])
+    assert seen == [0, 1]
+
+
+async def test_a_channel_that_breaks_fails_the_requests_it_carries(cluster_of):
+    cluster = cluster_of("a", "b")
+    step = asyncio.Semaphore(0)
+    on_a = asyncio.ensure_future(collect(cluster.stream("on-a", "a", 100, step)))
+    on_b = asyncio.ensure_future(collect(cluster.stream("on-b", "b", 5)))
+    step.release()
+    await until(lambda: cluster.replicas["a"].items > 0)
+    cluster.replicas["a"].fail = EngineUnavailable("replica a died")
+    step.release()
+    with pytest.raises(EngineUnavailable, match="replica a died"):
+        await on_a
+    assert len(await on_b) == 5
+
+
+async def test_a_replica_that_leaves_keeps_its_channel_until_its_requests_end(cluster_of):
+    cluster = cluster_of("a", "b")
+    step = asyncio.Semaphore(0)
+    running = asyncio.ensure_future(collect(cluster.stream("long", "a", 10, step)))
+    step.release()
+    await until(lambda: cluster.replicas["a"].items > 0)
+    cluster.channels.replicas(["b"])  # a drains: Serve took it out of the set
+    assert len(await collect(cluster.stream("new", "b", 3))) == 3
+    assert cluster.replicas["a"].outboxes._by_gateway  # still attached while "long" runs
+    for _ in range(9):
+        step.release()
+    assert len(await running) == 10
+    await until(lambda: not cluster.replicas["a"].outboxes._by_gateway)  # channel closed
+
+
+async def test_a_leaving_replica_keeps_its_channel_for_a_request_not_heard_from_yet(cluster_of):
+    cluster = cluster_of("a", "b")
+    step = asyncio.Semaphore(0)
+    queued = asyncio.ensure_future(collect(cluster.stream("queued", "a", 3, step)))
+    await collect(cluster.stream("warm", "b", 1))  # the channels are open
+    cluster.channels.replicas(["b"])
+    assert len(await collect(cluster.stream("other", "b", 2))) == 2
+    assert cluster.replicas["a"].attached == 1 and cluster.replicas["a"].outboxes._by_gateway
+    later = asyncio.Semaphore(0)  # one that went to b and has not answered yet
+    unheard = asyncio.ensure_future(collect(cluster.stream("unheard", "b", 1, later)))
+    for _ in range(3):
+        step.release()
+    assert len(await queued) == 3
+    await until(lambda: not cluster.replicas["a"].outboxes._by_gateway)
+    later.release()
+    assert len(await unheard) == 1
+
+
+async def test_a_gateway_whose_channel_closes_has_its_requests_cancelled():
+    replica = Replica("a")
+    step = asyncio.Semaphore(0)
+    run = asyncio.ensure_future(replica.run("orphan", 100, step))
+    channel = replica.attach()
+    step.release()
+    await anext(channel)
+    await channel.aclose()  # Ray stops the stream of a gateway that died
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert replica.aborted == ["orphan"]
