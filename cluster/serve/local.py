@@ -121,21 +121,12 @@ def local_cluster(
         os.environ.setdefault(key, value)
     # Ray's processes read Serve's flags at start; the config decides them (for this cluster).
     os.environ.update(serve_env(config))
-    import ray
     from ray import serve
 
     temp_dir = tempfile.mkdtemp(prefix="gpt-oss-ray-")
+    started: list[psutil.Process] = []
     try:
-        # A start that fails half-way (a GCS that does not come up in time) must not leave
-        # Ray's global state set, or every later start in this process fails too.
-        ray.init(
-            address="local",
-            include_dashboard=False,
-            _temp_dir=temp_dir,
-            log_to_driver=False,
-            _node_ip_address="127.0.0.1",
-            _metrics_export_port=metrics_port,
-        )
+        started = _start_ray(temp_dir, metrics_port)
         serve.start(http_options={"host": config.gateway.host, "port": config.gateway.port})
         # The deploy waits until every replica is up: report replica states meanwhile.
         with ThreadPoolExecutor(1) as pool:
@@ -153,7 +144,56 @@ def local_cluster(
         )
     finally:
         _declared.clear()
-        ray.shutdown()
+        _shutdown_ray(started)
+
+
+def _start_ray(temp_dir: str, metrics_port: int | None, attempts: int = 2) -> list[psutil.Process]:
+    """Start a local Ray node; return the processes it started (GCS, raylet, agents), whose
+    descendants are the workers and replicas. Ray 2.60 gives the raylet a fixed 30 s to register
+    with the GCS, which a loaded 2-core machine can pass with nothing wrong: then one more try."""
+    import ray
+
+    def new_children() -> list[psutil.Process]:
+        return [p for p in psutil.Process().children() if p.pid not in before]
+
+    before = {p.pid for p in psutil.Process().children()}
+    try:
+        ray.init(
+            address="local",
+            include_dashboard=False,
+            _temp_dir=temp_dir,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+            _metrics_export_port=metrics_port,
+        )
+    except Exception as err:
+        # A start that fails half-way must not leave Ray's global state set, or every later
+        # start in this process fails too.
+        _shutdown_ray(new_children())
+        if attempts == 1 or "timed out during startup" not in str(err):
+            raise
+        return _start_ray(temp_dir, metrics_port, attempts - 1)
+    return new_children()
+
+
+def _shutdown_ray(started: list[psutil.Process], grace_s: float = 30.0) -> None:
+    """Stop Ray and wait for every process it started to exit, killing what outlives `grace_s`:
+    the next cluster in this process starts on an idle machine."""
+    import ray
+
+    processes = list(started)
+    for proc in started:
+        try:
+            processes += proc.children(recursive=True)
+        except psutil.Error:
+            continue
+    ray.shutdown()
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            continue
 
 
 def wait_forever() -> None:

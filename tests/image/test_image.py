@@ -109,7 +109,11 @@ def test_the_image_serves_the_sdk_offline_and_stops_cleanly(container, netns, tm
         assert result["events"][-1] == "response.completed"
         assert "response.output_text.delta" in result["events"] and result["output_text"]
         os.kill(pid, signal.SIGINT)
-        assert server.wait(timeout=120) == 0, log.read_text()
+        try:
+            code = server.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"serve still running 120 s after SIGINT; its log:\n{log.read_text()}")
+        assert code == 0, log.read_text()
         assert "stopped: Serve and Ray shut down" in log.read_text()
         wait_for(lambda: not netns_pids(netns), 30, "every process of the image to exit")
         # The vocabulary came from the image: nothing was derived at run time.

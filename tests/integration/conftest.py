@@ -18,6 +18,10 @@ def cluster():
     config = fast_config(
         0.05,
         gateway={"port": free_port()},
+        # Late binding is under test, not shedding: ten high-effort requests on four seats wait
+        # two rounds (~4 s), past the 2.5 s admission budget, so once a first dispatch gives the
+        # drain rate (arrivals spread on a loaded box) the later ones would rightly get a 429.
+        router={"admission_slack": 100.0},
         efforts={"high": high},
         engine={"mock": {"max_num_seqs": 4}},
     )
