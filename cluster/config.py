@@ -344,8 +344,12 @@ class RouterConfig(_Strict):
         0, ge=0, description="Requests allowed to wait inside an engine (late binding keeps 0)."
     )
     kv_watermark: float = Field(0.95, gt=0, le=1, description="Place only below this KV use.")
-    prefix_imbalance_tokens: int = Field(
-        50_000, ge=0, description="Prefix affinity yields when its replica is this much busier."
+    prefill_queue_tokens: int = Field(
+        16_384,
+        ge=0,
+        description="Place on a replica only while the prompt tokens it has still to prefill "
+        "stay under this (two steps of an H100's 8,192-token budget), so a burst of long prompts "
+        "waits here, in our order, not in the engine's first-come prefill queue (0: no limit).",
     )
     drain_rate_window_s: PositiveFloat = Field(
         10.0, description="Window over which the queue's drain rate (dispatches/s) is measured."

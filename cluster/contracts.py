@@ -58,6 +58,7 @@ class SchedulingRequest:
     tenant: str = "anonymous"
     prefix_key: str = ""  # the rendered prefix shared with other requests (effort + instructions)
     tools: bool = False
+    prefix_blocks: tuple[int, ...] = ()  # the rendered prompt's block hashes (cluster.blocks)
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,7 @@ class LoadReport:
     outstanding_tokens: int
     max_num_seqs: int  # seats: requests the engine runs at once
     reported_at: float
+    prefill_tokens: int = 0  # prompt tokens admitted and not computed yet (queued prefill work)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)

@@ -14,6 +14,7 @@ from cluster.api.output_format import ReplyFormat
 from cluster.api.protocol import SamplingRequest
 from cluster.api.sampling import engine_request, new_id
 from cluster.api.stops import StopMatcher
+from cluster.blocks import token_blocks
 from cluster.config import ClusterConfig, EffortProfile
 from cluster.contracts import (
     Admission,
@@ -141,6 +142,7 @@ class Generation:
             tenant=self.demand.tenant,
             prefix_key=self.demand.prefix_key,
             tools=self.demand.tools,
+            prefix_blocks=token_blocks(self.request.prompt_token_ids),
         )
 
     def answer_started(self) -> None:

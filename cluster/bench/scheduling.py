@@ -20,23 +20,35 @@ from cluster.config import ClusterConfig, RouterConfig
 from cluster.contracts import Effort, LoadReport, SchedulingRequest
 from cluster.scheduling.scheduler import Scheduler
 from cluster.sim.simulator import SimResult, simulate
-from cluster.sim.workload import Arrivals, ClusterSpec, WorkloadSpec
+from cluster.sim.workload import Agentic, Arrivals, ClusterSpec, Lognormal, WorkloadSpec
 
 POLICIES = [
     "power_of_two",
     "round_robin",
     "least_outstanding",
     "prefix_affinity",
+    "llm_d",
     "oracle",
     "effort_aware",
 ]
+# Agent traffic: mostly low-effort tool-calling turns with short replies, over long shared prompts.
+AGENTIC = WorkloadSpec(
+    agentic=Agentic(),
+    effort_mix={Effort.LOW: 0.7, Effort.MEDIUM: 0.25, Effort.HIGH: 0.05},
+    output_tokens={
+        Effort.LOW: Lognormal(median=150),
+        Effort.MEDIUM: Lognormal(median=600),
+        Effort.HIGH: Lognormal(median=2_500),
+    },
+)
 REGIMES = {
-    "default": (ClusterSpec(), Arrivals()),
+    "default": (ClusterSpec(), WorkloadSpec()),
     "kv_bound": (
         ClusterSpec(replicas=16, tensor_parallel_size=1, kv_capacity_tokens=200_000),
-        Arrivals(),
+        WorkloadSpec(),
     ),
-    "bursty": (ClusterSpec(), Arrivals(kind="onoff", on_s=20, off_s=20)),
+    "bursty": (ClusterSpec(), WorkloadSpec(arrivals=Arrivals(kind="onoff", on_s=20, off_s=20))),
+    "agentic": (ClusterSpec(), AGENTIC),
 }
 
 
@@ -49,7 +61,7 @@ class Regime:
 
     def __init__(self, name: str, duration: float, progress: Progress) -> None:
         self.name = name
-        self.cluster, self.arrivals = REGIMES[name]
+        self.cluster, self.workload = REGIMES[name]
         self.duration = duration
         self._progress = progress
         self._task = progress.add_task(name, total=None)
@@ -59,7 +71,7 @@ class Regime:
         config = config or ClusterConfig()
         key = (round(rate, 6), policy, config.router.degrade_effort)
         if key not in self._runs:
-            workload = WorkloadSpec(rate=rate, duration_s=self.duration, arrivals=self.arrivals)
+            workload = self.workload.model_copy(update={"rate": rate, "duration_s": self.duration})
             self._runs[key] = simulate(workload, self.cluster, policy, config)
             self._progress.advance(self._task)
         return self._runs[key]
@@ -183,7 +195,8 @@ def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None
     cluster, sat = regime.cluster, regime.saturation()
     say(
         f"\n== {regime.name}: {cluster.replicas} replicas, TP{cluster.tensor_parallel_size}, "
-        f"KV {cluster.kv_capacity_tokens:,} tokens/replica, {regime.arrivals.kind} arrivals; "
+        f"KV {cluster.kv_capacity_tokens:,} tokens/replica, {regime.workload.arrivals.kind} arrivals"
+        f"{', agentic conversations' if regime.workload.agentic else ''}; "
         f"saturation {sat:.1f} req/s"
     )
     knee = regime.knee("power_of_two", 0.3 * sat, sat, steps)
@@ -196,7 +209,7 @@ def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None
         say(
             f"  {policy:<18} {_efforts_line(result)}  | high queue-wait p99 "
             f"{efforts.get('high', {}).get('queue_wait_p99_s', 0):.2f}s | low p99 TTFT "
-            f"{low_ratio:.2f}x pow2"
+            f"{low_ratio:.2f}x pow2 | prefix cache hits {result.prefix_hit_rate:.0%}"
         )
     for share in (0.5, 0.9):
         base = regime.at(share * sat, "power_of_two").summary()["efforts"]

@@ -5,13 +5,21 @@ virtual time. Each step spends a token budget (`max_num_batched_tokens`) on one 
 running sequence, then on prefill chunks of newly admitted ones; a sequence is admitted while
 `max_num_seqs` and the KV capacity allow, and the newest one is preempted (recomputed later) when
 decoding outgrows the KV cache, as vLLM does.
+
+Automatic prefix caching as vLLM's block pool does it: a request brings the chained hashes of its
+prompt's full blocks (`cluster.blocks`); on admission the longest run of them already cached is
+taken (its prefill skipped, at least one token still computed), blocks are shared by reference,
+and a finished or preempted request's blocks stay cached while free, evicted least recently used
+(a request's tail blocks before its head) when new KV needs the room. Generated tokens are not
+cached: a follow-up turn re-renders the reply (harmony drops the reasoning), so it would miss.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from cluster.blocks import BLOCK_SIZE
 from cluster.config import PerfProfile
 
 
@@ -39,8 +47,15 @@ class _Seq:
     to_prefill: int  # prompt tokens (plus, after a preemption, generated ones) not yet in KV
     output_tokens: int  # tokens this sequence will generate before it stops
     expected_output_tokens: int
-    kv: int = 0  # tokens held in the KV cache
+    prompt: int
+    blocks: tuple[int, ...] = ()  # the prompt's full-block hashes
+    kv: int = 0  # tokens held in the KV cache, its own and shared blocks alike
+    held: int = 0  # its first `held` blocks are shared, referenced in the block pool
     generated: int = 0
+    admitted: bool = False
+    # Prompt tokens the cache held when it was queued, not counted as prefill work to come until
+    # admission looks again (a router places on that count).
+    expected_cached: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,33 +72,63 @@ class BatchingModel:
     max_num_seqs: int
     max_num_batched_tokens: int
     kv_capacity_tokens: int
+    block_size: int = BLOCK_SIZE
     now: float = 0.0
     _waiting: deque[_Seq] = field(default_factory=deque)
     _running: list[_Seq] = field(default_factory=list)
     # Kept up to date incrementally: load reports are read after every simulated step.
-    _kv_used: int = 0
+    _kv_used: int = 0  # each sequence's own tokens plus every block in use, once
     _outstanding: int = 0
+    _prefill: int = 0
+    # The block pool: hashes in use (reference counts) and cached free ones, oldest first.
+    _in_use: dict[int, int] = field(default_factory=dict)
+    _free: OrderedDict[int, None] = field(default_factory=OrderedDict)
+    # Prompt tokens of admitted requests, and those of them found in the cache (first admission).
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
 
     @staticmethod
     def _work(seq: _Seq) -> int:
         """Prefill still to do plus expected decode still to come (at least one token)."""
         return seq.to_prefill + max(seq.expected_output_tokens - seq.generated, 1)
 
+    def _own(self, seq: _Seq) -> int:
+        """Tokens of a sequence's KV that are its alone (not in a shared block)."""
+        return seq.kv - seq.held * self.block_size
+
     def add(
-        self, request_id: str, prompt_tokens: int, output_tokens: int, expected_output_tokens: int
+        self,
+        request_id: str,
+        prompt_tokens: int,
+        output_tokens: int,
+        expected_output_tokens: int,
+        blocks: tuple[int, ...] = (),
     ) -> None:
-        seq = _Seq(request_id, max(1, prompt_tokens), max(1, output_tokens), expected_output_tokens)
+        prompt = max(1, prompt_tokens)
+        seq = _Seq(
+            request_id,
+            prompt,
+            max(1, output_tokens),
+            expected_output_tokens,
+            prompt,
+            blocks[: prompt // self.block_size],
+        )
+        seq.expected_cached = self._lookup(seq)[0] * self.block_size
         self._waiting.append(seq)
         self._outstanding += self._work(seq)
+        self._prefill += seq.to_prefill - seq.expected_cached
 
     def abort(self, request_id: str) -> None:
         for seq in self._running:
             if seq.request_id == request_id:
-                self._kv_used -= seq.kv
+                self._kv_used -= self._own(seq)
+                self._release(seq)
                 self._outstanding -= self._work(seq)
+                self._prefill -= seq.to_prefill
         for seq in self._waiting:
             if seq.request_id == request_id:
                 self._outstanding -= self._work(seq)
+                self._prefill -= seq.to_prefill - seq.expected_cached
         self._running = [s for s in self._running if s.request_id != request_id]
         self._waiting = deque(s for s in self._waiting if s.request_id != request_id)
 
@@ -102,6 +147,17 @@ class BatchingModel:
     @property
     def kv_used_tokens(self) -> int:
         return self._kv_used
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Prompt (and recompute) tokens still to compute, a queued request's less what the
+        cache held when it came."""
+        return self._prefill
+
+    @property
+    def cached_blocks(self) -> int:
+        """Blocks the prefix cache holds, in use or free."""
+        return len(self._in_use) + len(self._free)
 
     @property
     def outstanding_tokens(self) -> int:
@@ -138,6 +194,7 @@ class BatchingModel:
             prefill_tokens += chunk
             if seq.to_prefill == 0:
                 completed_prefill.append(seq)
+            self._share_computed(seq)
         duration = step_seconds(
             self.perf, self.tensor_parallel_size, len(decoding), prefill_tokens, context
         )
@@ -153,18 +210,99 @@ class BatchingModel:
         self._account(touched, before, finished)
         return StepResult(duration, emitted, finished)
 
-    def _snapshot(self, seqs: list[_Seq]) -> tuple[int, int]:
-        return sum(s.kv for s in seqs), sum(self._work(s) for s in seqs)
+    def _snapshot(self, seqs: list[_Seq]) -> tuple[int, int, int]:
+        own = sum(self._own(s) for s in seqs)
+        return own, sum(self._work(s) for s in seqs), sum(s.to_prefill for s in seqs)
 
-    def _account(self, touched: list[_Seq], before: tuple[int, int], finished: list[str]) -> None:
+    def _account(
+        self, touched: list[_Seq], before: tuple[int, int, int], finished: list[str]
+    ) -> None:
         """Fold the touched sequences' change into the running sums; drop finished ones."""
         done = set(finished)
         kept = [s for s in touched if s.request_id not in done]
-        kv, work = self._snapshot(kept)
+        kv, work, prefill = self._snapshot(kept)
         self._kv_used += kv - before[0]
         self._outstanding += work - before[1]
+        self._prefill += prefill - before[2]
         if done:
+            for seq in touched:
+                if seq.request_id in done:
+                    self._release(seq)
             self._running = [s for s in self._running if s.request_id not in done]
+        self._evict()
+
+    # -- the block pool ----------------------------------------------------------------------
+
+    def _lookup(self, seq: _Seq) -> tuple[int, int]:
+        """Blocks of a waiting sequence's prompt already cached (the longest leading run), and
+        how many of those are free (taking them takes room). At least one token is computed."""
+        usable = min(len(seq.blocks), (seq.to_prefill - 1) // self.block_size)
+        hits = revived = 0
+        for h in seq.blocks[:usable]:
+            if h in self._in_use:
+                hits += 1
+            elif h in self._free:
+                hits += 1
+                revived += 1
+            else:
+                break
+        return hits, revived
+
+    def _admission_kv(self, seq: _Seq) -> int:
+        """KV a waiting sequence takes on admission: its uncached prompt, a token, cached blocks
+        that are free now."""
+        hits, revived = self._lookup(seq)
+        return seq.to_prefill - hits * self.block_size + 1 + revived * self.block_size
+
+    def _take_cached(self, seq: _Seq) -> None:
+        hits, _ = self._lookup(seq)
+        for h in seq.blocks[:hits]:
+            if h in self._free:
+                del self._free[h]
+                self._kv_used += self.block_size
+            self._in_use[h] = self._in_use.get(h, 0) + 1
+        cached = hits * self.block_size
+        if not seq.admitted:
+            seq.admitted = True
+            self.prompt_tokens += seq.prompt
+            self.cached_prompt_tokens += cached
+        seq.held, seq.kv = hits, cached
+        seq.to_prefill -= cached
+        self._outstanding -= cached
+        self._prefill -= cached - seq.expected_cached
+        seq.expected_cached = 0
+
+    def _share_computed(self, seq: _Seq) -> None:
+        """Prompt blocks a prefill chunk completed join the pool (one copy if another sequence
+        put the same block there meanwhile)."""
+        full = min(len(seq.blocks), min(seq.kv, seq.prompt) // self.block_size)
+        for h in seq.blocks[seq.held : full]:
+            if h in self._in_use:  # computed twice: the copy is dropped from the sequence's own
+                self._kv_used -= self.block_size
+            elif h in self._free:
+                del self._free[h]
+            self._in_use[h] = self._in_use.get(h, 0) + 1
+            self._kv_used += self.block_size
+        seq.held = max(seq.held, full)
+
+    def _release(self, seq: _Seq) -> None:
+        """A sequence leaves its KV: its shared blocks stay cached once free, tail first to go."""
+        for h in reversed(seq.blocks[: seq.held]):
+            refs = self._in_use[h] - 1
+            if refs:
+                self._in_use[h] = refs
+            else:
+                del self._in_use[h]
+                self._free[h] = None
+                self._kv_used -= self.block_size
+        seq.held = 0
+
+    def _evict(self) -> None:
+        """Free cached blocks give way to KV in use."""
+        while self._free and len(self._free) * self.block_size > (
+            self.kv_capacity_tokens - self._kv_used
+        ):
+            self._free.popitem(last=False)
 
     @staticmethod
     def _chunked(candidates: list[_Seq], budget: int) -> list[_Seq]:
@@ -185,7 +323,7 @@ class BatchingModel:
             return 1
         if self._waiting and len(running) < self.max_num_seqs:
             head = self._waiting[0]
-            if head.to_prefill + 1 <= self.kv_capacity_tokens - self.kv_used_tokens:
+            if self._admission_kv(head) <= self.kv_capacity_tokens - self.kv_used_tokens:
                 return 1  # an admission is due: step normally
         n = len(running)
         first = step_seconds(self.perf, self.tensor_parallel_size, n, 0, self.kv_used_tokens)
@@ -219,9 +357,11 @@ class BatchingModel:
         kv_free -= sum(s.to_prefill + 1 for s in partial)  # already admitted, still prefilling
         while self._waiting and len(self._running) < self.max_num_seqs:
             head = self._waiting[0]
-            if head.to_prefill + 1 > kv_free:
+            need = self._admission_kv(head)
+            if need > kv_free:
                 break
-            kv_free -= head.to_prefill + 1
+            kv_free -= need
+            self._take_cached(head)
             self._running.append(self._waiting.popleft())
             partial.append(head)
         return partial
@@ -232,9 +372,12 @@ class BatchingModel:
             victim = self._running.pop()
             if victim.to_prefill == 0:
                 decoding -= 1
-            # Recompute: everything it held in KV becomes prefill work again.
-            self._kv_used -= victim.kv
+            # Recompute: everything it held in KV becomes prefill work again (its prompt blocks
+            # stay cached while nobody needs the room, so it may find them on readmission).
+            self._kv_used -= self._own(victim)
+            self._release(victim)
             self._outstanding += victim.kv
+            self._prefill += victim.kv
             victim.to_prefill += victim.kv
             victim.kv = 0
             self._waiting.appendleft(victim)

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from cluster.blocks import token_blocks
 from cluster.config import ClusterConfig
 from cluster.contracts import EngineOutput, EngineRequest, LoadReport
 from cluster.engine.base import Engine
@@ -79,6 +80,7 @@ class MockEngine(Engine):
             len(request.prompt_token_ids),
             len(script),
             request.expected_output_tokens,
+            token_blocks(request.prompt_token_ids, self._model.block_size),
         )
         self._work.set()
         try:
@@ -114,6 +116,7 @@ class MockEngine(Engine):
             outstanding_tokens=self._model.outstanding_tokens,
             max_num_seqs=self._model.max_num_seqs,
             reported_at=time.time(),
+            prefill_tokens=self._model.prefill_tokens,
         )
 
     async def shutdown(self) -> None:

@@ -139,6 +139,8 @@ class VLLMEngine(Engine):
             outstanding_tokens=sum(p + o for p, o in self._inflight.values()),
             max_num_seqs=self._llm.vllm_config.scheduler_config.max_num_seqs,
             reported_at=time.time(),
+            # Prompts not answered yet (vLLM's prefix-cache hits on them are not known before).
+            prefill_tokens=sum(p for p, _ in self._inflight.values()),
         )
 
     async def shutdown(self) -> None:

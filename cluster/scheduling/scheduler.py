@@ -3,9 +3,12 @@
 Late binding is the point: once a request sits in vLLM's own queue it is served first come, first
 served and cannot move, so the scheduler keeps the queue and hands a replica only what it can run
 now. On every load report (and on arrivals) it releases a batch: the best queued request goes to a
-replica with headroom (no engine-side queue, a free seat, KV below the watermark), preferring the
-replica that already holds its harmony prefix unless that one is busier than the least-loaded by a
-margin. Pure: every call takes `now`.
+replica with headroom (a free seat, KV below the watermark, little prefill queued: prefill
+saturates long before seats on agentic traffic; no engine-side queue unless the request is a cache
+hit there). Where some replica caches its prefix (`PrefixIndex`), it goes where its first token
+comes soonest, the least prefill ahead of it, so a conversation's next turn goes back to its
+history unless more prefill waits there than the history saves; else to the least load. Pure:
+every call takes `now`.
 
 With `late_binding` off (`router.policy: least_outstanding_tokens`, the peers' way and our
 baseline) it admits everything and places each request at once on the replica with the least
@@ -20,10 +23,12 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cluster.blocks import BLOCK_SIZE
 from cluster.config import EffortProfile, RouterConfig
 from cluster.contracts import DemandSignal, Effort, LoadReport, SchedulingRequest
 from cluster.scheduling.cost import CostModel
 from cluster.scheduling.drain import DrainRate
+from cluster.scheduling.prefix_index import PrefixIndex
 from cluster.scheduling.queue import SchedulingQueue, Ticket
 from cluster.scheduling.sliding import SlidingSum
 
@@ -53,12 +58,23 @@ def has_headroom(
     placed_prompt_tokens: int,
     prompt_tokens: int,
     config: RouterConfig,
+    *,
+    placed_prefill: int = 0,
+    prefill: int = 0,
 ) -> bool:
-    """Can a replica run one more request now? No engine-side queue, a free seat after what was
-    placed since its report, and KV under the watermark. Late binding hinges on this rule."""
-    if report.waiting > config.engine_queue_limit:  # the engine already queues: it is full
-        return False
+    """Can a replica run one more request now? A free seat after what was placed since its
+    report, KV under the watermark, the prompt tokens still to compute there (the request's own
+    uncached `prefill` included) within `prefill_queue_tokens`, and no engine-side queue, except
+    for a request whose prefix that replica caches: waiting in vLLM with seats free is waiting
+    for a step's token budget, and a cache hit needs little of it. Late binding hinges on this
+    rule."""
     if report.running + report.waiting + placed >= report.max_num_seqs:
+        return False
+    budget, queued = config.prefill_queue_tokens, report.prefill_tokens + placed_prefill
+    if budget and queued and queued + prefill > budget:  # prefill saturates: wait here, in order
+        return False
+    hit = bool(budget) and prefill < prompt_tokens  # cached there: a step from its first token
+    if report.waiting > config.engine_queue_limit and not hit:  # the engine queues: it is full
         return False
     if not report.kv_capacity_tokens:  # not known yet (an engine that has not stepped)
         return True
@@ -78,12 +94,16 @@ class _Replica:
     received: dict[str, float] = field(default_factory=dict)  # by request id
     # (time, exact): exact when the replica said when it freed the seat (its own clock).
     finished: list[tuple[float, bool]] = field(default_factory=list)
+    uncached: dict[str, int] = field(default_factory=dict)  # placed prompt tokens not cached
     placed_prompt: int = 0
+    placed_prefill: int = 0
     placed_cost: int = 0
 
-    def place(self, ticket: Ticket, now: float) -> None:
+    def place(self, ticket: Ticket, now: float, uncached: int) -> None:
         self.placed.append((now, ticket))
+        self.uncached[ticket.request_id] = uncached
         self.placed_prompt += ticket.prompt_tokens
+        self.placed_prefill += uncached
         self.placed_cost += ticket.cost_tokens
 
     def arrived(self, ticket: Ticket, received_at: float) -> None:
@@ -98,6 +118,7 @@ class _Replica:
         self.placed = [(at, t) for at, t in self.placed if t is not ticket]
         self.received.pop(ticket.request_id, None)
         self.placed_prompt -= ticket.prompt_tokens
+        self.placed_prefill -= self.uncached.pop(ticket.request_id)
         self.placed_cost -= ticket.cost_tokens
 
     def finish(self, ticket: Ticket, now: float, ended_at: float | None = None) -> None:
@@ -123,6 +144,7 @@ class _Replica:
         ]
         kept = {t.request_id for _, t in self.placed}
         self.received = {r: at for r, at in self.received.items() if r in kept}
+        self.uncached = {r: n for r, n in self.uncached.items() if r in kept}
         # A finish the replica timed is in the report exactly when it came first; one seen just
         # after the report may already be in it (its last output was in flight): keep counting
         # only the ones the report cannot have seen.
@@ -132,12 +154,19 @@ class _Replica:
             if at > report.reported_at + (0.0 if exact else transit_s)
         ]
         self.placed_prompt = sum(t.prompt_tokens for _, t in self.placed)
+        self.placed_prefill = sum(self.uncached.values())
         self.placed_cost = sum(t.cost_tokens for _, t in self.placed)
 
-    def headroom(self, ticket: Ticket, config: RouterConfig) -> bool:
+    def headroom(self, ticket: Ticket, config: RouterConfig, uncached: int) -> bool:
         seats_taken = len(self.placed) - len(self.finished)
         return has_headroom(
-            self.report, seats_taken, self.placed_prompt, ticket.prompt_tokens, config
+            self.report,
+            seats_taken,
+            self.placed_prompt,
+            ticket.prompt_tokens,
+            config,
+            placed_prefill=self.placed_prefill,
+            prefill=uncached,
         )
 
     def load_tokens(self) -> int:
@@ -151,7 +180,7 @@ class Scheduler:
     cost: CostModel = None  # type: ignore[assignment]
     queue: SchedulingQueue = None  # type: ignore[assignment]
     _replicas: dict[Hashable, _Replica] = field(default_factory=dict)
-    _prefix_home: dict[str, Hashable] = field(default_factory=dict)
+    prefix: PrefixIndex = field(default_factory=PrefixIndex)
     drain: DrainRate = None  # type: ignore[assignment]
     # Tokens (prompt + expected output) of every request offered, admitted or not: demand.
     offered: SlidingSum = None  # type: ignore[assignment]
@@ -238,7 +267,8 @@ class Scheduler:
             if lower is None:
                 break
             degraded_from = degraded_from or ticket.effort
-            request = replace(candidate.request, effort=lower)
+            # Re-rendered at the lower effort, its blocks change from the system message on.
+            request = replace(candidate.request, effort=lower, prefix_blocks=())
             candidate = replace(
                 candidate,
                 request=request,
@@ -265,7 +295,7 @@ class Scheduler:
         keep = set(alive)
         for replica in [r for r in self._replicas if r not in keep]:
             del self._replicas[replica]
-        self._prefix_home = {p: r for p, r in self._prefix_home.items() if r in keep}
+            self.prefix.forget(replica)
 
     def drop(self, replica: Hashable) -> None:
         """One replica is leaving (draining before scale-down): place nothing more there."""
@@ -284,36 +314,41 @@ class Scheduler:
         """Release every queued request some replica can run now, best first."""
         out = []
         while (ticket := self.queue.peek(now)) is not None:
-            replica = self._place(ticket)
-            if replica is None:
+            placement = self._place(ticket)
+            if placement is None:
                 break
+            replica, uncached = placement
             self.queue.pop(ticket, now)
-            self._replicas[replica].place(ticket, now)
+            state = self._replicas[replica]
+            state.place(ticket, now, uncached)
+            if blocks := ticket.request.prefix_blocks:
+                capacity = state.report.kv_capacity_tokens // BLOCK_SIZE
+                self.prefix.placed(replica, blocks, capacity)
             waited = now - ticket.arrival > IMMEDIATE_S
             self.drain.dispatched(now, waited=waited, tokens=ticket.cost_tokens)
-            if ticket.prefix_key:
-                self._prefix_home[ticket.prefix_key] = replica
             out.append((ticket, replica))
         self.drain.backlogged(now, waiting=bool(self.queue))
         return out
 
-    def _place(self, ticket: Ticket) -> Hashable | None:
-        least, least_load = None, None
+    def _place(self, ticket: Ticket) -> tuple[Hashable, int] | None:
+        """The replica to run `ticket` and the prompt tokens it will compute there. Late
+        binding: among replicas with headroom, where some cache its prefix, the least prefill
+        ahead of its first token (what the replica still has to prefill plus the prompt its
+        cache lacks), then the least load; else the least load. Push: the least load, headroom
+        or not."""
+        prompt = ticket.prompt_tokens
+        depth = self.prefix.matches(ticket.request.prefix_blocks) if self.late_binding else {}
+        best, best_cost = None, None
         for replica, state in self._replicas.items():
-            if not self.late_binding or state.headroom(ticket, self.config):
-                load = state.load_tokens()
-                if least_load is None or load < least_load:
-                    least, least_load = replica, load
-        if least is None or not self.late_binding:  # push: least outstanding tokens, nothing else
-            return least
-        home = self._replicas.get(self._prefix_home.get(ticket.prefix_key))
-        if (
-            home is not None
-            and home.headroom(ticket, self.config)
-            and home.load_tokens() - least_load <= self.config.prefix_imbalance_tokens
-        ):
-            return self._prefix_home[ticket.prefix_key]
-        return least
+            cached = min(depth.get(replica, 0) * BLOCK_SIZE, prompt - 1)
+            uncached = prompt - max(cached, 0)
+            if self.late_binding and not state.headroom(ticket, self.config, uncached):
+                continue
+            ahead = state.report.prefill_tokens + state.placed_prefill + uncached if depth else 0
+            cost = (ahead, state.load_tokens())
+            if best_cost is None or cost < best_cost:
+                best, best_cost = (replica, uncached), cost
+        return best
 
     # -- feedback --------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """Placement policies the simulator compares: ours (the production `Scheduler`) and the peers'.
 
 Push policies place each request on arrival, where it joins the engine's own first-come queue (Ray
-Serve's power of two, round robin, least outstanding requests, prefix affinity). Late-binding
-policies keep a central queue and hand a replica only what it can run now: ours, and an oracle that
-knows every request's true length and runs shortest-remaining-work first.
+Serve's power of two, round robin, least outstanding requests, prefix affinity, llm-d's weighted
+scorers). Late-binding policies keep a central queue and hand a replica only what it can run now:
+ours, and an oracle that knows every request's true length and runs shortest-remaining-work first.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cluster.blocks import BLOCK_SIZE
 from cluster.config import ClusterConfig, RouterConfig
 from cluster.contracts import LoadReport, SchedulingRequest
+from cluster.scheduling.prefix_index import PrefixIndex
 from cluster.scheduling.queue import Ticket
 from cluster.scheduling.scheduler import Rejected, Scheduler, has_headroom
 from cluster.sim.workload import SimRequest
@@ -123,6 +125,37 @@ class PrefixAffinity(_Push):
 
 
 @dataclass
+class LlmdLike(_Push):
+    """llm-d's inference scheduler, its "well-lit path" profile: each replica scored by the share
+    of the request's prompt blocks it holds (weight 3, from what this router placed: llm-d's
+    approximate prefix scorer), its waiting queue min-max normalised (2) and its free KV (2), the
+    highest score taken. Push: the request joins that engine's first-come queue."""
+
+    name: str = "llm_d"
+    weights: tuple[float, float, float] = (3.0, 2.0, 2.0)  # prefix, queue, KV
+    prefix: PrefixIndex = field(default_factory=PrefixIndex)
+
+    def arrive(self, request: SimRequest, now: float) -> Dispatch:
+        reports = [replica.report(now) for replica in self.replicas]
+        depth = self.prefix.matches(request.blocks)
+        queues = [r.waiting for r in reports]
+        low, span = min(queues), max(queues) - min(queues)
+        w_prefix, w_queue, w_kv = self.weights
+
+        def score(k: int) -> float:
+            r = reports[k]
+            hit = depth.get(k, 0) / len(request.blocks) if request.blocks else 0.0
+            queue = 1.0 - (queues[k] - low) / span if span else 1.0
+            kv = 1.0 - r.kv_used_tokens / r.kv_capacity_tokens if r.kv_capacity_tokens else 1.0
+            return w_prefix * hit + w_queue * queue + w_kv * kv
+
+        best = max(range(len(reports)), key=score)
+        capacity = reports[best].kv_capacity_tokens // BLOCK_SIZE
+        self.prefix.placed(best, request.blocks, capacity)
+        return [(request, best)]
+
+
+@dataclass
 class EffortAware:
     """Ours: the production scheduler (cost model, queue discipline, admission, late binding)."""
 
@@ -146,6 +179,7 @@ class EffortAware:
             max_tokens=request.max_tokens,
             tenant=request.tenant,
             prefix_key=request.prefix_key,
+            prefix_blocks=request.blocks,
         )
         ticket = self.scheduler.ticket(scheduling, now, payload=request)
         decision = self.scheduler.submit(ticket, now)
@@ -155,6 +189,7 @@ class EffortAware:
             request.degraded_from = request.effort
             request.effort = decision.ticket.effort
             request.output_tokens = request.output_by_effort[request.effort]
+            request.blocks = ()  # re-rendered: the system message names the effort
         return self._dispatch(now)
 
     def tick(self, replica: int, now: float) -> Dispatch:
@@ -242,6 +277,7 @@ BASELINES = {
     "power_of_two": PowerOfTwo,
     "least_outstanding": LeastOutstandingRequests,
     "prefix_affinity": PrefixAffinity,
+    "llm_d": LlmdLike,
 }
 
 

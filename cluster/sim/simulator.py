@@ -70,6 +70,7 @@ class SimReplica:
             m.outstanding_tokens,
             m.max_num_seqs,
             now,
+            m.prefill_tokens,
         )
 
 
@@ -88,6 +89,13 @@ class SimResult:
     all_records: list[Record]
     slo: Mapping[Effort, EffortProfile]
     warmup_s: float = 0.0
+    # Over the whole run, every replica: prompt tokens admitted, and those found in the cache.
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        return self.cached_prompt_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
     @property
     def records(self) -> list[Record]:
@@ -114,6 +122,7 @@ class SimResult:
             "completed": len(served),
             "rejected": sum(r.rejected for r in self.records),
             "degraded": sum(r.request.degraded_from is not None for r in self.records),
+            "prefix_hit_rate": self.prefix_hit_rate,
             "throughput_rps": len(in_run) / self.window_s,
             "goodput_rps": sum(self.meets_slo(r) for r in in_run) / self.window_s,
             "efforts": {},
@@ -237,6 +246,7 @@ class Simulation:
                 request.prompt_tokens,
                 request.output_tokens,
                 self.policy.expected_output(request),
+                request.blocks,
             )
             self.replicas[k].live[request.request_id] = rec
 
@@ -301,6 +311,8 @@ class Simulation:
             list(self.records.values()),
             self.config.efforts,
             warmup_s=self.workload.duration_s * self.workload.warmup_share,
+            prompt_tokens=sum(r.model.prompt_tokens for r in self.replicas),
+            cached_prompt_tokens=sum(r.model.cached_prompt_tokens for r in self.replicas),
         )
 
 

@@ -1,15 +1,22 @@
-"""Workload and cluster descriptions (YAML) and the seeded request streams they generate."""
+"""Workload and cluster descriptions (YAML) and the seeded request streams they generate.
+
+Two shapes of traffic: independent chat requests (the reference mix of issue 4), and agentic
+conversations (`WorkloadSpec.agentic`), whose prompts are described as segments of content so the
+engine's prefix cache sees what they share.
+"""
 
 from __future__ import annotations
 
 import itertools
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
+from cluster.blocks import segment_blocks
 from cluster.config import PerfProfile
 from cluster.contracts import Effort
 
@@ -26,14 +33,43 @@ class Lognormal(_Spec):
         return self.at(rng.gauss(0.0, 1.0))
 
     def at(self, z: float) -> int:
-        """The value at standard-normal quantile `z`."""
-        return max(1, round(math.exp(math.log(self.median) + self.sigma * z)))
+        """The value at standard-normal quantile `z`, in whole tokens."""
+        return max(1, round(self.value(z)))
+
+    def value(self, z: float) -> float:
+        return math.exp(math.log(self.median) + self.sigma * z)
 
 
 class Arrivals(_Spec):
     kind: Literal["poisson", "onoff"] = "poisson"
     on_s: PositiveFloat = 20.0  # onoff: bursts at 2x the mean rate, then silence
     off_s: PositiveFloat = 20.0
+
+
+class Agentic(_Spec):
+    """Agent traffic. A persona is a developer prompt with its tool definitions, shared by many
+    conversations; a conversation keeps one persona and effort, and its turn k resends turns
+    1..k-1 (each turn's message and the reply's answer, the reasoning dropped as harmony renders
+    it) plus a new message: the user's, or a tool's result in a tool-calling loop. Harmony puts
+    the system message, which names the effort, ahead of the developer's: a persona's prefix is
+    shared only among conversations of one effort.
+
+    Open loop, so every policy sees the same requests: a follow-up turn arrives after the
+    previous turn's arrival by the reply's time at a nominal pace plus the user's or the tool's.
+    Conversations start `lead_s` before the run, so it opens with follow-ups under way."""
+
+    personas: PositiveInt = 12
+    persona_skew: float = Field(1.0, ge=0)  # persona i's weight: 1 / (i + 1) ** skew
+    system_tokens: PositiveInt = 110
+    developer_tokens: Lognormal = Lognormal(median=3_000, sigma=0.5)
+    mean_turns: float = Field(5.0, ge=1)  # per conversation (geometric)
+    tool_share: float = Field(0.6, ge=0, le=1)  # follow-up turns that bring a tool's result
+    user_tokens: Lognormal = Lognormal(median=120, sigma=0.8)
+    tool_result_tokens: Lognormal = Lognormal(median=400, sigma=1.0)
+    reply_s_per_token: PositiveFloat = 0.01
+    user_think_s: Lognormal = Lognormal(median=8, sigma=0.8)
+    tool_s: Lognormal = Lognormal(median=1.5, sigma=0.8)
+    lead_s: float = Field(180.0, ge=0)
 
 
 class WorkloadSpec(_Spec):
@@ -57,6 +93,7 @@ class WorkloadSpec(_Spec):
     tenants: PositiveInt = 10
     heavy_tenant_share: float = Field(0.4, ge=0, lt=1)
     final_share: float = Field(0.2, gt=0, lt=1)  # the answer after the reasoning
+    agentic: Agentic | None = None  # conversations instead of independent requests
     seed: int = 0
 
 
@@ -83,6 +120,7 @@ class SimRequest:
     # a request whose effort is degraded writes the lower effort's length.
     output_by_effort: dict[Effort, int] = field(default_factory=dict)
     degraded_from: Effort | None = None  # set when admission lowered its effort
+    blocks: tuple[int, ...] = ()  # the prompt's prefix-cache block hashes (cluster.blocks)
 
 
 def rate_factor(profile: list[tuple[float, float]], t: float) -> float:
@@ -95,32 +133,48 @@ def rate_factor(profile: list[tuple[float, float]], t: float) -> float:
     return profile[-1][1]
 
 
+def _arrivals(
+    spec: WorkloadSpec, rng: random.Random, rate: float, end: float | None = None
+) -> Iterator[float]:
+    """Arrival times up to `end` (the end of the run), at `rate` on average."""
+    end = spec.duration_s if end is None else end
+    t = 0.0
+    period = spec.arrivals.on_s + spec.arrivals.off_s
+    peak = max((f for _, f in spec.rate_profile), default=1.0)
+    while True:
+        if spec.rate_profile:  # thinning: draw at the peak rate, keep with probability f(t)/peak
+            t += rng.expovariate(rate * peak)
+            if rng.random() * peak > rate_factor(spec.rate_profile, t):
+                continue
+        elif spec.arrivals.kind == "poisson":
+            t += rng.expovariate(rate)
+        else:  # all the load in the on-phases, so the mean rate is unchanged
+            t += rng.expovariate(rate * period / spec.arrivals.on_s)
+            if t % period > spec.arrivals.on_s:
+                t += period - t % period
+        if t >= end:
+            return
+        yield t
+
+
+def _lengths(spec: WorkloadSpec, z: float) -> dict[Effort, int]:
+    """Output lengths at each effort for one question (the same quantile of each)."""
+    return {e: min(d.at(z), spec.max_tokens) for e, d in spec.output_tokens.items()}
+
+
 def generate(spec: WorkloadSpec) -> list[SimRequest]:
+    if spec.agentic is not None:
+        return _conversations(spec, spec.agentic)
     rng = random.Random(spec.seed)
     efforts, weights = zip(*spec.effort_mix.items(), strict=True)
     tenants = [f"t{i}" for i in range(spec.tenants)]
     rest = (1 - spec.heavy_tenant_share) / max(spec.tenants - 1, 1)
     tenant_weights = [spec.heavy_tenant_share] + [rest] * (spec.tenants - 1)
-    out, t = [], 0.0
-    period = spec.arrivals.on_s + spec.arrivals.off_s
-    peak = max((f for _, f in spec.rate_profile), default=1.0)
-    while True:
-        if spec.rate_profile:  # thinning: draw at the peak rate, keep with probability f(t)/peak
-            t += rng.expovariate(spec.rate * peak)
-            if rng.random() * peak > rate_factor(spec.rate_profile, t):
-                continue
-        elif spec.arrivals.kind == "poisson":
-            t += rng.expovariate(spec.rate)
-        else:  # all the load in the on-phases, so the mean rate is unchanged
-            t += rng.expovariate(spec.rate * period / spec.arrivals.on_s)
-            if t % period > spec.arrivals.on_s:
-                t += period - t % period
-        if t >= spec.duration_s:
-            return out
+    out = []
+    for t in _arrivals(spec, rng, spec.rate):
         effort = rng.choices(efforts, weights)[0]
         tenant = rng.choices(tenants, tenant_weights)[0]
-        z = rng.gauss(0.0, 1.0)
-        by_effort = {e: min(d.at(z), spec.max_tokens) for e, d in spec.output_tokens.items()}
+        by_effort = _lengths(spec, rng.gauss(0.0, 1.0))
         output = by_effort[effort]
         prompt = spec.prompt_tokens.sample(rng)
         prefix = f"{tenant}:{effort.value}"  # developer prompt and effort: the cacheable head
@@ -130,3 +184,57 @@ def generate(spec: WorkloadSpec) -> list[SimRequest]:
                 request_id, t, effort, tenant, prompt, output, spec.max_tokens, prefix, by_effort
             )
         )
+    return out
+
+
+def _conversations(spec: WorkloadSpec, agentic: Agentic) -> list[SimRequest]:
+    rng = random.Random(spec.seed)
+    efforts, weights = zip(*spec.effort_mix.items(), strict=True)
+    personas = range(agentic.personas)
+    persona_weights = [1 / (p + 1) ** agentic.persona_skew for p in personas]
+    developer = [agentic.developer_tokens.sample(rng) for _ in personas]
+    turns: list[tuple[float, int, int, SimRequest]] = []
+    starts = _arrivals(spec, rng, spec.rate / agentic.mean_turns, spec.duration_s + agentic.lead_s)
+    for c, start in enumerate(starts):
+        persona = rng.choices(personas, persona_weights)[0]
+        effort = rng.choices(efforts, weights)[0]
+        head = [
+            (("system", effort), agentic.system_tokens),
+            (("developer", persona), developer[persona]),
+        ]
+        said: list[tuple[object, int]] = []
+        t, k, tool = start - agentic.lead_s, 0, False
+        while t < spec.duration_s:
+            message = (agentic.tool_result_tokens if tool else agentic.user_tokens).sample(rng)
+            segments = [*head, *said, (("message", c, k), message)]
+            by_effort = _lengths(spec, rng.gauss(0.0, 1.0))
+            output = by_effort[effort]
+            prompt = sum(n for _, n in segments)
+            request = SimRequest(
+                request_id="",
+                arrival=t,
+                effort=effort,
+                tenant=f"p{persona}",
+                prompt_tokens=prompt,
+                output_tokens=output,
+                max_tokens=spec.max_tokens,
+                prefix_key=f"p{persona}:{effort.value}",
+                output_by_effort=by_effort,
+                blocks=segment_blocks(segments),
+            )
+            if t >= 0:
+                turns.append((t, c, k, request))
+            answer = math.ceil(output * spec.final_share)
+            said += [(("message", c, k), message), (("reply", c, k), answer)]
+            k += 1
+            if rng.random() < 1 / agentic.mean_turns:  # the conversation ends here
+                break
+            tool = rng.random() < agentic.tool_share  # the next turn brings a tool's result
+            wait = agentic.tool_s if tool else agentic.user_think_s
+            t += output * agentic.reply_s_per_token + wait.value(rng.gauss(0.0, 1.0))
+    turns.sort(key=lambda turn: turn[:3])
+    out = []
+    for i, (*_, request) in enumerate(turns):
+        request.request_id = f"r{i}"
+        out.append(request)
+    return out

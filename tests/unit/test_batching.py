@@ -1,7 +1,9 @@
+import collections
 import itertools
 
 import pytest
 
+from cluster.blocks import segment_blocks
 from cluster.config import PerfProfile
 from cluster.engine.batching import BatchingModel, step_seconds
 
@@ -145,9 +147,106 @@ def test_running_sums_match_a_full_recount_through_preemption_and_aborts():
         if i == 39:
             m.abort("r3")
             m.abort("r11")
-        seqs = [*m._running, *m._waiting]
-        assert m.kv_used_tokens == sum(s.kv for s in m._running)
-        assert m.outstanding_tokens == sum(m._work(s) for s in seqs)
-        assert m.kv_used_tokens <= 4_000
+        assert_pool_consistent(m)
 
     run_to_idle(m, step=step, after_step=check)
+
+
+def assert_pool_consistent(m: BatchingModel) -> None:
+    """The running sums and the block pool against a full recount."""
+    bs = m.block_size
+    seqs = [*m._running, *m._waiting]
+    refs = collections.Counter(h for s in m._running for h in s.blocks[: s.held])
+    assert m._in_use == dict(refs)
+    assert not m._in_use.keys() & m._free.keys()
+    assert all(s.held == 0 and s.kv == 0 for s in m._waiting)
+    own = sum(s.kv - s.held * bs for s in m._running)
+    assert m.kv_used_tokens == own + bs * len(m._in_use)
+    assert m.outstanding_tokens == sum(m._work(s) for s in seqs)
+    assert m.prefill_tokens == sum(s.to_prefill - s.expected_cached for s in seqs)
+    assert m.kv_used_tokens <= m.kv_capacity_tokens
+    assert len(m._free) * bs <= m.kv_capacity_tokens - m.kv_used_tokens
+
+
+def shared_prompt(prefix: int, own: int, tag: str) -> tuple[int, tuple[int, ...]]:
+    """A prompt of `prefix` shared tokens then `own` tokens of its own: (length, block hashes)."""
+    return prefix + own, segment_blocks([("shared", prefix), (tag, own)])
+
+
+def test_a_repeated_prefix_skips_its_prefill():
+    cold, warm = model(), model()
+    tokens, blocks = shared_prompt(4096, 100, "first")
+    for m in (cold, warm):
+        m.add("a", tokens, 10, 10, blocks)
+        run_to_idle(m)
+    start = warm.now
+    tokens, blocks = shared_prompt(4096, 100, "second")
+    warm.add("b", tokens, 1, 1, blocks)
+    _, first = run_to_idle(warm)
+    perf = PerfProfile()
+    assert first["b"] - start == pytest.approx(step_seconds(perf, 1, 0, 4196 - 4096, 0))
+    assert warm.cached_prompt_tokens == 4096
+    assert warm.prompt_tokens == 2 * 4196
+    assert cold.cached_prompt_tokens == 0
+
+
+def test_a_whole_prompt_in_cache_still_computes_a_token():
+    m = model()
+    tokens, blocks = shared_prompt(1024, 0, "")
+    for rid in ("a", "b"):
+        m.add(rid, tokens, 1, 1, blocks)
+        run_to_idle(m)
+    assert m.cached_prompt_tokens == 1024 - m.block_size
+
+
+def test_running_requests_share_their_prefix_blocks_once():
+    m = model()
+    for i in range(4):
+        tokens, blocks = shared_prompt(4096, 64, f"own{i}")
+        m.add(f"r{i}", tokens, 100, 100, blocks)
+        m.step()  # each prefills whole and writes a token, the ones before it decode one
+    assert m.running == 4
+    assert m.kv_used_tokens == 4096 + 4 * 64 + (4 + 3 + 2 + 1)
+    assert_pool_consistent(m)
+
+
+def test_free_blocks_are_evicted_least_recently_used_tail_first():
+    m = model(kv_capacity_tokens=2_048, max_num_batched_tokens=2_048)
+    old, old_blocks = shared_prompt(1024, 0, "")
+    m.add("old", old, 1, 1, old_blocks)
+    run_to_idle(m)
+    assert m.cached_blocks == 1024 // 16
+    filler, filler_blocks = 1600, segment_blocks([("filler", 1600)])
+    m.add("filler", filler, 1, 1, filler_blocks)  # needs all but 448 tokens of the room
+    run_to_idle(m)
+    m.add("again", old, 1, 1, old_blocks)
+    run_to_idle(m)
+    # What survived of "old" is its head: 448 tokens of room kept 28 blocks, hit again.
+    assert m.cached_prompt_tokens == 448
+    assert_pool_consistent(m)
+
+
+def test_pool_stays_consistent_through_sharing_preemption_and_aborts():
+    m = model(max_num_seqs=6, max_num_batched_tokens=512, kv_capacity_tokens=3_000)
+    for i in range(16):
+        tokens, blocks = shared_prompt(800 + 160 * (i % 3), 40 + 8 * i, f"own{i}")
+        m.add(f"r{i}", tokens, 150 + 20 * i, 200, blocks)
+    steps = itertools.count()
+
+    def step(m: BatchingModel):
+        return m.step(until=None if next(steps) % 3 == 0 else m.now + 0.05)
+
+    preempted = set()
+
+    def check(m: BatchingModel, i: int) -> None:
+        if i == 30:
+            m.abort("r2")
+            m.abort("r9")
+        preempted.update(s.request_id for s in m._waiting if s.generated)
+        assert_pool_consistent(m)
+
+    tokens, _ = run_to_idle(m, step=step, after_step=check)
+    finished = {r: n for r, n in tokens.items() if r not in ("r2", "r9")}
+    assert finished == {f"r{i}": 150 + 20 * i for i in range(16) if i not in (2, 9)}
+    assert preempted
+    assert 0 < m.cached_prompt_tokens < m.prompt_tokens

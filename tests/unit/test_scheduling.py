@@ -1,7 +1,10 @@
 """Every rule of the scheduling core, deterministic with an injected clock."""
 
+from dataclasses import replace
+
 import pytest
 
+from cluster.blocks import segment_blocks
 from cluster.config import ClusterConfig, RouterConfig
 from cluster.contracts import Effort, LoadReport, SchedulingRequest
 from cluster.scheduling.cost import CostModel, LengthSketch
@@ -163,24 +166,75 @@ def test_kv_watermark_and_seats_gate_placement():
 
 
 def prefix_placed(seats: int, **router) -> tuple[Scheduler, str]:
-    """Replicas a and b; one request with prefix "p" placed on one of them, its home."""
+    """Replicas a and b; one request with a 4,096-token prefix placed on one of them, its home."""
     s = scheduler(engine_queue_limit=100, **router)
     s.report("a", idle(seats=seats))
     s.report("b", idle(seats=seats))
-    s.submit(s.ticket(ask("r0", Effort.LOW, "t", 100, 1000, prefix="p"), 0.0), 0.0)
+    s.submit(s.ticket(with_prefix("r0", 4096, 100), 0.0), 0.0)
     ((_, home),) = s.dispatch(0.0)
     return s, home
 
 
-def test_prefix_affinity_unless_imbalanced():
-    s, home = prefix_placed(100, prefix_imbalance_tokens=1_000)
-    s.submit(s.ticket(ask("r1", Effort.LOW, "t", 100, 1000, prefix="p"), 0.1), 0.1)
-    assert s.dispatch(0.1)[0][1] == home  # same prefix, same replica while loads are close
+def with_prefix(rid: str, shared: int, own: int) -> SchedulingRequest:
+    """A low-effort request whose prompt opens with `shared` tokens every such request has."""
+    blocks = segment_blocks([("shared", shared), (rid, own)])
+    return replace(ask(rid, prompt=shared + own), prefix_blocks=blocks)
+
+
+def test_a_cached_prefix_draws_its_request_unless_more_prefill_waits_there():
+    s, home = prefix_placed(100)
     other = "b" if home == "a" else "a"
+    s.report(home, idle(running=1, outstanding=250, at=0.05))  # r0 prefilled, decoding
+    s.submit(s.ticket(with_prefix("r1", 4096, 100), 0.1), 0.1)
+    assert s.dispatch(0.1)[0][1] == home  # it would prefill 4,096 more tokens elsewhere
+    # Far busier decoding: still home, its first token comes sooner there.
     s.report(home, idle(running=1, outstanding=50_000, at=0.2))
-    s.report(other, idle(at=0.2, seats=100))
-    s.submit(s.ticket(ask("r2", Effort.LOW, "t", 100, 1000, prefix="p"), 0.3), 0.3)
-    assert s.dispatch(0.3)[0][1] == other
+    s.report(other, idle(at=0.2))
+    s.submit(s.ticket(with_prefix("r2", 4096, 100), 0.3), 0.3)
+    assert s.dispatch(0.3)[0][1] == home
+    # More prefill queued there than the cache saves: elsewhere.
+    s.report(home, replace(idle(running=2, outstanding=5_000, at=0.4), prefill_tokens=4_500))
+    s.submit(s.ticket(with_prefix("r3", 4096, 100), 0.5), 0.5)
+    assert s.dispatch(0.5)[0][1] == other
+    # Both hold it now; the index forgets a replica that leaves.
+    assert set(s.prefix.matches(with_prefix("r4", 4096, 0).prefix_blocks)) == {"a", "b"}
+    s.forget([other])
+    assert set(s.prefix.matches(with_prefix("r4", 4096, 0).prefix_blocks)) == {other}
+
+
+def test_a_cache_hit_may_wait_in_the_engine_a_cold_prompt_may_not():
+    s = scheduler()  # no engine-side queue allowed
+    s.report("a", idle())
+    s.submit(s.ticket(with_prefix("r0", 4096, 100), 0.0), 0.0)
+    assert len(s.dispatch(0.0)) == 1
+    s.report("a", replace(idle(running=1, waiting=1, at=0.1), prefill_tokens=2_000))
+    s.submit(s.ticket(with_prefix("hit", 4096, 100), 0.1), 0.1)
+    assert [t.request_id for t, _ in s.dispatch(0.1)] == ["hit"]  # 100 tokens to prefill
+    s.submit(s.ticket(ask("cold", prompt=500), 0.2), 0.2)
+    assert s.dispatch(0.2) == []  # the engine queues: it waits here
+
+
+def test_queued_prefill_holds_requests_in_our_queue():
+    s = scheduler(prefill_queue_tokens=10_000)
+    s.report("a", replace(idle(running=2), prefill_tokens=6_000))
+    s.submit(s.ticket(ask("long", prompt=5_000), 0.0), 0.0)
+    assert s.dispatch(0.0) == []  # 6,000 + 5,000 would pass the limit
+    s.report("a", replace(idle(running=2, at=0.1), prefill_tokens=2_000))
+    assert [t.request_id for t, _ in s.dispatch(0.1)] == ["long"]
+    # With nothing queued in the engine, a prompt longer than the limit still goes.
+    s.submit(s.ticket(ask("huge", prompt=50_000), 0.2), 0.2)
+    s.report("a", idle(running=3, at=0.2))
+    assert [t.request_id for t, _ in s.dispatch(0.2)] == ["huge"]
+
+
+def test_placed_prefill_counts_until_the_next_report():
+    s = scheduler(prefill_queue_tokens=10_000)
+    s.report("a", idle())
+    for i in range(4):
+        s.submit(s.ticket(ask(f"r{i}", prompt=4_000), 0.0), 0.0)
+    assert len(s.dispatch(0.0)) == 2  # a third would make 12,000 queued
+    s.report("a", idle(running=2, at=0.1))  # both prefilled
+    assert len(s.dispatch(0.1)) == 2
 
 
 def test_a_finished_request_frees_its_seat_before_the_next_report():
@@ -223,7 +277,7 @@ def test_the_replicas_own_times_say_which_report_counts_a_request():
 def test_gone_replicas_and_withdrawn_requests_are_forgotten():
     s, home = prefix_placed(1, admission_slack=100)
     s.forget(["b" if home == "a" else "a"])
-    assert s.replicas == 1 and home not in s._prefix_home.values()
+    assert s.replicas == 1 and s.prefix.blocks(home) == 0
     waiting = s.ticket(ask("r1", Effort.LOW, "t", 100, 1000), 0.1)
     s.submit(waiting, 0.1)
     s.submit(s.ticket(ask("r2", Effort.LOW, "t", 100, 1000), 0.1), 0.1)

@@ -9,7 +9,7 @@ from cluster.config import ClusterConfig
 from cluster.contracts import Effort
 from cluster.engine.batching import step_seconds
 from cluster.sim.simulator import simulate
-from cluster.sim.workload import ClusterSpec, Lognormal, WorkloadSpec, generate
+from cluster.sim.workload import Agentic, ClusterSpec, Lognormal, WorkloadSpec, generate
 
 CONFIG = ClusterConfig()
 SMALL = ClusterSpec(replicas=2)
@@ -30,6 +30,7 @@ def test_deterministic_for_a_seed():
         "round_robin",
         "least_outstanding",
         "prefix_affinity",
+        "llm_d",
         "oracle",
         "effort_aware",
     ],
@@ -120,3 +121,55 @@ def test_degradation_in_overload_is_counted_and_shortens_the_reply():
         if r.request.degraded_from is not None:
             assert r.request.output_tokens == r.request.output_by_effort[r.request.effort]
             assert r.request.output_tokens <= r.request.output_by_effort[r.request.degraded_from]
+
+
+AGENTIC = WorkloadSpec(rate=4, duration_s=120, agentic=Agentic(), seed=1)
+
+
+def test_agentic_turns_resend_the_conversation_so_far():
+    requests = generate(AGENTIC)
+    assert generate(AGENTIC) == requests
+    assert [r.arrival for r in requests] == sorted(r.arrival for r in requests)
+    assert len(requests) / AGENTIC.duration_s == pytest.approx(AGENTIC.rate, rel=0.25)
+    by_blocks = {r.blocks: r for r in requests}
+    follow_ups = 0
+    for r in requests:
+        # A follow-up turn's prompt starts with the whole of an earlier turn's (whose last,
+        # partial block is not hashed), then the reply's answer and a new message.
+        earlier = [
+            e
+            for e in by_blocks.values()
+            if e.arrival < r.arrival
+            and e.tenant == r.tenant
+            and e.prompt_tokens // 16 == len(e.blocks) < len(r.blocks)
+            and r.blocks[: len(e.blocks)] == e.blocks
+        ]
+        follow_ups += bool(earlier)
+    assert follow_ups > len(requests) / 3
+
+
+def test_agentic_prefixes_are_shared_within_a_persona_and_effort_only():
+    requests = generate(AGENTIC)
+    developer = AGENTIC.agentic.system_tokens + 500  # well inside every developer prompt
+    heads: dict[tuple[int, ...], set[str]] = {}
+    for r in requests:
+        heads.setdefault(r.blocks[: developer // 16], set()).add(r.prefix_key)
+    assert all(len(keys) == 1 for keys in heads.values())
+    assert len(heads) < len(requests) / 10
+
+
+def test_the_prefix_cache_serves_agentic_prompts_and_not_independent_ones():
+    agentic = simulate(AGENTIC, SMALL, "prefix_affinity", CONFIG)
+    chat = simulate(WorkloadSpec(rate=4, duration_s=60), SMALL, "prefix_affinity", CONFIG)
+    assert agentic.summary()["prefix_hit_rate"] > 0.5
+    assert chat.prefix_hit_rate == 0.0
+
+
+def test_block_aware_policies_send_a_conversation_back_to_its_history():
+    """Every replica soon holds every persona's head; what a policy that reads the blocks adds
+    is the conversation so far, which only the replica of its previous turns holds."""
+    cluster = ClusterSpec(replicas=4)
+    policies = ("round_robin", "llm_d", "effort_aware")
+    hits = {p: simulate(AGENTIC, cluster, p, CONFIG).prefix_hit_rate for p in policies}
+    assert hits["llm_d"] > hits["round_robin"] + 0.05
+    assert hits["effort_aware"] > hits["round_robin"] + 0.05
