@@ -206,11 +206,20 @@ def bench_overload(
     admission_slack: Annotated[
         float | None, typer.Option(help="router.admission_slack (default: the config's).")
     ] = None,
+    min_effort_share: Annotated[
+        float | None,
+        typer.Option(help="router.min_effort_share (default: the config's; 0: no floor)."),
+    ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(help="Offered req/s (default: 3x the capacity measured closed-loop)."),
+    ] = None,
 ) -> None:
-    """3x the local cluster's capacity for 60 s: goodput, 429s, p99 vs SLO, memory, recovery."""
+    """3x the local cluster's capacity for 60 s: goodput, 429s, p99 vs SLO, each effort's served
+    share, memory, recovery."""
     from cluster.bench.overload import run
 
-    run(admission_slack)
+    run(admission_slack, min_effort_share, rate)
 
 
 @app.command("bench-live")

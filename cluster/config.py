@@ -340,6 +340,15 @@ class RouterConfig(_Strict):
     degrade_effort: bool = Field(
         False, description="Lower the effort (high -> medium -> low) before shedding."
     )
+    min_effort_share: float = Field(
+        0.55,
+        ge=0,
+        le=1,
+        description="Under overload, admit each effort at least this fraction of the overall "
+        "admission ratio (admitted over offered, 30 s), ahead of later arrivals, so shedding by "
+        "SLO cannot lock high effort out; the rest goes to goodput. 0.55 keeps every effort's "
+        "served share over half the overall one (0: no floor; make bench-sched, bench-overload).",
+    )
     engine_queue_limit: int = Field(
         0, ge=0, description="Requests allowed to wait inside an engine (late binding keeps 0)."
     )

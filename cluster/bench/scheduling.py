@@ -1,9 +1,11 @@
 """`make bench-sched`: the effort-aware scheduler against the peers' policies, in simulation.
 
-Per regime (default 8 x H100 TP2; KV-bound 16 x H100 TP1 with ~200k KV tokens; bursty on/off), it
-measures the saturation throughput, finds power-of-two's knee (highest rate with >= 90% SLO
-attainment in every effort class), and prints tail latency per effort there, TTFT below the knee,
-goodput in overload (shedding and effort degradation), and the core's decisions per second.
+Per regime (default 8 x H100 TP2; KV-bound 16 x H100 TP1 with ~200k KV tokens; bursty on/off;
+agentic conversations over shared prompts; long reasoning, half the traffic ~10k-token high
+effort), it measures the saturation throughput, finds power-of-two's knee (highest rate with >= 90%
+SLO attainment in every effort class), and prints tail latency per effort there, TTFT below the
+knee, goodput in overload (shedding, effort degradation, the effort floor) with each effort's served
+share, and the core's decisions per second.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure  # the object API: no pyplot state, no GUI backend
@@ -41,19 +44,45 @@ AGENTIC = WorkloadSpec(
         Effort.HIGH: Lognormal(median=2_500),
     },
 )
+# Long reasoning: half the traffic high effort, writing ~10k tokens (~5 minutes of decode), so a
+# few very long requests hold the seats and the queue drains slowly and in lumps.
+LONG_REASONING = WorkloadSpec(
+    effort_mix={Effort.LOW: 0.3, Effort.MEDIUM: 0.2, Effort.HIGH: 0.5},
+    output_tokens={
+        Effort.LOW: Lognormal(median=250),
+        Effort.MEDIUM: Lognormal(median=1_200),
+        Effort.HIGH: Lognormal(median=10_000, sigma=0.5),
+    },
+)
+
+
+@dataclass(frozen=True)
+class RegimeSpec:
+    cluster: ClusterSpec
+    workload: WorkloadSpec
+    # Of the bench's run length: a run must outlast many of its longest requests, or none of
+    # them finishes inside it and goodput counts only the short ones.
+    duration_factor: float = 1.0
+    probe_rate: float = 200.0  # req/s far past saturation, to measure it
+
+
 REGIMES = {
-    "default": (ClusterSpec(), WorkloadSpec()),
-    "kv_bound": (
+    "default": RegimeSpec(ClusterSpec(), WorkloadSpec()),
+    "kv_bound": RegimeSpec(
         ClusterSpec(replicas=16, tensor_parallel_size=1, kv_capacity_tokens=200_000),
         WorkloadSpec(),
     ),
-    "bursty": (ClusterSpec(), WorkloadSpec(arrivals=Arrivals(kind="onoff", on_s=20, off_s=20))),
-    "agentic": (ClusterSpec(), AGENTIC),
+    "bursty": RegimeSpec(
+        ClusterSpec(), WorkloadSpec(arrivals=Arrivals(kind="onoff", on_s=20, off_s=20))
+    ),
+    "agentic": RegimeSpec(ClusterSpec(), AGENTIC),
+    "long_reasoning": RegimeSpec(ClusterSpec(), LONG_REASONING, duration_factor=4, probe_rate=60),
 }
 
 
 LOAD_SWEEP = (0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0)  # offered load, fractions of saturation
 DEGRADE = ClusterConfig(router=RouterConfig(degrade_effort=True))
+NO_FLOOR = ClusterConfig(router=RouterConfig(min_effort_share=0.0))  # SLO alone sheds
 
 
 class Regime:
@@ -61,15 +90,16 @@ class Regime:
 
     def __init__(self, name: str, duration: float, progress: Progress) -> None:
         self.name = name
-        self.cluster, self.workload = REGIMES[name]
-        self.duration = duration
+        self.spec = REGIMES[name]
+        self.cluster, self.workload = self.spec.cluster, self.spec.workload
+        self.duration = duration * self.spec.duration_factor
         self._progress = progress
         self._task = progress.add_task(name, total=None)
         self._runs: dict[tuple, SimResult] = {}
 
     def at(self, rate: float, policy: str, config: ClusterConfig | None = None) -> SimResult:
         config = config or ClusterConfig()
-        key = (round(rate, 6), policy, config.router.degrade_effort)
+        key = (round(rate, 6), policy, config.router.degrade_effort, config.router.min_effort_share)
         if key not in self._runs:
             workload = self.workload.model_copy(update={"rate": rate, "duration_s": self.duration})
             self._runs[key] = simulate(workload, self.cluster, policy, config)
@@ -78,7 +108,7 @@ class Regime:
 
     def saturation(self) -> float:
         """Completed requests per second under far more load than the cluster can serve."""
-        result = self.at(200.0, "power_of_two")
+        result = self.at(self.spec.probe_rate, "power_of_two")
         done = [
             r
             for r in result.all_records
@@ -111,6 +141,19 @@ def _efforts_line(result: SimResult) -> str:
 
 def _within_slo(result: SimResult) -> int:
     return sum(result.meets_slo(r) for r in result.served())
+
+
+def _shares_line(result: SimResult) -> str:
+    """Each effort's share of its offered requests served within SLO, against the overall share
+    (the fairness floor's goal: none under half of it)."""
+    overall = _within_slo(result) / max(len(result.records), 1)
+    shares = {e: v["slo_attainment"] for e, v in result.summary()["efforts"].items()}
+    lowest = min(shares.values(), default=0.0) / overall if overall else 0.0
+    return (
+        "served within SLO "
+        + " ".join(f"{e} {v:.0%}" for e, v in shares.items())
+        + f" (overall {overall:.0%}, lowest {lowest:.2f}x)"
+    )
 
 
 def plot_ttft_cdfs(path: Path, title: str, results: dict[str, SimResult]) -> None:
@@ -226,6 +269,7 @@ def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None
         rows = [
             ("power_of_two", regime.at(rate, "power_of_two")),
             ("effort_aware", shed),
+            ("effort_aware, no floor", regime.at(rate, "effort_aware", NO_FLOOR)),
             ("effort_aware+degrade", regime.at(rate, "effort_aware", DEGRADE)),
         ]
         for label, result in rows:
@@ -236,7 +280,7 @@ def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None
                 f"completed within SLO {_within_slo(result)} "
                 f"({_within_slo(result) / max(_within_slo(shed), 1):.2f}x shedding alone), "
                 f"rejected {s['rejected'] / s['offered']:.0%}, "
-                f"degraded {s['degraded'] / s['offered']:.0%}"
+                f"degraded {s['degraded'] / s['offered']:.0%}; {_shares_line(result)}"
             )
     best = {
         p: regime.knee(p, 0.3 * sat, 1.1 * sat, steps)

@@ -28,6 +28,10 @@ class Ticket:
     arrival: float
     deadline: float
     payload: Any = field(default=None, compare=False)  # the caller's own handle (the simulator)
+    # Admitted to keep its effort's share under overload (`EffortShares`): keyed by the
+    # shortest TTFT SLO and no cost, it goes ahead of every request that arrives after it, or
+    # it would be served past its SLO.
+    protected: bool = False
 
     @property
     def request_id(self) -> str:
@@ -86,6 +90,8 @@ class SchedulingQueue:
         return self._tokens
 
     def key(self, ticket: Ticket) -> float:
+        if ticket.protected:  # its deadline is the most urgent any arrival can have
+            return ticket.deadline
         return ticket.deadline + ticket.cost_tokens / self.cost_rate_tokens_s
 
     def push(self, ticket: Ticket) -> None:

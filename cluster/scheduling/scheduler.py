@@ -30,6 +30,7 @@ from cluster.scheduling.cost import CostModel
 from cluster.scheduling.drain import DrainRate
 from cluster.scheduling.prefix_index import PrefixIndex
 from cluster.scheduling.queue import SchedulingQueue, Ticket
+from cluster.scheduling.shares import EffortShares
 from cluster.scheduling.sliding import SlidingSum
 
 OFFERED_WINDOW_S = 30.0  # as Ray Serve's autoscaling look-back
@@ -192,6 +193,7 @@ class Scheduler:
     # that will sort ahead of a waiting request.
     _admitted: dict[Effort, SlidingSum] = field(default_factory=dict)
     _key_offset: dict[Effort, float] = field(default_factory=dict)
+    shares: EffortShares = None  # type: ignore[assignment]
     admitted: int = 0
     rejected: int = 0
     degraded: int = 0
@@ -203,6 +205,7 @@ class Scheduler:
         )
         self.drain = self.drain or DrainRate(self.config.drain_rate_window_s)
         self.offered = self.offered or SlidingSum(OFFERED_WINDOW_S)
+        self.shares = self.shares or EffortShares(self.config.min_effort_share)
 
     # -- admission -------------------------------------------------------------------------
 
@@ -243,26 +246,24 @@ class Scheduler:
         return (self.queue.ahead(key) + jumpers + 1) / rate
 
     def submit(self, ticket: Ticket, now: float, degradable: bool = True) -> Admitted | Rejected:
-        """Queue the request, degrade its effort (if configured and the caller can re-render it
-        at a lower effort), or shed it with a Retry-After."""
+        """Queue the request; if it would wait past its SLO, admit it ahead of later arrivals
+        when its effort is owed its share (`EffortShares`), else degrade its effort (if
+        configured and the caller can re-render it at a lower effort), or shed it with a
+        Retry-After."""
         self.offered.add(now, ticket.cost_tokens)
+        self.shares.offered(ticket.effort, now)
         if not self.late_binding:  # push: the engine's queue takes whatever comes
-            self._note_admission(ticket, now)
-            self.queue.push(ticket)
-            self.admitted += 1
-            return Admitted(ticket)
+            return self._admit(ticket, now)
         candidate, degraded_from = ticket, None
+        full = 0 <= self.config.max_queued_requests <= len(self.queue)
         while True:
             wait = self.projected_wait_s(candidate, now)
             budget = self.efforts[candidate.effort].ttft_slo_s * self.config.admission_slack
-            full = 0 <= self.config.max_queued_requests <= len(self.queue)
             if not full and (wait <= budget or len(self.queue) == 0):
-                self._note_admission(candidate, now)
-                self.queue.push(candidate)
-                self.drain.backlogged(now, waiting=True)
-                self.admitted += 1
-                self.degraded += degraded_from is not None
-                return Admitted(candidate, degraded_from)
+                return self._admit(candidate, now, degraded_from)
+            if candidate is ticket and not full and self.shares.owed(ticket.effort, now):
+                urgent = ticket.arrival + min(p.ttft_slo_s for p in self.efforts.values())
+                return self._admit(replace(ticket, protected=True, deadline=urgent), now)
             lower = candidate.effort.lower if self.config.degrade_effort and degradable else None
             if lower is None:
                 break
@@ -279,6 +280,16 @@ class Scheduler:
         rate = self.drain.rate(now)
         drain_s = len(self.queue) / rate if rate else self.config.retry_after_s
         return Rejected(min(max(1, math.ceil(drain_s)), 120), wait)
+
+    def _admit(self, ticket: Ticket, now: float, degraded_from: Effort | None = None) -> Admitted:
+        self._note_admission(ticket, now)
+        self.shares.admitted(degraded_from or ticket.effort, now)  # the effort it asked for
+        self.queue.push(ticket)
+        if self.late_binding:
+            self.drain.backlogged(now, waiting=True)
+        self.admitted += 1
+        self.degraded += degraded_from is not None
+        return Admitted(ticket, degraded_from)
 
     # -- placement -------------------------------------------------------------------------
 

@@ -361,6 +361,34 @@ def test_effort_degradation_before_shedding():
     assert isinstance(fixed.submit(h, 10.0, degradable=False), Rejected)
 
 
+def test_an_effort_shed_below_its_floor_is_admitted_ahead_of_later_arrivals():
+    # Overload: the queue drains 10/s and holds 70 lows; lows are admitted one in two, and
+    # every high so far was shed (its wait, past lows that key ahead, breaks its SLO).
+    def overloaded(floor: float) -> Scheduler:
+        s = loaded(rate=10.0, queued=70)
+        s.shares.floor = floor
+        for k in range(20):
+            s.shares.offered(Effort.LOW, 9.0 + k * 0.05)
+            if k % 2:
+                s.shares.admitted(Effort.LOW, 9.0 + k * 0.05)
+            s.shares.offered(Effort.HIGH, 9.0 + k * 0.05)
+        return s
+
+    s = overloaded(floor=0.5)
+    high = s.ticket(ask("h", Effort.HIGH, "t", 100, 30_000), 10.0)
+    decision = s.submit(high, 10.0)
+    assert isinstance(decision, Admitted) and decision.ticket.protected
+    later = ticket("later", Effort.LOW, out=10, at=10.1)
+    assert s.queue.key(decision.ticket) < s.queue.key(later)  # ahead of all later arrivals
+    # High's ratio is now 1/21 against the overall 11/41: under half of it, so owed for three
+    # more; then 4/25 = 0.16 is over half of 14/45 and high is shed again.
+    more = [s.submit(s.ticket(ask(f"h{k}", Effort.HIGH), 10.0), 10.0) for k in range(5)]
+    assert [isinstance(d, Admitted) for d in more] == [True, True, True, False, False]
+    # Without a floor, SLO alone decides: shed.
+    plain = overloaded(floor=0.0)
+    assert isinstance(plain.submit(plain.ticket(ask("h", Effort.HIGH), 10.0), 10.0), Rejected)
+
+
 def test_projected_wait_counts_later_arrivals_that_will_key_ahead():
     s = loaded(rate=10.0, queued=5)
     # Low-effort requests have been arriving at 20/s; their keys sit ~1.2 s after arrival.
