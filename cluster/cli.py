@@ -184,8 +184,13 @@ def bench_gateway(
 
 @app.command("bench-sched")
 def bench_sched(
-    duration: Annotated[float, typer.Option(help="Simulated seconds per run.")] = 180.0,
-    regime: Annotated[list[str] | None, typer.Option(help="default, kv_bound, bursty.")] = None,
+    duration: Annotated[
+        float, typer.Option(help="Simulated seconds per run (long_reasoning runs 4x this).")
+    ] = 180.0,
+    regime: Annotated[
+        list[str] | None,
+        typer.Option(help="default, kv_bound, bursty, agentic, long_reasoning (default: all)."),
+    ] = None,
 ) -> None:
     """Effort-aware scheduling vs the peers' policies, in simulation."""
     from cluster.bench.scheduling import run

@@ -108,13 +108,7 @@ class Regime:
 
     def saturation(self) -> float:
         """Completed requests per second under far more load than the cluster can serve."""
-        result = self.at(self.spec.probe_rate, "power_of_two")
-        done = [
-            r
-            for r in result.all_records
-            if r.finished and result.warmup_s <= r.finished <= self.duration
-        ]
-        return len(done) / result.window_s
+        return self.at(self.spec.probe_rate, "power_of_two").summary()["throughput_rps"]
 
     def knee(self, policy: str, low: float, high: float, steps: int) -> float:
         """Highest rate in [low, high] with >= 90% attainment in every class (bisection)."""

@@ -113,9 +113,15 @@ class SimResult:
 
     def summary(self) -> dict:
         served = self.served()
-        # Rates count only work finished before arrivals stop: the drain afterwards has no
-        # competition and would flatter policies that queue everything.
-        in_run = [r for r in served if r.finished <= self.duration_s]
+        # Rates count work finished inside the measured window, whenever it arrived: a request
+        # of several minutes that arrived in the warm-up is steady-state work all the same. Not
+        # after arrivals stop: that drain has no competition and would flatter policies that
+        # queue everything.
+        in_run = [
+            r
+            for r in self.all_records
+            if r.finished is not None and self.warmup_s <= r.finished <= self.duration_s
+        ]
         out = {
             "policy": self.policy,
             "offered": len(self.records),
