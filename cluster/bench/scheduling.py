@@ -99,7 +99,7 @@ class Regime:
 
     def at(self, rate: float, policy: str, config: ClusterConfig | None = None) -> SimResult:
         config = config or ClusterConfig()
-        key = (round(rate, 6), policy, config.router.degrade_effort, config.router.min_effort_share)
+        key = (round(rate, 6), policy, config.model_dump_json())
         if key not in self._runs:
             workload = self.workload.model_copy(update={"rate": rate, "duration_s": self.duration})
             self._runs[key] = simulate(workload, self.cluster, policy, config)
