@@ -136,10 +136,10 @@ def _report(outcomes: list[Reply], after: list[Reply], config, peak_rss: int) ->
     for effort in Effort:
         offered = sum(o.effort is effort for o in outcomes)
         within = sum(meets(o) for o in outcomes if o.effort is effort)
+        share = within / max(offered, 1)
         print(
             f"  {effort.value:<7} served within SLO {within:4} of {offered:4} offered "
-            f"({within / max(offered, 1):4.0%}; {within / max(offered, 1) / max(overall, 1e-9):4.2f}x "
-            f"the overall {overall:.0%})"
+            f"({share:4.0%}; {share / max(overall, 1e-9):4.2f}x the overall {overall:.0%})"
         )
     for effort in Effort:
         rows = [o for o in served if o.effort is effort]

@@ -138,7 +138,7 @@ def test_requests_wait_in_the_gateway_not_in_the_engine(cluster, client):
             if load.running >= load.max_num_seqs:
                 peak_waiting = max(peak_waiting, load.waiting)
             time.sleep(0.05)
-    failed = [(r.result().status_code, r.result().text) for r in replies]
-    assert all(status == 200 for status, _ in failed), [f for f in failed if f[0] != 200]
+    outcomes = [(r.result().status_code, r.result().text) for r in replies]
+    assert all(status == 200 for status, _ in outcomes), [o for o in outcomes if o[0] != 200]
     assert all(r.result().headers["x-reasoning-effort"] == "high" for r in replies)
     assert peak_running == 4 and peak_waiting == 0
