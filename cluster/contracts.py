@@ -150,13 +150,25 @@ class LoadReport:
     max_num_seqs: int  # seats: requests the engine runs at once
     reported_at: float
     prefill_tokens: int = 0  # prompt tokens admitted and not computed yet (queued prefill work)
+    cache_events: bool = False  # the replica relays its prefix cache's changes (`CacheDelta`)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> LoadReport:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class CacheDelta:
+    """What changed in one engine replica's prefix cache, in `cluster.blocks` hashes, as the
+    replica relays it to gateways. `reset`: the receiver drops what it knew of the replica's
+    cache first (a snapshot for a new subscriber, or the engine cleared its cache)."""
+
+    stored: tuple[int, ...] = ()
+    removed: tuple[int, ...] = ()
+    reset: bool = False
 
 
 @dataclass(frozen=True)

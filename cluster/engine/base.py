@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 
-from cluster.contracts import EngineOutput, EngineRequest, LoadReport
+from cluster.contracts import CacheDelta, EngineOutput, EngineRequest, LoadReport
 
 
 class Engine(abc.ABC):
@@ -21,6 +21,11 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def load_report(self) -> LoadReport: ...
+
+    def cache_events(self) -> AsyncIterator[CacheDelta] | None:
+        """What the engine's prefix cache holds, then what changes, for one gateway; None where
+        the engine does not say (the gateway's index then follows its placements alone)."""
+        return None
 
     @abc.abstractmethod
     async def shutdown(self) -> None: ...

@@ -12,14 +12,17 @@ does not carry it.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from cluster.config import ClusterConfig
-from cluster.contracts import EngineOutput, EngineRequest, LoadReport
+from cluster.contracts import CacheDelta, EngineOutput, EngineRequest, LoadReport
 from cluster.engine.base import Engine
+from cluster.engine.kv_events import CacheRelay
 from cluster.engine.parallelism import vllm_engine_args
 from cluster.engine.structural_tag import structural_tag_json
 
@@ -64,11 +67,24 @@ class VLLMEngine(Engine):
             )
         self._stats: dict[str, float] = {}
         self._inflight: dict[str, tuple[int, int]] = {}  # id -> (prompt, expected output) left
-        args = AsyncEngineArgs(**vllm_engine_args(config))
+        engine_args = vllm_engine_args(config)
+        self._events_path: Path | None = None
+        if config.engine.kv_cache_events:
+            # A socket file of this replica's own: nothing listens on the network.
+            self._events_path = Path(tempfile.gettempdir()) / f"gpt-oss-kv-{uuid.uuid4().hex}"
+            engine_args["kv_events_config"] = {
+                "enable_kv_cache_events": True,
+                "publisher": "zmq",
+                "endpoint": f"ipc://{self._events_path}",
+            }
+        args = AsyncEngineArgs(**engine_args)
         logger.info("starting vLLM AsyncLLM: %s", args)
         self._llm = AsyncLLM.from_engine_args(
             args,
             stat_loggers=[_scheduler_stats_logger(self._stats), RayPrometheusStatLogger],
+        )
+        self._relay = (
+            None if self._events_path is None else CacheRelay(f"ipc://{self._events_path}")
         )
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
@@ -141,10 +157,18 @@ class VLLMEngine(Engine):
             reported_at=time.time(),
             # Prompts not answered yet (vLLM's prefix-cache hits on them are not known before).
             prefill_tokens=sum(p for p, _ in self._inflight.values()),
+            cache_events=self._relay is not None,
         )
+
+    def cache_events(self) -> AsyncIterator[CacheDelta] | None:
+        return None if self._relay is None else self._relay.subscribe()
 
     async def shutdown(self) -> None:
         self._llm.shutdown()
+        if self._relay is not None:
+            self._relay.close()
+        if self._events_path is not None:
+            self._events_path.unlink(missing_ok=True)
 
 
 def _logprobs(tokens: list[int], per_token: Any, top: int | None) -> tuple | None:

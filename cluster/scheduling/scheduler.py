@@ -25,7 +25,13 @@ from typing import Any
 
 from cluster.blocks import BLOCK_SIZE
 from cluster.config import EffortProfile, RouterConfig
-from cluster.contracts import DemandSignal, Effort, LoadReport, SchedulingRequest
+from cluster.contracts import (
+    CacheDelta,
+    DemandSignal,
+    Effort,
+    LoadReport,
+    SchedulingRequest,
+)
 from cluster.scheduling.cost import CostModel
 from cluster.scheduling.drain import DrainRate
 from cluster.scheduling.prefix_index import PrefixIndex
@@ -307,6 +313,16 @@ class Scheduler:
         for replica in [r for r in self._replicas if r not in keep]:
             del self._replicas[replica]
             self.prefix.forget(replica)
+
+    def cache_changed(self, replica: Hashable, delta: CacheDelta) -> None:
+        """The replica's engine said what its prefix cache stored and evicted (KV events): the
+        index follows it, where before it only guessed from placements."""
+        if replica not in self._replicas:  # gone, or not reported yet: nothing to place there
+            return
+        if delta.reset:
+            self.prefix.forget(replica)
+        self.prefix.stored(replica, delta.stored)
+        self.prefix.removed(replica, delta.removed)
 
     def drop(self, replica: Hashable) -> None:
         """One replica is leaving (draining before scale-down): place nothing more there."""

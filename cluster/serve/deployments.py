@@ -20,6 +20,7 @@ from cluster.api.response_store import make_store
 from cluster.config import ClusterConfig, validate_config, with_secret_env
 from cluster.contracts import (
     Admission,
+    CacheDelta,
     DemandSignal,
     EngineOutput,
     EngineRequest,
@@ -61,6 +62,16 @@ class EngineServer:
             await self._outboxes.run(gateway, request.request_id, outputs)
         return self._replica
 
+    async def cache_events(self, channel: Channel) -> AsyncIterator[CacheDelta]:
+        """This engine's prefix cache, then its changes, for `channel.gateway` (pinned here by
+        the request router); ends at once where the engine does not relay them."""
+        events = self._engine.cache_events()
+        if events is None:
+            return
+        async with aclosing(events):
+            async for delta in events:
+                yield delta
+
     async def attach(self, channel: Channel) -> AsyncIterator[Batch]:
         """`channel.gateway`'s output channel (the request router pins it to this replica)."""
         async for batch in self._outboxes.attach(channel.gateway):
@@ -88,13 +99,16 @@ class ServeEngineClient:
         self._run = handle.options(method_name="run")
         self._attach = handle.options(stream=True, method_name="attach")
         self._ready = handle.options(method_name="ready")
+        self._cache_events = handle.options(stream=True, method_name="cache_events")
         self._retry_after_s = config.router.retry_after_s
-        self._dispatcher = Dispatcher(config, metrics=RouterMetrics())
+        # Unique per gateway process, so an engine replica never mixes two lives' outputs.
+        self._id = f"{serve.get_replica_context().replica_id.unique_id}:{uuid.uuid4().hex}"
+        self._dispatcher = Dispatcher(
+            config, metrics=RouterMetrics(), cache_events=self._open_cache_events
+        )
         subscribe_load_reports(handle.app_name, handle.deployment_name, self._dispatcher.publish)
         self._channels: Channels | None = None
         if config.gateway.multiplex_outputs:
-            # Unique per gateway process, so an engine replica never mixes two lives' outputs.
-            self._id = f"{serve.get_replica_context().replica_id.unique_id}:{uuid.uuid4().hex}"
             self._channels = Channels(self._open_channel)
             subscribe_replicas(handle.app_name, handle.deployment_name, self._channels.replicas)
 
@@ -143,6 +157,16 @@ class ServeEngineClient:
         try:
             async for batch in responses:
                 yield batch
+        except (RayError, RayServeException) as err:  # the replica died, or Ray stopped the stream
+            raise EngineUnavailable(type(err).__name__) from None
+        finally:
+            responses.cancel()
+
+    async def _open_cache_events(self, replica: str) -> AsyncIterator[CacheDelta]:
+        responses = self._cache_events.remote(Channel(self._id, replica))
+        try:
+            async for delta in responses:
+                yield delta
         except (RayError, RayServeException) as err:  # the replica died, or Ray stopped the stream
             raise EngineUnavailable(type(err).__name__) from None
         finally:

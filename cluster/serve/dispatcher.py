@@ -4,7 +4,8 @@ order, until the scheduler hands them a replica that can run them now (late bind
 Load reports come from Ray Serve's router for the engine deployment (its routing stats, on the
 router's own event loop thread) through `publish`; everything else runs on the gateway's loop.
 Until the first report arrives, and whenever no replica is known, requests pass straight to
-Serve's router, so a cold cluster never deadlocks on missing reports.
+Serve's router, so a cold cluster never deadlocks on missing reports. Engines that relay their
+prefix cache's events feed the scheduler's prefix index through `CacheFeeds`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from cluster.config import ClusterConfig
 from cluster.contracts import (
     Admission,
+    CacheDelta,
     DemandSignal,
     LoadReport,
     Overloaded,
@@ -28,6 +30,7 @@ from cluster.metrics import RouterMetrics
 from cluster.scheduling.autoscaling import Attainment
 from cluster.scheduling.queue import Ticket
 from cluster.scheduling.scheduler import Rejected, Scheduler
+from cluster.serve.cache_feeds import CacheFeeds
 
 # Gateway -> Serve router -> engine replica, generously: a busy gateway's event loop delays the
 # hop by hundreds of milliseconds. It only covers placements whose first output has not come back
@@ -74,6 +77,7 @@ class Dispatcher:
         config: ClusterConfig,
         clock: Callable[[], float] = time.time,
         metrics: RouterMetrics | None = None,
+        cache_events: Callable[[str], AsyncIterator[CacheDelta]] | None = None,
     ) -> None:
         self.scheduler = Scheduler(
             config.router,
@@ -92,6 +96,8 @@ class Dispatcher:
         # nothing more until a newer report shows them alive.
         self._failed: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The engines' own word on their prefix caches, where they give it (`open(replica)`).
+        self._feeds = None if cache_events is None else CacheFeeds(cache_events, self._cached)
 
     def publish(self, reports: Mapping[str, LoadReport]) -> None:
         """Every live replica's latest report. Safe from any thread: the loop applies them (and
@@ -119,9 +125,15 @@ class Dispatcher:
             self.scheduler.forget(alive)
             for replica, report in alive.items():
                 self.scheduler.report(replica, report)
+            if self._feeds is not None:
+                self._feeds.sync(r for r, report in alive.items() if report.cache_events)
         self._release()
         if self._metrics is not None:
             self._metrics.queue(self.scheduler, self._clock(), self._horizon_s)
+
+    def _cached(self, replica: str, delta: CacheDelta) -> None:
+        self.scheduler.cache_changed(replica, delta)
+        self._release()  # a replica that now holds a queued request's prefix may take it
 
     def _release(self) -> None:
         now = self._clock()

