@@ -34,15 +34,20 @@ class DrainRate:
             self._waited.append((now, tokens))
 
     def rate(self, now: float) -> float | None:
-        """Requests per second over the window's backlogged time; None without evidence."""
+        """Requests per second over the window's backlogged time; None without evidence. A
+        backlog that nothing has left for the whole window (the cluster stalls: seats and KV
+        held by long requests) is evidence too: at most one per backlogged span so far, as if
+        one left now, so the estimate sinks the longer the stall lasts instead of vanishing."""
         busy = self._busy_s(now)
+        if busy and not self._waited:
+            return 1.0 / busy
         return len(self._waited) / busy if busy else None
 
     def token_rate(self, now: float) -> float | None:
         """Tokens (prompt + expected output) per second the cluster takes on while saturated:
         its capacity for the current mix. None without evidence."""
         busy = self._busy_s(now)
-        return sum(tokens for _, tokens in self._waited) / busy if busy else None
+        return sum(tokens for _, tokens in self._waited) / busy if busy and self._waited else None
 
     def _busy_s(self, now: float) -> float:
         start = now - self.window_s
@@ -53,4 +58,4 @@ class DrainRate:
         busy = sum(end - max(begin, start) for begin, end in self._spans)
         if self._open_since is not None:
             busy += now - max(self._open_since, start)
-        return busy if busy >= self.min_evidence_s and self._waited else 0.0
+        return busy if busy >= self.min_evidence_s else 0.0

@@ -1,6 +1,9 @@
 """`/v1/responses` through the official `openai` SDK (in-process app, mock engine): each effort,
 streaming events in OpenAI's order, retrieve and delete, a two-turn conversation by
-`previous_response_id`, a function-call round trip, and a store outage."""
+`previous_response_id` (placed back where its first turn is cached), a function-call round trip,
+and a store outage."""
+
+import time
 
 import httpx
 import openai
@@ -10,7 +13,10 @@ from openai import AsyncOpenAI
 from cluster.api.engine_client import InProcessEngine
 from cluster.api.gateway import create_app
 from cluster.api.response_store import InMemoryStore, StoreUnavailable
+from cluster.contracts import Effort, LoadReport
 from cluster.engine.mock import MockEngine
+from cluster.harmony import Turn
+from cluster.serve.dispatcher import Dispatcher
 from tests.helpers import fast_config
 
 MODEL = "gpt-oss-120b"
@@ -116,3 +122,45 @@ async def test_a_store_outage_fails_stateful_calls_clearly_and_no_others(harmony
     assert err.value.status_code == 503 and err.value.body["code"] == "store_unavailable"
     with pytest.raises(openai.InternalServerError):
         await client.responses.retrieve("resp_1")
+
+
+class _Placed(InProcessEngine):
+    """The gateway's real dispatcher (effort-aware scheduler, prefix index) over two replicas
+    that both run on one mock engine; records where each request was placed."""
+
+    def __init__(self, engine, dispatcher):
+        super().__init__(engine)
+        self.dispatcher, self.placed = dispatcher, []
+
+    async def admit(self, request, degradable):
+        admission = await self.dispatcher.admit(request, degradable)
+        self.placed.append(admission.replica)
+        return admission
+
+    def release(self, admission, end):
+        self.dispatcher.release(admission, end)
+
+
+async def test_a_follow_up_goes_back_to_the_replica_that_holds_its_conversation(harmony, engine):
+    now = time.time()
+    # More prefill queued on the conversation's replica than a whole short prompt: a request
+    # that shares only the system message there goes elsewhere, one that shares its history not.
+    queued = len(harmony.render([Turn("user", "Tell me a joke.")], Effort.MEDIUM)) + 32
+
+    def report(prefill=0):
+        return LoadReport(0, 0, 0, 10**6, 0, 8, now, prefill_tokens=prefill)
+
+    dispatcher = Dispatcher(fast_config())
+    placed = _Placed(engine, dispatcher)
+    client = sdk(create_app(fast_config(), harmony, placed))
+    dispatcher.publish({"a": report(), "b": report()})
+    question = "Why is the sky blue? " * 40  # a history far longer than the prefill queued
+    first = await client.responses.create(model=MODEL, input=question)
+    (home,) = placed.placed
+    other = "b" if home == "a" else "a"
+    dispatcher.publish({home: report(prefill=queued), other: report()})
+    await client.responses.create(model=MODEL, input="Tell me a joke.")
+    await client.responses.create(
+        model=MODEL, input="And at sunset?", previous_response_id=first.id
+    )
+    assert placed.placed == [home, other, home]

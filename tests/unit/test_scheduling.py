@@ -300,6 +300,18 @@ def test_drain_rate_counts_only_time_when_requests_waited():
     assert drain.rate(25.0) is None  # the evidence has left the window
 
 
+def test_a_backlog_nothing_leaves_sinks_the_drain_rate_instead_of_hiding_it():
+    """Seats and KV held by five-minute requests can stall the drain for longer than the window:
+    no dispatch in it must read as a slow drain (shed), not as no evidence (admit everyone)."""
+    drain = DrainRate(window_s=10.0)
+    drain.backlogged(0.0, waiting=True)
+    drain.dispatched(1.0, waited=True)
+    assert drain.rate(2.0) == pytest.approx(0.5)
+    assert drain.rate(12.0) == pytest.approx(0.1)  # the dispatch left the window: 1 per 10 s
+    assert drain.rate(30.0) == pytest.approx(0.1)  # as slow as it gets within the window
+    assert drain.token_rate(30.0) is None  # no mix seen: no capacity in tokens
+
+
 # -- admission ----------------------------------------------------------------------------
 
 
