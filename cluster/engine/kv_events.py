@@ -22,11 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Hashable, Iterable, Mapping
+from collections.abc import AsyncIterator, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.blocks import BLOCK_SIZE, chain
+from cluster.blocks import BLOCK_SIZE, chain, token_blocks
 from cluster.contracts import CacheDelta
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class CacheLedger:
 
     size: int = BLOCK_SIZE
     _blocks: dict[Hashable, _Block] = field(default_factory=dict)
+    _ours: set[int] = field(default_factory=set)  # every block of ours held
     _sliding: set[Hashable] = field(default_factory=set)  # groups of sliding-window layers
     _warned: bool = False
 
@@ -60,6 +61,7 @@ class CacheLedger:
                 removed += self._removed(event)
             elif kind == "AllBlocksCleared":
                 self._blocks.clear()
+                self._ours.clear()
                 stored, removed, reset = [], [], True
         return CacheDelta(tuple(stored), tuple(removed), reset)
 
@@ -69,7 +71,17 @@ class CacheLedger:
         return CacheDelta(stored=blocks, reset=True)
 
     def __len__(self) -> int:
-        return sum(len(block.ours) for block in self._blocks.values())
+        return len(self._ours)
+
+    def cached_tokens(self, token_ids: Sequence[int]) -> int:
+        """Leading prompt tokens the cache holds: what the engine will not prefill (it always
+        computes the last token)."""
+        held = 0
+        for h in token_blocks(token_ids, self.size):
+            if h not in self._ours:
+                break
+            held += self.size
+        return min(held, max(len(token_ids) - 1, 0))
 
     def _stored(self, event: Mapping[str, Any]) -> list[int]:
         size, tokens = event["block_size"], event["token_ids"]
@@ -104,6 +116,7 @@ class CacheLedger:
                     tuple(tokens[j : j + self.size]) for j in range(start, start + size, self.size)
                 )
                 block = self._blocks[vllm_hash] = _Block(chain(pieces, parent), set())
+                self._ours.update(block.ours)
                 out += block.ours
             block.groups.add(group)
             parent = block.ours[-1]
@@ -121,6 +134,7 @@ class CacheLedger:
             block.groups.discard(group)
             if not block.groups:
                 del self._blocks[vllm_hash]
+                self._ours.difference_update(block.ours)
                 out += block.ours
         return out
 
@@ -208,6 +222,10 @@ class CacheRelay:
         finally:
             with self._lock:
                 del self._subscribers[subscriber]
+
+    def cached_tokens(self, token_ids: Sequence[int]) -> int:
+        with self._lock:
+            return self._ledger.cached_tokens(token_ids)
 
     def close(self) -> None:
         self._closed.set()

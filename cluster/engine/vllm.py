@@ -110,8 +110,10 @@ class VLLMEngine(Engine):
             logprobs=s.logprobs,
         )
         prompt = {"prompt_token_ids": request.prompt_token_ids}
+        prompt_ids = request.prompt_token_ids
+        cached = 0 if self._relay is None else self._relay.cached_tokens(prompt_ids)
         self._inflight[request.request_id] = (
-            len(request.prompt_token_ids),
+            len(prompt_ids) - cached,  # to prefill: the cache's part of the prompt is not
             request.expected_output_tokens,
         )
         finished = False
@@ -155,7 +157,8 @@ class VLLMEngine(Engine):
             outstanding_tokens=sum(p + o for p, o in self._inflight.values()),
             max_num_seqs=self._llm.vllm_config.scheduler_config.max_num_seqs,
             reported_at=time.time(),
-            # Prompts not answered yet (vLLM's prefix-cache hits on them are not known before).
+            # Prompts not answered yet, less what the prefix cache held of each on arrival (as
+            # its KV events said; the whole prompt where the replica does not relay them).
             prefill_tokens=sum(p for p, _ in self._inflight.values()),
             cache_events=self._relay is not None,
         )

@@ -42,5 +42,7 @@ async def test_a_requests_prompt_blocks_reach_the_gateways_prefix_index(tiny_mod
             assert time.monotonic() < deadline, (index.matches(blocks), full)
             await asyncio.sleep(0.05)
         assert index.matches(blocks) == {"replica": full} and full >= 16
+        # The replica's prefill report counts only what the cache lacks of a new request.
+        assert engine._relay.cached_tokens(prompt) == full * 16
     finally:
         await engine.shutdown()

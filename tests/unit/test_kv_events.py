@@ -36,6 +36,10 @@ def test_stored_blocks_get_the_routers_hashes_of_the_same_tokens():
     assert first.stored + second.stored == token_blocks(PROMPT)
     assert len(ledger) == 6
     assert ledger.snapshot() == CacheDelta(stored=token_blocks(PROMPT), reset=True)
+    # What a new request with this prompt will not prefill, for the replica's load report.
+    assert ledger.cached_tokens(PROMPT) == 96
+    assert ledger.cached_tokens(PROMPT[:32] + [1] * 40) == 32
+    assert ledger.cached_tokens(PROMPT[:32]) == 31  # the engine computes the last token
 
 
 def test_a_sliding_window_groups_events_do_not_count():
