@@ -104,12 +104,12 @@ class ServeEngineClient:
         # Unique per gateway process, so an engine replica never mixes two lives' outputs.
         self._id = f"{serve.get_replica_context().replica_id.unique_id}:{uuid.uuid4().hex}"
         self._dispatcher = Dispatcher(
-            config, metrics=RouterMetrics(), cache_events=self._open_cache_events
+            config, metrics=RouterMetrics(), cache_events=partial(self._pinned, self._cache_events)
         )
         subscribe_load_reports(handle.app_name, handle.deployment_name, self._dispatcher.publish)
         self._channels: Channels | None = None
         if config.gateway.multiplex_outputs:
-            self._channels = Channels(self._open_channel)
+            self._channels = Channels(partial(self._pinned, self._attach))
             subscribe_replicas(handle.app_name, handle.deployment_name, self._channels.replicas)
 
     async def admit(self, request: SchedulingRequest, degradable: bool) -> Admission:
@@ -152,21 +152,13 @@ class ServeEngineClient:
         except (RayActorError, RequestCancelledError) as err:  # died; or cancelled there
             raise EngineUnavailable(type(err).__name__) from None
 
-    async def _open_channel(self, replica: str) -> AsyncIterator[Batch]:
-        responses = self._attach.remote(Channel(self._id, replica))
+    async def _pinned(self, call: DeploymentHandle, replica: str) -> AsyncIterator[Any]:
+        """A long-lived stream from one engine replica (the request router pins the `Channel`):
+        output batches (`attach`) or prefix-cache changes (`cache_events`)."""
+        responses = call.remote(Channel(self._id, replica))
         try:
-            async for batch in responses:
-                yield batch
-        except (RayError, RayServeException) as err:  # the replica died, or Ray stopped the stream
-            raise EngineUnavailable(type(err).__name__) from None
-        finally:
-            responses.cancel()
-
-    async def _open_cache_events(self, replica: str) -> AsyncIterator[CacheDelta]:
-        responses = self._cache_events.remote(Channel(self._id, replica))
-        try:
-            async for delta in responses:
-                yield delta
+            async for item in responses:
+                yield item
         except (RayError, RayServeException) as err:  # the replica died, or Ray stopped the stream
             raise EngineUnavailable(type(err).__name__) from None
         finally:
