@@ -72,10 +72,11 @@ class VLLMEngine(Engine):
         if config.engine.kv_cache_events:
             # A socket file of this replica's own: nothing listens on the network.
             self._events_path = Path(tempfile.gettempdir()) / f"gpt-oss-kv-{uuid.uuid4().hex}"
+            events_endpoint = f"ipc://{self._events_path}"
             engine_args["kv_events_config"] = {
                 "enable_kv_cache_events": True,
                 "publisher": "zmq",
-                "endpoint": f"ipc://{self._events_path}",
+                "endpoint": events_endpoint,
             }
         args = AsyncEngineArgs(**engine_args)
         logger.info("starting vLLM AsyncLLM: %s", args)
@@ -83,9 +84,7 @@ class VLLMEngine(Engine):
             args,
             stat_loggers=[_scheduler_stats_logger(self._stats), RayPrometheusStatLogger],
         )
-        self._relay = (
-            None if self._events_path is None else CacheRelay(f"ipc://{self._events_path}")
-        )
+        self._relay = None if self._events_path is None else CacheRelay(events_endpoint)
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         from vllm import SamplingParams

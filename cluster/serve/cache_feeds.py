@@ -36,12 +36,6 @@ class CacheFeeds:
         for replica in self._readers.keys() - wanted:
             self._readers.pop(replica).cancel()
 
-    async def close(self) -> None:
-        readers, self._readers = list(self._readers.values()), {}
-        for reader in readers:
-            reader.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
-
     async def _read(self, replica: str) -> None:
         task = asyncio.current_task()
         try:
