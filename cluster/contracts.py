@@ -129,13 +129,15 @@ class EngineOutput:
     """Tokens generated since the last output; `finish_reason` set on the last one. Times are
     the replica's, on the clock of its load reports, so a router can tell exactly whether a
     report already counts the request: `received_at` (on the first output) when the replica took
-    it, `ended_at` (on the last) when it freed its seat."""
+    it, `ended_at` (on the last) when it freed its seat. `cached_tokens` is what clients see as
+    `usage.prompt_tokens_details.cached_tokens`."""
 
     token_ids: list[int]
     finish_reason: FinishReason | None = None
     received_at: float | None = None
     ended_at: float | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None  # one per token id, when the request asked
+    cached_tokens: int | None = None  # on the first output: prompt tokens its prefix cache held
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RATE = "$__rate_interval"
 MET = 'met="true"'
 COMPLETED = 'outcome="completed"'
-OUTPUT, PROMPT = 'kind="completion"', 'kind="prompt"'
+OUTPUT, PROMPT, CACHED = 'kind="completion"', 'kind="prompt"', 'kind="cached"'
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,11 @@ SERVICE: tuple[tuple[str, tuple[Panel, ...]], ...] = (
                                              "from_effort, to_effort"),
                                    "{{from_effort}} -> {{to_effort}}"),), "reqps",
               "Requests run at a lower effort instead of being shed."),
+        Panel("Prefix cache hits by effort", ((
+            (f"{_sum_rate('ray_gpt_oss_tokens_total', 'effort', CACHED)} / "
+            f"{_sum_rate('ray_gpt_oss_tokens_total', 'effort', PROMPT)}"), "{{effort}}"),),
+            "percentunit", "Share of prompt tokens the engines' prefix caches held: what "
+            "prefix-aware placement saves in prefill.", width=24),
     )),
     ("Queue and backlog", (
         Panel("Queue depth by effort",

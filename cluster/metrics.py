@@ -92,7 +92,8 @@ SLO = Spec("gpt_oss_slo_requests_total", "counter",
            "Completed and rejected requests by whether they met both the TTFT and inter-token "
            "SLOs of their effort (a rejected request did not).", ("effort", "met"))  # fmt: skip
 TOKENS = Spec("gpt_oss_tokens_total", "counter",
-              "Tokens by kind: prompt, reasoning (analysis channel), completion (all output).",
+              "Tokens by kind: prompt, cached (of the prompt, held by the engine's prefix cache), "
+              "reasoning (analysis channel), completion (all output).",
               ("effort", "kind"))  # fmt: skip
 COST_RATIO = Spec("gpt_oss_cost_prediction_ratio", "histogram",
                   "Output tokens of a finished request over the cost model's prediction.", E,
@@ -178,7 +179,8 @@ class GatewayMetrics:
             m[TTFA.name].observe(r.first_answer_at - r.arrived_at, effort)
         for gap in r.token_gaps:
             m[ITL.name].observe(gap, effort)
-        for kind, n in (("prompt", r.prompt_tokens), ("reasoning", r.reasoning_tokens),
+        for kind, n in (("prompt", r.prompt_tokens), ("cached", r.cached_tokens),
+                        ("reasoning", r.reasoning_tokens),
                         ("completion", r.completion_tokens)):  # fmt: skip
             if n:
                 m[TOKENS.name].inc(n, effort | {"kind": kind})

@@ -24,7 +24,11 @@ from openai.types.chat import (
 from openai.types.chat import chat_completion as cc
 from openai.types.chat import chat_completion_chunk as ck
 from openai.types.chat.chat_completion_message_function_tool_call import Function
-from openai.types.completion_usage import CompletionTokensDetails, CompletionUsage
+from openai.types.completion_usage import (
+    CompletionTokensDetails,
+    CompletionUsage,
+    PromptTokensDetails,
+)
 
 from cluster.api.choices import close_all, merge, nth_choice, start_all
 from cluster.api.chunks import MARKER, ChunkTemplate
@@ -119,6 +123,7 @@ def usage(runs: Sequence[ChatGeneration]) -> CompletionUsage:
         completion_tokens_details=CompletionTokensDetails(
             reasoning_tokens=sum(r.parser.reasoning_tokens for r in runs)
         ),
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=runs[0].cached_tokens),
     )
 
 

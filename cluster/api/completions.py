@@ -13,7 +13,7 @@ from contextlib import aclosing
 from functools import partial
 
 from openai.types import Completion, CompletionChoice
-from openai.types.completion_usage import CompletionUsage
+from openai.types.completion_usage import CompletionUsage, PromptTokensDetails
 
 from cluster.api.choices import close_all, merge, nth_choice, start_all
 from cluster.api.chunks import MARKER, ChunkTemplate
@@ -73,6 +73,7 @@ class CompletionService(Service):
                 prompt_tokens=prompt_tokens,
                 completion_tokens=done,
                 total_tokens=prompt_tokens + done,
+                prompt_tokens_details=PromptTokensDetails(cached_tokens=runs[0].cached_tokens),
             )
             return Completion(
                 id=first.request_id,

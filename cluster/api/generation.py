@@ -82,6 +82,7 @@ class RequestRecord:
     first_answer_at: float | None = None  # first final-channel token (chat)
     token_gaps: tuple[float, ...] = ()  # seconds per token between engine outputs
     prompt_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt, held by the engine's prefix cache
     reasoning_tokens: int = 0
     completion_tokens: int = 0
     expected_output_tokens: int = 0  # the cost model's prediction
@@ -129,6 +130,11 @@ class Generation:
         return len(self.request.prompt_token_ids)
 
     @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens the engine's prefix cache held (as its first output said)."""
+        return (self._first.cached_tokens or 0) if self._first is not None else 0
+
+    @property
     def reasoning_tokens(self) -> int:
         return 0  # no channels without harmony parsing
 
@@ -170,6 +176,7 @@ class Generation:
             first_answer_at=self._first_answer_at,
             token_gaps=tuple(self._gaps),
             prompt_tokens=self.prompt_tokens,
+            cached_tokens=self.cached_tokens,
             reasoning_tokens=self.reasoning_tokens,
             completion_tokens=self.completion_tokens,
             expected_output_tokens=self.request.expected_output_tokens,

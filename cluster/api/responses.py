@@ -222,7 +222,10 @@ class _Reply:
         if status != "in_progress":
             usage = {
                 "input_tokens": run.prompt_tokens,
-                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                "input_tokens_details": {
+                    "cached_tokens": run.cached_tokens,
+                    "cache_write_tokens": 0,
+                },
                 "output_tokens": run.completion_tokens,
                 "output_tokens_details": {"reasoning_tokens": run.reasoning_tokens},
                 "total_tokens": run.prompt_tokens + run.completion_tokens,

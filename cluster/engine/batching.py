@@ -63,6 +63,8 @@ class StepResult:
     duration_s: float
     emitted: dict[str, int]  # request id -> tokens produced in this step
     finished: list[str]
+    # Sequences admitted for the first time in this step, with the prompt tokens found cached.
+    cached: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,6 +88,7 @@ class BatchingModel:
     # Prompt tokens of admitted requests, and those of them found in the cache (first admission).
     prompt_tokens: int = 0
     cached_prompt_tokens: int = 0
+    _cached_now: dict[str, int] = field(default_factory=dict)  # for this step's `StepResult`
 
     @staticmethod
     def _work(seq: _Seq) -> int:
@@ -208,7 +211,8 @@ class BatchingModel:
             if seq.generated >= seq.output_tokens:
                 finished.append(seq.request_id)
         self._account(touched, before, finished)
-        return StepResult(duration, emitted, finished)
+        cached, self._cached_now = self._cached_now, {}
+        return StepResult(duration, emitted, finished, cached)
 
     def _snapshot(self, seqs: list[_Seq]) -> tuple[int, int, int]:
         own = sum(self._own(s) for s in seqs)
@@ -266,6 +270,7 @@ class BatchingModel:
             seq.admitted = True
             self.prompt_tokens += seq.prompt
             self.cached_prompt_tokens += cached
+            self._cached_now[seq.request_id] = cached
         seq.held, seq.kv = hits, cached
         seq.to_prefill -= cached
         self._outstanding -= cached

@@ -33,6 +33,7 @@ class _Stream:
     sent: int = 0
     done: bool = False
     ended_at: float | None = None  # wall time the model freed its seat
+    cached: int = 0  # prompt tokens the prefix cache held on admission
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -92,14 +93,20 @@ class MockEngine(Engine):
                 sent, produced, done = stream.sent, stream.produced, stream.done
                 if produced > sent or done:
                     first = received_at if sent == 0 else None
+                    cached = stream.cached if sent == 0 else None
                     stream.sent = produced
                     lps = logprobs[sent:produced] if logprobs is not None else None
                     if done:
                         yield EngineOutput(
-                            script[sent:produced], finish, first, stream.ended_at, lps
+                            script[sent:produced], finish, first, stream.ended_at, lps, cached
                         )
                     else:
-                        yield EngineOutput(script[sent:produced], received_at=first, logprobs=lps)
+                        yield EngineOutput(
+                            script[sent:produced],
+                            received_at=first,
+                            logprobs=lps,
+                            cached_tokens=cached,
+                        )
                 if done:
                     return
         finally:
@@ -134,6 +141,9 @@ class MockEngine(Engine):
                 # Anchor modelled time to the wall clock when work arrives after idling.
                 anchor_wall, anchor_model = loop.time(), self._model.now
             result = self._model.step()
+            for request_id, cached in result.cached.items():
+                if (stream := self._streams.get(request_id)) is not None:
+                    stream.cached = cached
             for request_id, count in result.emitted.items():
                 stream = self._streams.get(request_id)
                 if stream is not None:

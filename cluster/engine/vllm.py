@@ -117,7 +117,8 @@ class VLLMEngine(Engine):
         )
         finished = False
         generated = 0
-        received_at: float | None = time.time()  # on the first output only
+        received_at: float | None = time.time()  # these two on the first output only
+        cached_tokens: int | None = None
         try:
             async for out in self._llm.generate(
                 prompt, params, request.request_id, priority=request.priority
@@ -129,14 +130,23 @@ class VLLMEngine(Engine):
                     max(request.expected_output_tokens - generated, 1),
                 )
                 finished = out.finished
+                if received_at is not None:  # the first output: what the prefix cache held
+                    cached_tokens = out.num_cached_tokens or 0
                 tokens = list(completion.token_ids)
                 logprobs = _logprobs(tokens, completion.logprobs, s.logprobs)
                 if finished:  # the engine core has freed its seat by now
                     reason = _finish_reason(completion.finish_reason)
-                    yield EngineOutput(tokens, reason, received_at, time.time(), logprobs)
+                    yield EngineOutput(
+                        tokens, reason, received_at, time.time(), logprobs, cached_tokens
+                    )
                 else:
-                    yield EngineOutput(tokens, received_at=received_at, logprobs=logprobs)
-                received_at = None
+                    yield EngineOutput(
+                        tokens,
+                        received_at=received_at,
+                        logprobs=logprobs,
+                        cached_tokens=cached_tokens,
+                    )
+                received_at = cached_tokens = None
         finally:
             self._inflight.pop(request.request_id, None)
             if not finished:

@@ -44,5 +44,10 @@ async def test_a_requests_prompt_blocks_reach_the_gateways_prefix_index(tiny_mod
         assert index.matches(blocks) == {"replica": full} and full >= 16
         # The replica's prefill report counts only what the cache lacks of a new request.
         assert engine._relay.cached_tokens(prompt) == full * 16
+        # What clients see as `usage.prompt_tokens_details.cached_tokens`: vLLM's own count.
+        again = EngineRequest("kv-2", [*prompt, 7, 8], SamplingParams(4), Effort.LOW, 4)
+        outputs = [out async for out in engine.generate(again)]
+        assert outputs[0].cached_tokens == full * 16
+        assert all(out.cached_tokens is None for out in outputs[1:])
     finally:
         await engine.shutdown()

@@ -73,7 +73,12 @@ async def test_chat_stream_and_non_stream_agree(client, effort):
     deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
     assert "".join(d.get("reasoning", "") for d in deltas) == message["reasoning"]
     assert "".join(d.get("content", "") for d in deltas) == message["content"]
-    assert chunks[-1]["usage"] == usage and chunks[-1]["choices"] == []
+    streamed = chunks[-1]["usage"]
+    assert chunks[-1]["choices"] == []
+    # The same prompt again: the engine's prefix cache holds all of it but the partial block.
+    cold, warm = usage.pop("prompt_tokens_details"), streamed.pop("prompt_tokens_details")
+    assert streamed == usage and cold["cached_tokens"] == 0
+    assert warm["cached_tokens"] == (usage["prompt_tokens"] - 1) // 16 * 16
 
 
 async def test_effort_scales_output(client):
@@ -391,7 +396,10 @@ async def test_n_choices_each_run_as_a_request_and_usage_counts_the_prompt_once(
             if ch["index"] == i
         )
         assert streamed == texts[i]
-    assert chunks[-1]["usage"] == usage
+    streamed_usage = chunks[-1]["usage"]
+    for u in (streamed_usage, usage):  # the stream's prompt found the cache warm
+        u.pop("prompt_tokens_details")
+    assert streamed_usage == usage
 
 
 async def test_completions_take_n_choices_as_chat_does(harmony, engine):
@@ -475,3 +483,47 @@ async def test_completions_logprobs_in_the_legacy_shape(client):
     assert all(math.isfinite(lp) for lp in logprobs["token_logprobs"])
     assert all(len(top) <= 2 for top in logprobs["top_logprobs"])
     assert logprobs["text_offset"] == sorted(logprobs["text_offset"])
+
+
+SHARED = " ".join(f"Rule {i}: answer briefly and cite the tool you used." for i in range(40))
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "usage_of"),
+    [
+        (
+            "/v1/chat/completions",
+            lambda q: chat(messages=[{"role": "developer", "content": SHARED},
+                                     {"role": "user", "content": q}], max_tokens=8),
+            lambda r: (r["usage"]["prompt_tokens"], r["usage"]["prompt_tokens_details"]),
+        ),
+        (
+            "/v1/completions",
+            lambda q: {"model": MODEL, "prompt": f"{SHARED} {q}", "max_tokens": 8},
+            lambda r: (r["usage"]["prompt_tokens"], r["usage"]["prompt_tokens_details"]),
+        ),
+        (
+            "/v1/responses",
+            lambda q: {"model": MODEL, "instructions": SHARED, "input": q,
+                       "max_output_tokens": 64, "store": False},
+            lambda r: (r["usage"]["input_tokens"], r["usage"]["input_tokens_details"]),
+        ),
+    ],
+)  # fmt: skip
+async def test_usage_counts_the_prompt_tokens_the_engines_prefix_cache_held(
+    harmony, engine, path, body, usage_of
+):
+    """A cold prompt reports nothing cached; a second one sharing its long head reports that
+    head's whole blocks (the engine's block size), never the part that differs."""
+    recorder = _Recorder(engine)
+    async with client_for(create_app(fast_config(), harmony, recorder)) as client:
+        cold = await client.post(path, json=body("What is the weather in Paris?"))
+        warm = await client.post(path, json=body("And in Rome, tomorrow?"))
+    assert cold.status_code == warm.status_code == 200, (cold.text, warm.text)
+    prompt, details = usage_of(cold.json())
+    assert details["cached_tokens"] == 0 and prompt > 400
+    prompt, details = usage_of(warm.json())
+    cached = details["cached_tokens"]
+    first, second = (r.prompt_token_ids for r in recorder.requests)
+    shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+    assert cached == shared // 16 * 16 and shared > 400, (cached, shared, prompt)

@@ -133,7 +133,7 @@ def record(**kw) -> RequestRecord:
     base = {"endpoint": "chat", "effort": Effort.LOW, "key": None, "outcome": "completed", "arrived_at": 100.0,
                 "admitted_at": 100.2, "first_token_at": 100.5, "first_answer_at": 101.0,
                 "finished_at": 102.5, "token_gaps": (0.02, 0.03), "prompt_tokens": 50,
-                "reasoning_tokens": 40, "completion_tokens": 101, "expected_output_tokens": 202}  # fmt: skip
+                "cached_tokens": 32, "reasoning_tokens": 40, "completion_tokens": 101, "expected_output_tokens": 202}  # fmt: skip
     return RequestRecord(**(base | kw))
 
 
@@ -150,6 +150,7 @@ def test_gateway_metrics_from_a_record():
     assert fakes.values("gpt_oss_requests_total", endpoint="chat", outcome="completed") == [1]
     assert fakes.values("gpt_oss_tokens_total", kind="reasoning") == [40]
     assert fakes.values("gpt_oss_tokens_total", kind="prompt") == [50]
+    assert fakes.values("gpt_oss_tokens_total", kind="cached") == [32]
     assert fakes.values("gpt_oss_cost_prediction_ratio") == [0.5]
     assert fakes.values("gpt_oss_slo_requests_total", met="true") == [1]
     # A TTFT beyond the low-effort SLO is a miss; a cancelled request is no SLO sample at all.
