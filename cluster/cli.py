@@ -231,11 +231,14 @@ def bench_overload(
 def bench_live(
     rate: Annotated[float, typer.Option(help="Offered requests per second.")] = 14.0,
     duration: Annotated[float, typer.Option(help="Seconds of traffic per policy.")] = 40.0,
+    agentic_rate: Annotated[
+        float, typer.Option(help="Conversation turns per second of the agentic run (0: none).")
+    ] = 16.0,
 ) -> None:
     """The scheduler hosted in Ray Serve vs Serve's push routing, on a local cluster."""
     from cluster.bench.live_scheduling import run
 
-    run(rate, duration)
+    run(rate, duration, agentic_rate)
 
 
 @app.command()

@@ -21,7 +21,7 @@ import time
 
 import httpx
 
-from cluster.bench.live import Reply, chat_once, drive, mock_config, quantile
+from cluster.bench.live import Reply, chat_once, drive, mock_config, quantile, user
 from cluster.config import ClusterConfig
 from cluster.contracts import Effort
 from cluster.serve.local import local_cluster
@@ -43,7 +43,7 @@ async def _closed_loop(url: str, seconds: float) -> float:
             nonlocal done
             n = i
             while time.perf_counter() < stop:
-                outcome = await chat_once(client, mix[n % len(mix)], f"u{i}", "word " * 60)
+                outcome = await chat_once(client, mix[n % len(mix)], f"u{i}", user("word " * 60))
                 done += outcome.status == 200
                 n += SEATS
 
@@ -61,7 +61,7 @@ def _after(url: str) -> list[Reply]:
     async def go() -> list[Reply]:
         async with httpx.AsyncClient(base_url=url, timeout=120) as client:
             return [
-                await chat_once(client, Effort.LOW, "after", "Why is the sky blue?")
+                await chat_once(client, Effort.LOW, "after", user("Why is the sky blue?"))
                 for _ in range(10)
             ]
 

@@ -121,6 +121,9 @@ class SimRequest:
     output_by_effort: dict[Effort, int] = field(default_factory=dict)
     degraded_from: Effort | None = None  # set when admission lowered its effort
     blocks: tuple[int, ...] = ()  # the prompt's prefix-cache block hashes (cluster.blocks)
+    # Agentic prompts: the (content id, tokens) stretches they are made of, which `blocks` hash
+    # and a live driver writes out as messages (`cluster.bench.live`).
+    segments: tuple[tuple[object, int], ...] = ()
 
 
 def rate_factor(profile: list[tuple[float, float]], t: float) -> float:
@@ -221,6 +224,7 @@ def _conversations(spec: WorkloadSpec, agentic: Agentic) -> list[SimRequest]:
                 prefix_key=f"p{persona}:{effort.value}",
                 output_by_effort=by_effort,
                 blocks=segment_blocks(segments),
+                segments=tuple(segments),
             )
             if t >= 0:
                 turns.append((t, c, k, request))
