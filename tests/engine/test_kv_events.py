@@ -8,7 +8,9 @@ import time
 import pytest
 
 from cluster.blocks import token_blocks
+from cluster.config import PerfProfile
 from cluster.contracts import Effort, EngineRequest, SamplingParams
+from cluster.engine.batching import BatchingModel
 from cluster.serve.dispatcher import Dispatcher
 from cluster.serve.local import free_port
 from tests.engine.conftest import vllm_cpu_config
@@ -49,5 +51,21 @@ async def test_a_requests_prompt_blocks_reach_the_gateways_prefix_index(tiny_mod
         outputs = [out async for out in engine.generate(again)]
         assert outputs[0].cached_tokens == full * 16
         assert all(out.cached_tokens is None for out in outputs[1:])
+        # The simulator's block pool at vLLM's block size skips exactly what vLLM skipped, also
+        # for a block-aligned prompt sent twice (its last block recomputed for the first token).
+        model = BatchingModel(PerfProfile(), 1, 8, 8192, 1_000_000, block_size=cache_block)
+        aligned = list(range(5000, 5000 + 5 * cache_block))
+        sent = [prompt, again.prompt_token_ids, [*prompt, 9], aligned, aligned]
+        for n, ids in enumerate(sent):
+            before = model.cached_prompt_tokens
+            model.add(f"m{n}", len(ids), 1, 1, token_blocks(ids, cache_block))
+            while f"m{n}" not in model.step().emitted:
+                pass
+            if n < 2:
+                continue  # the engine has had these
+            request = EngineRequest(f"kv-m{n}", ids, SamplingParams(1), Effort.LOW, 1)
+            first, *_ = [out async for out in engine.generate(request)]
+            assert first.cached_tokens == model.cached_prompt_tokens - before, n
+        assert model.cached_prompt_tokens == 2 * full * 16 + 4 * cache_block  # m1, m2; m4
     finally:
         await engine.shutdown()
