@@ -13,7 +13,6 @@ TTFT here is the engine's: the call to the first output, no gateway.
 from __future__ import annotations
 
 import asyncio
-import gc
 import math
 import os
 import random
@@ -121,8 +120,6 @@ def run(repeats: int = 15) -> None:
         times = asyncio.run(_measure(engine, repeats, rng))
     finally:
         asyncio.run(engine.shutdown())
-        del engine  # while the interpreter is whole: AsyncLLM's finaliser shuts down again
-        gc.collect()
     med = {k: statistics.median(v) for k, v in times.items()}
     fitted = fit((SHORT, med["short"]), (HEAD + TAIL, med["long"]), budget)
     head = rng.choices(_TOKENS, k=HEAD)
