@@ -12,7 +12,7 @@ import datetime as dt
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -361,6 +361,13 @@ class RouterConfig(_Strict):
         0, ge=0, description="Requests allowed to wait inside an engine (late binding keeps 0)."
     )
     kv_watermark: float = Field(0.95, gt=0, le=1, description="Place only below this KV use.")
+    effort_reserve: dict[Effort, Annotated[float, Field(ge=0, lt=1)]] = Field(
+        default_factory=lambda: {Effort.HIGH: 0.02},
+        description="Per effort, the share of each replica's seats and KV (below the watermark) "
+        "its requests must leave free: what low effort keeps to itself. That room turns over "
+        "in seconds, so a short request finds a place even while long ones hold the rest "
+        "(make bench-sched: long_reasoning).",
+    )
     prefill_queue_tokens: int = Field(
         16_384,
         ge=0,

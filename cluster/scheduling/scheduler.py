@@ -68,14 +68,15 @@ def has_headroom(
     *,
     placed_prefill: int = 0,
     prefill: int = 0,
+    reserve: float = 0.0,
 ) -> bool:
     """Can a replica run one more request now? A free seat after what was placed since its
     report, KV under the watermark, the prompt tokens still to compute there (the request's own
     uncached `prefill` included) within `prefill_queue_tokens`, and no engine-side queue, except
     for a request whose prefix that replica caches: waiting in vLLM with seats free is waiting
     for a step's token budget, and a cache hit needs little of it. Late binding hinges on this
-    rule."""
-    if report.running + report.waiting + placed >= report.max_num_seqs:
+    rule. `reserve`: the share of seats and KV the request must leave free (for shorter ones)."""
+    if report.running + report.waiting + placed >= report.max_num_seqs * (1 - reserve):
         return False
     budget, queued = config.prefill_queue_tokens, report.prefill_tokens + placed_prefill
     if budget and queued and queued + prefill > budget:  # prefill saturates: wait here, in order
@@ -85,7 +86,7 @@ def has_headroom(
         return False
     if not report.kv_capacity_tokens:  # not known yet (an engine that has not stepped)
         return True
-    kv_limit = report.kv_capacity_tokens * config.kv_watermark
+    kv_limit = report.kv_capacity_tokens * (config.kv_watermark - reserve)
     return report.kv_used_tokens + placed_prompt_tokens + prompt_tokens <= kv_limit
 
 
@@ -174,6 +175,8 @@ class _Replica:
             config,
             placed_prefill=self.placed_prefill,
             prefill=uncached,
+            # A request admitted to keep its effort's share is owed room: no reserve for it.
+            reserve=0.0 if ticket.protected else config.effort_reserve.get(ticket.effort, 0.0),
         )
 
     def load_tokens(self) -> int:
@@ -351,9 +354,12 @@ class Scheduler:
             if blocks := ticket.request.prefix_blocks:
                 capacity = state.report.kv_capacity_tokens // BLOCK_SIZE
                 self.prefix.placed(replica, blocks, capacity)
-            waited = now - ticket.arrival > IMMEDIATE_S
-            self.drain.dispatched(now, waited=waited, tokens=ticket.cost_tokens)
             out.append((ticket, replica))
+        # A request that waited, or one placed while others still wait (ahead of one that
+        # finds no room), took room under contention: what capacity lets through.
+        for ticket, _ in out:
+            waited = bool(self.queue) or now - ticket.arrival > IMMEDIATE_S
+            self.drain.dispatched(now, waited=waited, tokens=ticket.cost_tokens)
         self.drain.backlogged(now, waiting=bool(self.queue))
         return out
 

@@ -165,6 +165,45 @@ def test_kv_watermark_and_seats_gate_placement():
     assert s.dispatch(1.0)[0][1] == "b"
 
 
+@pytest.mark.parametrize(
+    ("report", "what"),
+    [(idle(running=97, seats=100), "seats"), (idle(capacity=1000, kv=895), "KV")],
+)
+def test_the_low_effort_reserve_keeps_the_last_seats_and_kv_for_short_requests(report, what):
+    """Long requests stop where the reserve starts; a low-effort one still finds room there,
+    and takes it ahead of a high-effort one queued earlier."""
+    s = scheduler(kv_watermark=0.95, effort_reserve={Effort.MEDIUM: 0.05, Effort.HIGH: 0.05})
+    s.report("a", report)
+    s.submit(s.ticket(ask("high", Effort.HIGH, prompt=10), 0.0), 0.0)
+    s.submit(s.ticket(ask("medium", Effort.MEDIUM, prompt=10), 0.0), 0.0)
+    assert s.dispatch(0.0) == [], what
+    s.submit(s.ticket(ask("low", Effort.LOW, prompt=10), 0.1), 0.1)
+    assert [t.request_id for t, _ in s.dispatch(0.1)] == ["low"], what
+    # Without a reserve the long ones run there too.
+    s = scheduler(kv_watermark=0.95, effort_reserve={})
+    s.report("a", report)
+    s.submit(s.ticket(ask("high", Effort.HIGH, prompt=10), 0.0), 0.0)
+    assert len(s.dispatch(0.0)) == 1, what
+
+
+def test_placements_while_others_wait_are_drain_evidence_and_the_owed_skip_the_reserve():
+    """A low-effort request placed at once while a high-effort one waits for room took
+    capacity under contention: the drain rate counts it. A request admitted to keep its effort's
+    share is owed room: the reserve does not hold it back."""
+    s = scheduler(effort_reserve={Effort.HIGH: 0.05})
+    s.report("a", idle(running=96, seats=100))
+    s.submit(s.ticket(ask("high", Effort.HIGH, prompt=10), 0.0), 0.0)
+    assert s.dispatch(0.0) == []
+    for name in ("low", "low2"):
+        s.queue.push(s.ticket(ask(name, Effort.LOW, prompt=10), 1.0))
+        assert [t.request_id for t, _ in s.dispatch(1.0)] == [name]
+    assert s.drain.rate(1.0) == pytest.approx(2.0)  # two dispatches in 1 s of backlog
+    owed = s.ticket(ask("owed", Effort.HIGH, prompt=10), 1.0)
+    owed = replace(owed, protected=True, deadline=2.0)  # as `submit` keys one it protects
+    s.queue.push(owed)
+    assert [t.request_id for t, _ in s.dispatch(1.0)] == ["owed"]
+
+
 def prefix_placed(seats: int, **router) -> tuple[Scheduler, str]:
     """Replicas a and b; one request with a 4,096-token prefix placed on one of them, its home."""
     s = scheduler(engine_queue_limit=100, **router)
