@@ -21,6 +21,7 @@ import time
 
 import httpx
 
+from cluster.bench.fairness import FLOOR_GOAL, floor_cost_bound
 from cluster.bench.live import Reply, chat_once, drive, mock_config, quantile, user
 from cluster.config import ClusterConfig
 from cluster.contracts import Effort
@@ -111,10 +112,10 @@ def run(
             stop.set()
             sampler.join()
         after = _after(cluster.url)
-    _report(outcomes, after, config, peak[0])
+    _report(outcomes, after, config, peak[0], rate / capacity)
 
 
-def _report(outcomes: list[Reply], after: list[Reply], config, peak_rss: int) -> None:
+def _report(outcomes: list[Reply], after: list[Reply], config, peak_rss: int, load: float) -> None:
     served = [o for o in outcomes if o.status == 200]
     shed = sum(o.status == 429 for o in outcomes)
     errors = sum(o.status >= 500 for o in outcomes)
@@ -141,6 +142,13 @@ def _report(outcomes: list[Reply], after: list[Reply], config, peak_rss: int) ->
             f"  {effort.value:<7} served within SLO {within:4} of {offered:4} offered "
             f"({share:4.0%}; {share / max(overall, 1e-9):4.2f}x the overall {overall:.0%})"
         )
+    mix = {e: sum(o.effort is e for o in outcomes) / len(outcomes) for e in Effort}
+    cost = {e: p.output_tokens.median_tokens for e, p in config.efforts.items()}
+    bound = floor_cost_bound(mix, cost, load, FLOOR_GOAL)
+    print(
+        f"  capacity bound at {load:.1f}x: every effort at >= {FLOOR_GOAL:g}x the overall share "
+        f"costs at least {bound:.0%} of the most any schedule serves (cluster.bench.fairness)"
+    )
     for effort in Effort:
         rows = [o for o in served if o.effort is effort]
         ttfts = [o.ttft_s for o in rows]

@@ -19,6 +19,7 @@ from pathlib import Path
 from matplotlib.figure import Figure  # the object API: no pyplot state, no GUI backend
 from rich.progress import MofNCompleteColumn, Progress
 
+from cluster.bench.fairness import FLOOR_GOAL, floor_cost_bound
 from cluster.config import ClusterConfig, RouterConfig
 from cluster.contracts import Effort, LoadReport, SchedulingRequest
 from cluster.scheduling.scheduler import Scheduler
@@ -266,6 +267,12 @@ def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None
             ("effort_aware, no floor", regime.at(rate, "effort_aware", NO_FLOOR)),
             ("effort_aware+degrade", regime.at(rate, "effort_aware", DEGRADE)),
         ]
+        mix, lengths = regime.workload.effort_mix, regime.workload.output_tokens
+        bound = floor_cost_bound(mix, {e: d.median for e, d in lengths.items()}, load, FLOOR_GOAL)
+        say(
+            f"overload {load:.1f}x: capacity bound: every effort at >= {FLOOR_GOAL:g}x the overall "
+            f"share costs at least {bound:.0%} of the most any schedule serves"
+        )
         for label, result in rows:
             s = result.summary()
             say(
