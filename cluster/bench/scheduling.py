@@ -242,12 +242,14 @@ def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None
     pow2 = regime.at(knee, "power_of_two").summary()["efforts"]
     at_knee = {policy: regime.at(knee, policy) for policy in POLICIES}
     for policy, result in at_knee.items():
-        efforts = result.summary()["efforts"]
+        summary = result.summary()
+        efforts = summary["efforts"]
         low_ratio = efforts["low"]["ttft_p99_s"] / pow2["low"]["ttft_p99_s"]
         say(
             f"  {policy:<18} {_efforts_line(result)}  | high queue-wait p99 "
             f"{efforts.get('high', {}).get('queue_wait_p99_s', 0):.2f}s | low p99 TTFT "
-            f"{low_ratio:.2f}x pow2 | prefix cache hits {result.prefix_hit_rate:.0%}"
+            f"{low_ratio:.2f}x pow2 | prefix cache hits {result.prefix_hit_rate:.0%} | shed "
+            f"{summary['rejected'] / max(summary['offered'], 1):.2%}"
         )
     for share in (0.5, 0.9):
         base = regime.at(share * sat, "power_of_two").summary()["efforts"]
