@@ -291,7 +291,9 @@ def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None
                 f"completed within SLO {_within_slo(result)} "
                 f"({_within_slo(result) / max(_within_slo(shed), 1):.2f}x shedding alone), "
                 f"rejected {s['rejected'] / s['offered']:.0%}, "
-                f"degraded {s['degraded'] / s['offered']:.0%}; {_shares_line(result)}"
+                f"degraded {s['degraded'] / s['offered']:.0%}; {_shares_line(result)}; admitted "
+                "p99 TTFT "
+                + " ".join(f"{e} {v['ttft_p99_s']:.2f}s" for e, v in s["efforts"].items())
             )
     best = {
         p: regime.knee(p, 0.3 * sat, 1.1 * sat, steps)
