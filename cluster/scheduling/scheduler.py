@@ -165,7 +165,7 @@ class _Replica:
         self.placed_prefill = sum(self.uncached.values())
         self.placed_cost = sum(t.cost_tokens for _, t in self.placed)
 
-    def headroom(self, ticket: Ticket, config: RouterConfig, uncached: int) -> bool:
+    def headroom(self, ticket: Ticket, config: RouterConfig, uncached: int, reserve: float) -> bool:
         seats_taken = len(self.placed) - len(self.finished)
         return has_headroom(
             self.report,
@@ -175,8 +175,7 @@ class _Replica:
             config,
             placed_prefill=self.placed_prefill,
             prefill=uncached,
-            # A request admitted to keep its effort's share is owed room: no reserve for it.
-            reserve=0.0 if ticket.protected else config.effort_reserve.get(ticket.effort, 0.0),
+            reserve=reserve,
         )
 
     def load_tokens(self) -> int:
@@ -371,11 +370,13 @@ class Scheduler:
         or not."""
         prompt = ticket.prompt_tokens
         depth = self.prefix.matches(ticket.request.prefix_blocks) if self.late_binding else {}
+        # A request admitted to keep its effort's share is owed room: no reserve for it.
+        reserve = 0.0 if ticket.protected else self.config.effort_reserve.get(ticket.effort, 0.0)
         best, best_cost = None, None
         for replica, state in self._replicas.items():
             cached = min(depth.get(replica, 0) * BLOCK_SIZE, prompt - 1)
             uncached = prompt - max(cached, 0)
-            if self.late_binding and not state.headroom(ticket, self.config, uncached):
+            if self.late_binding and not state.headroom(ticket, self.config, uncached, reserve):
                 continue
             ahead = state.report.prefill_tokens + state.placed_prefill + uncached if depth else 0
             cost = (ahead, state.load_tokens())
