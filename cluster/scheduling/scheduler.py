@@ -341,10 +341,11 @@ class Scheduler:
 
     def dispatch(self, now: float) -> list[tuple[Ticket, Hashable]]:
         """Release every queued request some replica can run now, best first."""
-        out = []
+        out, blocked = [], None
         while (ticket := self.queue.peek(now)) is not None:
             placement = self._place(ticket)
             if placement is None:
+                blocked = ticket
                 break
             replica, uncached = placement
             self.queue.pop(ticket, now)
@@ -354,24 +355,28 @@ class Scheduler:
                 capacity = state.report.kv_capacity_tokens // BLOCK_SIZE
                 self.prefix.placed(replica, blocks, capacity)
             out.append((ticket, replica))
-        # A request that waited, or one placed while others still wait (ahead of one that
-        # finds no room), took room under contention: what capacity lets through.
+        # A request that waited took room under contention: what capacity lets through. So did
+        # one placed at once ahead of a request that lacks only its effort's reserve: else a
+        # queue held by one such request reads as a drain of nearly nothing.
+        reserved = blocked is not None and self._place(blocked, reserve=0.0) is not None
         for ticket, _ in out:
-            waited = bool(self.queue) or now - ticket.arrival > IMMEDIATE_S
+            waited = reserved or now - ticket.arrival > IMMEDIATE_S
             self.drain.dispatched(now, waited=waited, tokens=ticket.cost_tokens)
         self.drain.backlogged(now, waiting=bool(self.queue))
         return out
 
-    def _place(self, ticket: Ticket) -> tuple[Hashable, int] | None:
+    def _place(self, ticket: Ticket, reserve: float | None = None) -> tuple[Hashable, int] | None:
         """The replica to run `ticket` and the prompt tokens it will compute there. Late
         binding: among replicas with headroom, where some cache its prefix, the least prefill
         ahead of its first token (what the replica still has to prefill plus the prompt its
         cache lacks), then the least load; else the least load. Push: the least load, headroom
-        or not."""
+        or not. `reserve` overrides the share of room the request must leave free."""
         prompt = ticket.prompt_tokens
         depth = self.prefix.matches(ticket.request.prefix_blocks) if self.late_binding else {}
-        # A request admitted to keep its effort's share is owed room: no reserve for it.
-        reserve = 0.0 if ticket.protected else self.config.effort_reserve.get(ticket.effort, 0.0)
+        if reserve is None:  # one admitted to keep its effort's share is owed room: none
+            reserve = (
+                0.0 if ticket.protected else self.config.effort_reserve.get(ticket.effort, 0.0)
+            )
         best, best_cost = None, None
         for replica, state in self._replicas.items():
             cached = min(depth.get(replica, 0) * BLOCK_SIZE, prompt - 1)

@@ -186,10 +186,10 @@ def test_the_low_effort_reserve_keeps_the_last_seats_and_kv_for_short_requests(r
     assert len(s.dispatch(0.0)) == 1, what
 
 
-def test_placements_while_others_wait_are_drain_evidence_and_the_owed_skip_the_reserve():
-    """A low-effort request placed at once while a high-effort one waits for room took
-    capacity under contention: the drain rate counts it. A request admitted to keep its effort's
-    share is owed room: the reserve does not hold it back."""
+def test_placements_ahead_of_a_request_short_of_its_reserve_are_drain_evidence():
+    """A low-effort request placed at once while a high-effort one waits only for its reserve
+    took the room that reserve keeps: the drain rate counts it. A request admitted to keep its
+    effort's share is owed room: the reserve does not hold it back."""
     s = scheduler(effort_reserve={Effort.HIGH: 0.05})
     s.report("a", idle(running=96, seats=100))
     s.submit(s.ticket(ask("high", Effort.HIGH, prompt=10), 0.0), 0.0)
@@ -198,6 +198,15 @@ def test_placements_while_others_wait_are_drain_evidence_and_the_owed_skip_the_r
         s.queue.push(s.ticket(ask(name, Effort.LOW, prompt=10), 1.0))
         assert [t.request_id for t, _ in s.dispatch(1.0)] == [name]
     assert s.drain.rate(1.0) == pytest.approx(2.0)  # two dispatches in 1 s of backlog
+    # Ahead of one that lacks more than its reserve (KV for a long prompt), they are not:
+    # such a head says nothing of the room short requests find.
+    other = scheduler(effort_reserve={Effort.HIGH: 0.05})
+    other.report("a", idle(capacity=1000, kv=500))
+    other.submit(other.ticket(ask("long", Effort.HIGH, prompt=500), 0.0), 0.0)
+    for name in ("low", "low2"):
+        other.queue.push(other.ticket(ask(name, Effort.LOW, prompt=10), 1.0))
+        assert [t.request_id for t, _ in other.dispatch(1.0)] == [name]
+    assert other.drain.rate(1.0) == pytest.approx(1.0)  # the stalled-backlog reading alone
     owed = s.ticket(ask("owed", Effort.HIGH, prompt=10), 1.0)
     owed = replace(owed, protected=True, deadline=2.0)  # as `submit` keys one it protects
     s.queue.push(owed)
