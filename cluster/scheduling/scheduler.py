@@ -358,7 +358,9 @@ class Scheduler:
         # A request that waited took room under contention: what capacity lets through. So did
         # one placed at once ahead of a request that lacks only its effort's reserve: else a
         # queue held by one such request reads as a drain of nearly nothing.
-        reserved = blocked is not None and self._place(blocked, reserve=0.0) is not None
+        reserved = (  # looked up only when something was placed
+            bool(out) and blocked is not None and self._place(blocked, reserve=0.0) is not None
+        )
         for ticket, _ in out:
             waited = reserved or now - ticket.arrival > IMMEDIATE_S
             self.drain.dispatched(now, waited=waited, tokens=ticket.cost_tokens)
