@@ -75,7 +75,7 @@ def messages(request: SimRequest) -> list[dict[str, str]]:
     return [
         {"role": roles[content[0]], "content": segment_text(content, tokens)}
         for content, tokens in request.segments
-        if isinstance(content, tuple) and content[0] in roles
+        if content[0] in roles  # the system message is the gateway's
     ]
 
 

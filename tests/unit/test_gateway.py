@@ -12,7 +12,7 @@ from cluster.api.stops import StopMatcher
 from cluster.contracts import Admission, Effort, Overloaded
 from cluster.engine.mock import MockEngine
 from cluster.harmony import Turn
-from tests.helpers import fast_config
+from tests.helpers import fast_config, shared_prefix
 
 MODEL = "gpt-oss-120b"
 WEATHER = {
@@ -525,5 +525,5 @@ async def test_usage_counts_the_prompt_tokens_the_engines_prefix_cache_held(
     prompt, details = usage_of(warm.json())
     cached = details["cached_tokens"]
     first, second = (r.prompt_token_ids for r in recorder.requests)
-    shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
+    shared = shared_prefix(first, second)
     assert cached == shared // 16 * 16 and shared > 400, (cached, shared, prompt)

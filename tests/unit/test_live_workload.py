@@ -4,6 +4,7 @@ that share, once harmony renders them, what the segments share."""
 from cluster.bench.live import messages
 from cluster.harmony import Turn
 from cluster.sim.workload import Agentic, Lognormal, WorkloadSpec, generate
+from tests.helpers import shared_prefix
 
 SPEC = WorkloadSpec(
     rate=20,
@@ -20,12 +21,6 @@ def _rendered(harmony, request):
     return harmony.render(turns, request.effort, developer)
 
 
-def _shared(a, b):
-    return next(
-        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
-    )
-
-
 def test_agentic_turns_render_to_prompts_that_share_what_their_segments_share(harmony):
     requests = generate(SPEC)
     by_conversation = {}
@@ -35,7 +30,7 @@ def test_agentic_turns_render_to_prompts_that_share_what_their_segments_share(ha
     a, b = _rendered(harmony, first), _rendered(harmony, second)
     # A follow-up resends the turn before: its prompt starts with the whole earlier prompt
     # (up to the tokens that close the earlier one's last message).
-    assert _shared(a, b) >= len(a) - 8
+    assert shared_prefix(a, b) >= len(a) - 8
     # A prompt's length is about its segments' (the system message is the gateway's own).
     assert abs(len(b) - second.prompt_tokens) < 0.1 * second.prompt_tokens
     other = next(
@@ -43,4 +38,4 @@ def test_agentic_turns_render_to_prompts_that_share_what_their_segments_share(ha
         if r.prefix_key == first.prefix_key and r.segments[2][0][1] != first.segments[2][0][1]
     )  # fmt: skip
     head = first.segments[1][1]  # the persona's developer prompt, in tokens
-    assert head - 16 < _shared(a, _rendered(harmony, other)) < len(a) - 8
+    assert head - 16 < shared_prefix(a, _rendered(harmony, other)) < len(a) - 8
