@@ -121,10 +121,15 @@ class Channels:
         self._readers: dict[str, asyncio.Task] = {}
         self._replicas: frozenset[str] = frozenset()
         self._applied: frozenset[str] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def replicas(self, replicas: Iterable[str]) -> None:
-        """The router's replica set (any thread: applied on the loop, at the next request)."""
+        """The router's replica set, from any thread. Applied on the loop at once: a gateway
+        replica's first requests go out before its router knows the set (Serve's router starts
+        with the first call), and their outputs need the channels this opens."""
         self._replicas = frozenset(replicas)
+        if (loop := self._loop) is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._sync)
 
     def _sync(self) -> None:
         if self._applied is self._replicas:
@@ -184,6 +189,7 @@ class Channels:
         """Outputs of the request that `call` runs (it returns the replica it ran on; `expected`:
         the replica it was sent to try first). Closing this early `cancel`s the call, which aborts
         the request in the engine."""
+        self._loop = asyncio.get_running_loop()
         self._sync()
         inbox = self._inboxes[request_id] = _Inbox(expected)
         done = asyncio.ensure_future(call)

@@ -175,3 +175,24 @@ async def test_a_gateway_whose_channel_closes_has_its_requests_cancelled():
     with pytest.raises(asyncio.CancelledError):
         await run
     assert replica.aborted == ["orphan"]
+
+
+async def test_a_new_gateways_first_request_hears_its_outputs_once_the_replica_set_arrives():
+    """A gateway replica that just started knows no engine replica yet (Serve's router starts
+    with the first call and learns the set a moment later, on its own thread): the request must
+    not wait for outputs that no channel would ever carry until its run ended."""
+    replica = Replica("a")
+    channels = Channels(lambda name: replica.attach())
+    step = asyncio.Semaphore(0)
+    call = asyncio.ensure_future(replica.run("first", 3, step))
+    outputs = channels.stream("first", call, call.cancel, expected="a")
+    first = asyncio.ensure_future(anext(outputs))
+    await asyncio.sleep(0)
+    await asyncio.to_thread(channels.replicas, ["a"])  # Serve's router thread
+    step.release()
+    async with asyncio.timeout(5):
+        assert (await first).token_ids == [0]  # while the run still goes on
+    for _ in range(2):
+        step.release()
+    assert len(await collect(outputs)) == 2
+    await channels.close()
