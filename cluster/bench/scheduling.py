@@ -89,7 +89,8 @@ NO_FLOOR = ClusterConfig(router=RouterConfig(min_effort_share=0.0))  # SLO alone
 
 
 class Regime:
-    """One cluster and arrival process: every simulation run once (memoised), on a progress bar."""
+    """One cluster and arrival process: every simulation run once (memoised without its prompts, so
+    every regime fits in one process), on a progress bar."""
 
     def __init__(self, name: str, duration: float, progress: Progress) -> None:
         self.name = name
@@ -105,7 +106,7 @@ class Regime:
         key = (round(rate, 6), policy, config.model_dump_json())
         if key not in self._runs:
             workload = self.workload.model_copy(update={"rate": rate, "duration_s": self.duration})
-            self._runs[key] = simulate(workload, self.cluster, policy, config)
+            self._runs[key] = simulate(workload, self.cluster, policy, config).without_prompts()
             self._progress.advance(self._task)
         return self._runs[key]
 
@@ -231,6 +232,22 @@ def run(
     )
 
 
+def max_rates(regime: Regime, sat: float, steps: int) -> str:
+    """Each policy's highest rate with >= 90% attainment in every class, searched up to twice
+    saturation: the probe measures power of two's saturation, and a policy that caches or orders
+    better serves more than that within SLO."""
+    peers = ("power_of_two", "least_outstanding", "prefix_affinity", "llm_d")
+    best = {p: regime.knee(p, 0.3 * sat, 2.0 * sat, steps) for p in (*peers, "effort_aware")}
+    top = max(peers, key=best.__getitem__)
+    ours = best["effort_aware"]
+    return (
+        "max rate at 90% attainment in every class: "
+        + "  ".join(f"{p}: {v:.1f} ({v / sat:.0%})" for p, v in best.items())
+        + f"; ours {ours / best['power_of_two']:.2f}x power of two, {ours / best[top]:.2f}x the "
+        f"best peer ({top})"
+    )
+
+
 def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None]) -> None:
     cluster, sat = regime.cluster, regime.saturation()
     say(
@@ -295,12 +312,7 @@ def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None
                 "p99 TTFT "
                 + " ".join(f"{e} {v['ttft_p99_s']:.2f}s" for e, v in s["efforts"].items())
             )
-    best = {
-        p: regime.knee(p, 0.3 * sat, 1.1 * sat, steps)
-        for p in ("power_of_two", "least_outstanding", "effort_aware")
-    }
-    line = "  ".join(f"{p}: {v:.1f} ({v / sat:.0%})" for p, v in best.items())
-    say(f"max rate at 90% attainment in every class: {line}")
+    say(max_rates(regime, sat, steps + 1))
     sweep = {
         label: [
             (load, regime.at(load * sat, policy, config).summary()["goodput_rps"] / sat)

@@ -11,7 +11,7 @@ import heapq
 import math
 import statistics
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from cluster.config import ClusterConfig, EffortProfile
@@ -107,6 +107,14 @@ class SimResult:
 
     def served(self) -> list[Record]:
         return [r for r in self.records if r.finished is not None]
+
+    def without_prompts(self) -> SimResult:
+        """The same figures without the prompts' block hashes and segments, which only the run
+        needs: a benchmark that keeps every run of several agentic regimes would hold gigabytes."""
+        records = [
+            replace(r, request=replace(r.request, blocks=(), segments=())) for r in self.all_records
+        ]
+        return replace(self, all_records=records)
 
     def meets_slo(self, r: Record) -> bool:
         return meets_slo(r, self.slo)

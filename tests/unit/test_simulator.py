@@ -165,6 +165,16 @@ def test_the_prefix_cache_serves_agentic_prompts_and_not_independent_ones():
     assert chat.prefix_hit_rate == 0.0
 
 
+def test_a_result_without_its_prompts_keeps_every_figure():
+    result = simulate(AGENTIC, SMALL, "effort_aware", CONFIG)
+    kept = result.without_prompts()
+    assert kept.summary() == result.summary()
+    assert kept.prefix_hit_rate == result.prefix_hit_rate
+    assert [r.ttft for r in kept.served()] == [r.ttft for r in result.served()]
+    assert not any(r.request.blocks or r.request.segments for r in kept.all_records)
+    assert all(r.request.blocks for r in result.all_records)  # the run's own records untouched
+
+
 def test_block_aware_policies_send_a_conversation_back_to_its_history():
     """Every replica soon holds every persona's head; what a policy that reads the blocks adds
     is the conversation so far, which only the replica of its previous turns holds."""
