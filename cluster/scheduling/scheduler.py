@@ -275,19 +275,31 @@ class Scheduler:
             lower = candidate.effort.lower if self.config.degrade_effort and degradable else None
             if lower is None:
                 break
-            degraded_from = degraded_from or ticket.effort
-            # Re-rendered at the lower effort, its blocks change from the system message on.
+            # Re-rendered at the lower effort, its blocks change from the system message on: it
+            # loses what the prefix cache holds of its prompt, and is worth lowering only if the
+            # shorter reply saves more tokens than that (else agentic turns, long cached prompts
+            # with short replies, would trade a little decode for a full prefill, and the extra
+            # prefill would lengthen the waits that lower the next ones).
             request = replace(candidate.request, effort=lower, prefix_blocks=())
+            expected = self.cost.expected(request)
+            if ticket.expected_output_tokens - expected < self._cached_tokens(ticket):
+                break
+            degraded_from = degraded_from or ticket.effort
             candidate = replace(
                 candidate,
                 request=request,
-                expected_output_tokens=self.cost.expected(request),
+                expected_output_tokens=expected,
                 deadline=ticket.arrival + self.efforts[lower].ttft_slo_s,
             )
         self.rejected += 1
         rate = self.drain.rate(now)
         drain_s = len(self.queue) / rate if rate else self.config.retry_after_s
         return Rejected(min(max(1, math.ceil(drain_s)), 120), wait)
+
+    def _cached_tokens(self, ticket: Ticket) -> int:
+        """The most of the ticket's prompt any replica's prefix cache holds (as far as we know)."""
+        depth = self.prefix.matches(ticket.request.prefix_blocks)
+        return max(depth.values(), default=0) * BLOCK_SIZE
 
     def _admit(self, ticket: Ticket, now: float, degraded_from: Effort | None = None) -> Admitted:
         self._note_admission(ticket, now)

@@ -20,7 +20,7 @@ from cluster.contracts import LoadReport, SchedulingRequest
 from cluster.scheduling.prefix_index import PrefixIndex
 from cluster.scheduling.queue import Ticket
 from cluster.scheduling.scheduler import Rejected, Scheduler, has_headroom
-from cluster.sim.workload import SimRequest
+from cluster.sim.workload import SimRequest, at_effort
 
 Dispatch = list[tuple[SimRequest, int]]
 
@@ -186,10 +186,7 @@ class EffortAware:
         if isinstance(decision, Rejected):
             return decision
         if decision.degraded_from is not None:  # it runs, and writes, at the lower effort
-            request.degraded_from = request.effort
-            request.effort = decision.ticket.effort
-            request.output_tokens = request.output_by_effort[request.effort]
-            request.blocks = ()  # re-rendered: the system message names the effort
+            at_effort(request, decision.ticket.effort)
         return self._dispatch(now)
 
     def tick(self, replica: int, now: float) -> Dispatch:

@@ -190,6 +190,18 @@ def generate(spec: WorkloadSpec) -> list[SimRequest]:
     return out
 
 
+def at_effort(request: SimRequest, effort: Effort) -> None:
+    """Re-render `request` at a lower `effort` (admission degraded it): it writes that effort's
+    reply, and its prompt changes from the system message on, which names the effort."""
+    request.degraded_from, request.effort = request.effort, effort
+    request.output_tokens = request.output_by_effort[effort]
+    request.segments = tuple(
+        (("system", effort), n) if content[0] == "system" else (content, n)
+        for content, n in request.segments
+    )
+    request.blocks = segment_blocks(request.segments)
+
+
 def _conversations(spec: WorkloadSpec, agentic: Agentic) -> list[SimRequest]:
     rng = random.Random(spec.seed)
     efforts, weights = zip(*spec.effort_mix.items(), strict=True)

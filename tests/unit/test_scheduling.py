@@ -421,6 +421,29 @@ def test_effort_degradation_before_shedding():
     assert isinstance(fixed.submit(h, 10.0, degradable=False), Rejected)
 
 
+def test_a_request_whose_prompt_the_cache_holds_is_shed_not_degraded():
+    """Lowering its effort re-renders the prompt from the system message on: a 4,096-token
+    cached prefix would be prefilled again to save a few hundred reply tokens."""
+
+    def overloaded() -> Scheduler:
+        s = loaded(rate=10.0, queued=0, degrade=True)
+        for i in range(70):  # 7 s of highs ahead: past high's 5 s SLO, as above
+            s.queue.push(ticket(f"q{i}", Effort.HIGH, out=300, at=9.0))
+        return s
+
+    def asked(rid: str, shared: int):
+        return replace(with_prefix(rid, shared, 100), effort=Effort.HIGH, max_tokens=2_000)
+
+    s = overloaded()
+    s.prefix.placed("a", asked("earlier", 4096).prefix_blocks, 10_000)
+    decision = s.submit(s.ticket(asked("warm", 4096), 10.0), 10.0)
+    assert isinstance(decision, Rejected) and s.degraded == 0
+    s = overloaded()  # a short cached prefix is worth less than the reply it shortens
+    s.prefix.placed("a", asked("earlier", 64).prefix_blocks, 10_000)
+    decision = s.submit(s.ticket(asked("warm", 64), 10.0), 10.0)
+    assert isinstance(decision, Admitted) and decision.degraded_from is Effort.HIGH
+
+
 def test_an_effort_shed_below_its_floor_is_admitted_ahead_of_later_arrivals():
     # Overload: the queue drains 10/s and holds 70 lows; lows are admitted one in two, and
     # every high so far was shed (its wait, past lows that key ahead, breaks its SLO).

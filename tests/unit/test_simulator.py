@@ -9,7 +9,14 @@ from cluster.config import ClusterConfig
 from cluster.contracts import Effort
 from cluster.engine.batching import step_seconds
 from cluster.sim.simulator import simulate
-from cluster.sim.workload import Agentic, ClusterSpec, Lognormal, WorkloadSpec, generate
+from cluster.sim.workload import (
+    Agentic,
+    ClusterSpec,
+    Lognormal,
+    WorkloadSpec,
+    at_effort,
+    generate,
+)
 
 CONFIG = ClusterConfig()
 SMALL = ClusterSpec(replicas=2)
@@ -156,6 +163,19 @@ def test_agentic_prefixes_are_shared_within_a_persona_and_effort_only():
         heads.setdefault(r.blocks[: developer // 16], set()).add(r.prefix_key)
     assert all(len(keys) == 1 for keys in heads.values())
     assert len(heads) < len(requests) / 10
+
+
+def test_a_degraded_turn_shares_the_lower_efforts_head_and_not_its_own_history():
+    requests = generate(AGENTIC)
+    turn = next(r for r in requests if r.effort is Effort.HIGH and r.prompt_tokens > 6000)
+    peer = next(r for r in requests if r.effort is Effort.MEDIUM and r.tenant == turn.tenant)
+    before = turn.blocks
+    at_effort(turn, Effort.MEDIUM)
+    assert (turn.effort, turn.degraded_from) == (Effort.MEDIUM, Effort.HIGH)
+    assert turn.output_tokens == turn.output_by_effort[Effort.MEDIUM]
+    assert turn.blocks[0] != before[0] and len(turn.blocks) == len(before)
+    head = (AGENTIC.agentic.system_tokens + 500) // 16  # inside the developer prompt
+    assert turn.blocks[:head] == peer.blocks[:head]
 
 
 def test_the_prefix_cache_serves_agentic_prompts_and_not_independent_ones():
