@@ -109,11 +109,11 @@ class SimResult:
         return [r for r in self.records if r.finished is not None]
 
     def without_prompts(self) -> SimResult:
-        """The same figures without the prompts' block hashes and segments, which only the run
-        needs: a benchmark that keeps every run of several agentic regimes would hold gigabytes."""
-        records = [
-            replace(r, request=replace(r.request, blocks=(), segments=())) for r in self.all_records
-        ]
+        """The same figures without what only the run needs (the prompts' block hashes and
+        segments, the reply lengths at other efforts): a benchmark that keeps every run of
+        several agentic regimes would hold gigabytes."""
+        slim = {"blocks": (), "segments": (), "output_by_effort": {}}
+        records = [replace(r, request=replace(r.request, **slim)) for r in self.all_records]
         return replace(self, all_records=records)
 
     def meets_slo(self, r: Record) -> bool:

@@ -191,7 +191,10 @@ def test_a_result_without_its_prompts_keeps_every_figure():
     assert kept.summary() == result.summary()
     assert kept.prefix_hit_rate == result.prefix_hit_rate
     assert [r.ttft for r in kept.served()] == [r.ttft for r in result.served()]
-    assert not any(r.request.blocks or r.request.segments for r in kept.all_records)
+    assert not any(
+        r.request.blocks or r.request.segments or r.request.output_by_effort
+        for r in kept.all_records
+    )
     assert all(r.request.blocks for r in result.all_records)  # the run's own records untouched
 
 
