@@ -395,12 +395,13 @@ class Scheduler:
         for replica, state in self._replicas.items():
             cached = min(depth.get(replica, 0) * BLOCK_SIZE, prompt - 1)
             uncached = prompt - max(cached, 0)
-            if self.late_binding and not state.headroom(ticket, self.config, uncached, reserve):
-                continue
             ahead = state.report.prefill_tokens + state.placed_prefill + uncached if depth else 0
             cost = (ahead, state.load_tokens())
-            if best_cost is None or cost < best_cost:
-                best, best_cost = (replica, uncached), cost
+            if best_cost is not None and cost >= best_cost:  # cheap test first: most fail it
+                continue
+            if self.late_binding and not state.headroom(ticket, self.config, uncached, reserve):
+                continue
+            best, best_cost = (replica, uncached), cost
         return best
 
     # -- feedback --------------------------------------------------------------------------
