@@ -195,7 +195,8 @@ def bench_gateway(
 @app.command("bench-sched")
 def bench_sched(
     duration: Annotated[
-        float, typer.Option(help="Simulated seconds per run (long_reasoning runs 4x this).")
+        float,
+        typer.Option(help="Simulated seconds per run (KV-bound runs 2x this, long_reasoning 4x)."),
     ] = 180.0,
     regime: Annotated[
         list[str] | None,

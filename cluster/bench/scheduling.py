@@ -71,9 +71,12 @@ class RegimeSpec:
 
 REGIMES = {
     "default": RegimeSpec(ClusterSpec(), WorkloadSpec()),
+    # KV fills slowly here: over 180 s, push policies still meet 90% at 1.57x saturation and
+    # collapse only later (29-35% attainment at the same rate over 360 s).
     "kv_bound": RegimeSpec(
         ClusterSpec(replicas=16, tensor_parallel_size=1, kv_capacity_tokens=200_000),
         WorkloadSpec(),
+        duration_factor=2,
     ),
     "bursty": RegimeSpec(
         ClusterSpec(), WorkloadSpec(arrivals=Arrivals(kind="onoff", on_s=20, off_s=20))
