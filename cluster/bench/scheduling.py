@@ -10,10 +10,13 @@ share, and the core's decisions per second.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 from matplotlib.figure import Figure  # the object API: no pyplot state, no GUI backend
@@ -93,15 +96,14 @@ NO_FLOOR = ClusterConfig(router=RouterConfig(min_effort_share=0.0))  # SLO alone
 
 class Regime:
     """One cluster and arrival process: every simulation run once (memoised without its prompts, so
-    every regime fits in one process), on a progress bar."""
+    every regime fits in one process), each run announced to `on_run` (a progress bar)."""
 
-    def __init__(self, name: str, duration: float, progress: Progress) -> None:
+    def __init__(self, name: str, duration: float, on_run: Callable[[], None]) -> None:
         self.name = name
         self.spec = REGIMES[name]
         self.cluster, self.workload = self.spec.cluster, self.spec.workload
         self.duration = duration * self.spec.duration_factor
-        self._progress = progress
-        self._task = progress.add_task(name, total=None)
+        self._on_run = on_run
         self._runs: dict[tuple, SimResult] = {}
 
     def at(self, rate: float, policy: str, config: ClusterConfig | None = None) -> SimResult:
@@ -110,7 +112,7 @@ class Regime:
         if key not in self._runs:
             workload = self.workload.model_copy(update={"rate": rate, "duration_s": self.duration})
             self._runs[key] = simulate(workload, self.cluster, policy, config).without_prompts()
-            self._progress.advance(self._task)
+            self._on_run()
         return self._runs[key]
 
     def saturation(self) -> float:
@@ -212,27 +214,74 @@ def decisions_per_second(replicas: int = 64, queued: int = 10_000) -> float:
     return released / (time.perf_counter() - start)
 
 
+def _regime_worker(name: str, duration: float, steps: int, out_dir: Path, events) -> None:
+    """One regime in a process of its own: its runs and lines go back to the parent on `events`."""
+    regime = Regime(name, duration, lambda: events.put((name, None)))
+    _regime(regime, steps, out_dir, lambda line: events.put((name, line)))
+
+
 def run(
     duration: float = 180.0,
     bisection_steps: int = 5,
     regimes: list[str] | None = None,
     out_dir: Path = Path("bench-results"),
+    workers: int | None = None,
 ) -> None:
+    """Each regime in its own process, up to one per core (the simulator is single-threaded), the
+    longest first; a regime's lines are printed together once it is done."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    names = sorted(regimes or REGIMES, key=lambda n: -REGIMES[n].duration_factor)
+    workers = min(len(names), workers or os.cpu_count() or 1)
     print(
         f"scheduling benchmark: {duration:.0f} s of simulated traffic per run; policies: "
-        f"{', '.join(POLICIES)}"
+        f"{', '.join(POLICIES)}; {workers} processes"
     )
     with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), transient=True) as bar:
 
         def say(line: str) -> None:  # above the bar, unwrapped, no markup
             bar.console.print(line, soft_wrap=True, markup=False, highlight=False)
 
-        for name in regimes or list(REGIMES):
-            _regime(Regime(name, duration, bar), bisection_steps, out_dir, say)
+        tasks = {name: bar.add_task(name, total=None) for name in names}
+        if workers == 1:
+            for name in names:
+                regime = Regime(name, duration, lambda n=name: bar.advance(tasks[n]))
+                _regime(regime, bisection_steps, out_dir, say)
+        else:
+            _run_parallel(names, duration, bisection_steps, out_dir, workers, bar, tasks, say)
     print(
         f"\nscheduler core: {decisions_per_second():,.0f} decisions/s (64 replicas, 10,000 queued)"
     )
+
+
+def _run_parallel(
+    names: list[str],
+    duration: float,
+    steps: int,
+    out_dir: Path,
+    workers: int,
+    bar: Progress,
+    tasks: dict,
+    say: Callable[[str], None],
+) -> None:
+    context = get_context("spawn")  # a fresh interpreter: no inherited matplotlib or rich state
+    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
+        events = manager.Queue()  # (regime, line), or (regime, None) for each run done
+        pending = {
+            pool.submit(_regime_worker, n, duration, steps, out_dir, events): n for n in names
+        }
+        lines: dict[str, list[str]] = {n: [] for n in names}
+        while pending:
+            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            while not events.empty():  # a finished regime's events are all in by now
+                name, line = events.get()
+                if line is None:
+                    bar.advance(tasks[name])
+                else:
+                    lines[name].append(line)
+            for future in done:
+                future.result()  # a regime's failure stops the bench
+                for line in lines[pending.pop(future)]:
+                    say(line)
 
 
 def max_rates(regime: Regime, sat: float, steps: int) -> str:
