@@ -20,7 +20,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from matplotlib.figure import Figure  # the object API: no pyplot state, no GUI backend
-from rich.progress import MofNCompleteColumn, Progress
+from rich.progress import MofNCompleteColumn, Progress, TaskID
 
 from cluster.bench.fairness import FLOOR_GOAL, floor_cost_bound
 from cluster.config import ClusterConfig, RouterConfig
@@ -260,7 +260,7 @@ def _run_parallel(
     out_dir: Path,
     workers: int,
     bar: Progress,
-    tasks: dict,
+    tasks: dict[str, TaskID],
     say: Callable[[str], None],
 ) -> None:
     context = get_context("spawn")  # a fresh interpreter: no inherited matplotlib or rich state

@@ -221,7 +221,7 @@ class BatchingModel:
         for s in seqs:
             own += s.kv - s.held * bs
             left = s.expected_output_tokens - s.generated
-            work += s.to_prefill + (max(1, left))
+            work += s.to_prefill + max(left, 1)
             prefill += s.to_prefill
         return own, work, prefill
 
