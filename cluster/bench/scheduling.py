@@ -225,13 +225,12 @@ def run(
     bisection_steps: int = 5,
     regimes: list[str] | None = None,
     out_dir: Path = Path("bench-results"),
-    workers: int | None = None,
 ) -> None:
     """Each regime in its own process, up to one per core (the simulator is single-threaded), the
     longest first; a regime's lines are printed together once it is done."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names = sorted(regimes or REGIMES, key=lambda n: -REGIMES[n].duration_factor)
-    workers = min(len(names), workers or os.cpu_count() or 1)
+    workers = min(len(names), os.cpu_count() or 1)
     print(
         f"scheduling benchmark: {duration:.0f} s of simulated traffic per run; policies: "
         f"{', '.join(POLICIES)}; {workers} processes"
