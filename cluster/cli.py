@@ -196,7 +196,9 @@ def bench_gateway(
 def bench_sched(
     duration: Annotated[
         float,
-        typer.Option(help="Simulated seconds per run (KV-bound runs 2x this, long_reasoning 4x)."),
+        typer.Option(
+            min=1.0, help="Simulated seconds per run (KV-bound runs 2x this, long_reasoning 4x)."
+        ),
     ] = 180.0,
     regime: Annotated[
         list[str] | None,
@@ -204,9 +206,17 @@ def bench_sched(
     ] = None,
 ) -> None:
     """Effort-aware scheduling vs the peers' policies, in simulation."""
-    from cluster.bench.scheduling import run
+    from cluster.bench.scheduling import REGIMES, run
 
-    run(duration, regimes=regime)
+    if unknown := sorted(set(regime or ()) - set(REGIMES)):
+        raise typer.BadParameter(
+            f"unknown regime {', '.join(unknown)}; choose from {', '.join(REGIMES)}",
+            param_hint="--regime",
+        )
+    try:
+        run(duration, regimes=regime)
+    except ValueError as e:  # too short a run to measure saturation
+        raise typer.BadParameter(str(e), param_hint="--duration") from e
 
 
 @app.command("bench-autoscale")

@@ -117,7 +117,13 @@ class Regime:
 
     def saturation(self) -> float:
         """Completed requests per second under far more load than the cluster can serve."""
-        return self.at(self.spec.probe_rate, "power_of_two").summary()["throughput_rps"]
+        sat = self.at(self.spec.probe_rate, "power_of_two").summary()["throughput_rps"]
+        if sat <= 0:  # every rate of the bench is a fraction of it
+            raise ValueError(
+                f"{self.name}: no request completed in {self.duration:g} s of simulated traffic; "
+                "give the bench a longer --duration"
+            )
+        return sat
 
     def knee(self, policy: str, low: float, high: float, steps: int) -> float:
         """Highest rate in [low, high] with >= 90% attainment in every class (bisection)."""
@@ -233,7 +239,7 @@ def run(
     workers = min(len(names), os.cpu_count() or 1)
     print(
         f"scheduling benchmark: {duration:.0f} s of simulated traffic per run; policies: "
-        f"{', '.join(POLICIES)}; {workers} processes"
+        f"{', '.join(POLICIES)}; {workers} process{'es' if workers > 1 else ''}"
     )
     with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), transient=True) as bar:
 

@@ -4,7 +4,9 @@ and calibration against published vLLM figures for gpt-oss-120b on H100 TP2."""
 import statistics
 
 import pytest
+from typer.testing import CliRunner
 
+from cluster.cli import app
 from cluster.config import ClusterConfig
 from cluster.contracts import Effort
 from cluster.engine.batching import step_seconds
@@ -206,3 +208,19 @@ def test_block_aware_policies_send_a_conversation_back_to_its_history():
     hits = {p: simulate(AGENTIC, cluster, p, CONFIG).prefix_hit_rate for p in policies}
     assert hits["llm_d"] > hits["round_robin"] + 0.05
     assert hits["effort_aware"] > hits["round_robin"] + 0.05
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--duration", "4", "--regime", "bursty"], "no request completed in 4 s"),
+        (["--regime", "nightly"], "unknown regime nightly"),
+        (["--duration", "0"], "--duration"),
+    ],
+)
+def test_bench_sched_rejects_what_it_cannot_measure(tmp_path, monkeypatch, args, message):
+    """Too short a run completes nothing, so saturation (which every rate scales) would be 0."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["bench-sched", *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
