@@ -27,7 +27,14 @@ from cluster.config import ClusterConfig, RouterConfig
 from cluster.contracts import Effort, LoadReport, SchedulingRequest
 from cluster.scheduling.scheduler import Scheduler
 from cluster.sim.simulator import SimResult, simulate
-from cluster.sim.workload import Agentic, Arrivals, ClusterSpec, Lognormal, WorkloadSpec
+from cluster.sim.workload import (
+    Agentic,
+    Arrivals,
+    ClusterSpec,
+    Lognormal,
+    Topology,
+    WorkloadSpec,
+)
 
 POLICIES = [
     "power_of_two",
@@ -90,6 +97,17 @@ REGIMES = {
 
 
 LOAD_SWEEP = (0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0)  # offered load, fractions of saturation
+
+# Many gateways (issue 18): each its own scheduler and queue, on Serve's 0.5 s load reports that
+# reach it 50-150 ms late. Today's design ("naive") against engines that refuse what they have no
+# room for and replies that carry their engine's report ("refusing").
+TOPOLOGY_REGIMES = ("default", "agentic")
+GATEWAYS = (1, 4, 16)
+REPORTS = {"report_period_s": 0.5, "report_delay_s": 0.05, "report_jitter_s": 0.1}
+DESIGNS = {
+    "naive": Topology(**REPORTS),
+    "refusing": Topology(**REPORTS, engine_refuses=True, reports_in_replies=True),
+}
 DEGRADE = ClusterConfig(router=RouterConfig(degrade_effort=True))
 NO_FLOOR = ClusterConfig(router=RouterConfig(min_effort_share=0.0))  # SLO alone sheds
 
@@ -106,12 +124,19 @@ class Regime:
         self._on_run = on_run
         self._runs: dict[tuple, SimResult] = {}
 
-    def at(self, rate: float, policy: str, config: ClusterConfig | None = None) -> SimResult:
+    def at(
+        self,
+        rate: float,
+        policy: str,
+        config: ClusterConfig | None = None,
+        topology: Topology | None = None,
+    ) -> SimResult:
         config = config or ClusterConfig()
-        key = (round(rate, 6), policy, config.model_dump_json())
+        cluster = self.cluster.model_copy(update={"topology": topology or Topology()})
+        key = (round(rate, 6), policy, config.model_dump_json(), cluster.model_dump_json())
         if key not in self._runs:
             workload = self.workload.model_copy(update={"rate": rate, "duration_s": self.duration})
-            self._runs[key] = simulate(workload, self.cluster, policy, config).without_prompts()
+            self._runs[key] = simulate(workload, cluster, policy, config).without_prompts()
             self._on_run()
         return self._runs[key]
 
@@ -305,6 +330,42 @@ def max_rates(regime: Regime, sat: float, steps: int) -> str:
     )
 
 
+def topology_lines(regime: Regime, knee: float, sat: float) -> list[str]:
+    """Ours with G gateways, per design, against G = 1 of the same design: at power-of-two's
+    knee (low-effort p99 TTFT, attainment of the worst class) and at 1.5x saturation (SLO
+    goodput); with the share of placements that found their engine's seats all taken (they wait
+    in its first-come queue) and the share the engines refused."""
+    ideal = regime.at(knee, "effort_aware").summary()["efforts"]["low"]["ttft_p99_s"]
+    late = REPORTS["report_delay_s"], REPORTS["report_delay_s"] + REPORTS["report_jitter_s"]
+    head = (
+        f"gateways: {REPORTS['report_period_s']:g} s load reports, {late[0]:g}-{late[1]:g} s "
+        f"late; ours at power-of-two's knee ({knee:.1f} req/s) and at 1.5x saturation (one "
+        f"gateway that sees every engine step: low p99 TTFT {ideal:.2f}s)"
+    )
+    lines = [head]
+    for design, spread in DESIGNS.items():
+        base = None
+        for g in GATEWAYS:
+            top = spread.model_copy(update={"gateways": g})
+            at_knee = regime.at(knee, "effort_aware", topology=top)
+            over = regime.at(1.5 * sat, "effort_aware", topology=top).summary()
+            s = at_knee.summary()
+            low, att, goodput = (
+                s["efforts"]["low"]["ttft_p99_s"],
+                _attainment(at_knee),
+                over["goodput_rps"],
+            )
+            base = base or (low, att, goodput)
+            placed = max(s["completed"], 1)
+            lines.append(
+                f"  {design:<9} G={g:<3} low p99 TTFT {low:.2f}s ({low / base[0]:.2f}x G=1)  "
+                f"worst-class attainment {att:.1%} ({(att - base[1]) * 100:+.1f} pts)  overload "
+                f"goodput {goodput:.1f} req/s ({goodput / base[2]:.2f}x)  engine-queued "
+                f"{s['engine_queued'] / placed:.1%}  refused {s['refused'] / placed:.1%}"
+            )
+    return lines
+
+
 def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None]) -> None:
     cluster, sat = regime.cluster, regime.saturation()
     say(
@@ -369,6 +430,9 @@ def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None
                 "p99 TTFT "
                 + " ".join(f"{e} {v['ttft_p99_s']:.2f}s" for e, v in s["efforts"].items())
             )
+    if regime.name in TOPOLOGY_REGIMES:
+        for line in topology_lines(regime, knee, sat):
+            say(line)
     say(max_rates(regime, sat, steps + 1))
     sweep = {
         label: [

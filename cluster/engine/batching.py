@@ -244,12 +244,19 @@ class BatchingModel:
 
     # -- the block pool ----------------------------------------------------------------------
 
+    def cached_tokens(self, prompt_tokens: int, blocks: tuple[int, ...]) -> int:
+        """Prompt tokens a new request would find in the prefix cache now."""
+        return self._leading(blocks, max(1, prompt_tokens))[0] * self.block_size
+
     def _lookup(self, seq: _Seq) -> tuple[int, int]:
-        """Blocks of a waiting sequence's prompt already cached (the longest leading run), and
-        how many of those are free (taking them takes room). At least one token is computed."""
-        usable = min(len(seq.blocks), (seq.to_prefill - 1) // self.block_size)
+        return self._leading(seq.blocks, seq.to_prefill)
+
+    def _leading(self, blocks: tuple[int, ...], to_prefill: int) -> tuple[int, int]:
+        """Blocks of a prompt already cached (the longest leading run), and how many of those
+        are free (taking them takes room). At least one token is computed."""
+        usable = min(len(blocks), (to_prefill - 1) // self.block_size)
         hits = revived = 0
-        for h in seq.blocks[:usable]:
+        for h in blocks[:usable]:
             if h in self._in_use:
                 hits += 1
             elif h in self._free:

@@ -33,6 +33,17 @@ class DrainRate:
         if waited:
             self._waited.append((now, tokens))
 
+    def returned(self, dispatched_at: float, tokens: int) -> None:
+        """A request dispatched at `dispatched_at` came back unserved (its engine refused it):
+        it did not drain."""
+        for i in range(len(self._waited) - 1, -1, -1):
+            at, cost = self._waited[i]
+            if at < dispatched_at:
+                return
+            if cost == tokens:
+                del self._waited[i]
+                return
+
     def rate(self, now: float) -> float | None:
         """Requests per second over the window's backlogged time; None without evidence. A
         backlog that nothing has left for the whole window (the cluster stalls: seats and KV

@@ -19,6 +19,7 @@ of work placed since each report serves both, so placement is decided in one pla
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -69,21 +70,30 @@ def has_headroom(
     placed_prefill: int = 0,
     prefill: int = 0,
     reserve: float = 0.0,
+    engine_side: bool = False,
+    engine_arbitrates: bool = False,
 ) -> bool:
     """Can a replica run one more request now? A free seat after what was placed since its
     report, KV under the watermark, the prompt tokens still to compute there (the request's own
     uncached `prefill` included) within `prefill_queue_tokens`, and no engine-side queue, except
     for a request whose prefix that replica caches: waiting in vLLM with seats free is waiting
     for a step's token budget, and a cache hit needs little of it. Late binding hinges on this
-    rule. `reserve`: the share of seats and KV the request must leave free (for shorter ones)."""
+    rule. `reserve`: the share of seats and KV the request must leave free (for shorter ones).
+    `engine_side`: the engine's own test on its exact state before it takes a request, which
+    knows whether it has a seat: what waits in its queue until the next step is no sign that
+    it is full. `engine_arbitrates`: the engine refuses what it has no seat or prefill room
+    for, so prefill is its to judge on its exact state, not a report's (late, and blind to what
+    other gateways placed since: prefill drains in milliseconds, reports come every period);
+    seats still count, else every gateway would hand a full engine its whole queue."""
     if report.running + report.waiting + placed >= report.max_num_seqs * (1 - reserve):
         return False
-    budget, queued = config.prefill_queue_tokens, report.prefill_tokens + placed_prefill
-    if budget and queued and queued + prefill > budget:  # prefill saturates: wait here, in order
-        return False
-    hit = bool(budget) and prefill < prompt_tokens  # cached there: a step from its first token
-    if report.waiting > config.engine_queue_limit and not hit:  # the engine queues: it is full
-        return False
+    if not engine_arbitrates:
+        budget, queued = config.prefill_queue_tokens, report.prefill_tokens + placed_prefill
+        if budget and queued and queued + prefill > budget:  # prefill saturates: wait here
+            return False
+        hit = bool(budget) and prefill < prompt_tokens  # cached there: a step from its first
+        if report.waiting > config.engine_queue_limit and not hit and not engine_side:
+            return False  # the engine queues: it is full
     if not report.kv_capacity_tokens:  # not known yet (an engine that has not stepped)
         return True
     kv_limit = report.kv_capacity_tokens * (config.kv_watermark - reserve)
@@ -106,6 +116,9 @@ class _Replica:
     placed_prompt: int = 0
     placed_prefill: int = 0
     placed_cost: int = 0
+    # The report the replica refused a request with: nothing goes there until a newer report
+    # or a seat seen free (its prefix cache may hold less than the index thinks).
+    refused_at: float | None = None
 
     def place(self, ticket: Ticket, now: float, uncached: int) -> None:
         self.placed.append((now, ticket))
@@ -129,7 +142,18 @@ class _Replica:
         self.placed_prefill -= self.uncached.pop(ticket.request_id)
         self.placed_cost -= ticket.cost_tokens
 
+    def refuse(self, ticket: Ticket, report: LoadReport, transit_s: float) -> float | None:
+        """The replica turned `ticket` down, saying `report`; when it had been placed."""
+        placed_at = next((at for at, placed in self.placed if placed is ticket), None)
+        if placed_at is not None:
+            self._unplace(ticket)
+        if report.reported_at >= self.report.reported_at:
+            self.refresh(report, transit_s)
+        self.refused_at = report.reported_at
+        return placed_at
+
     def finish(self, ticket: Ticket, now: float, ended_at: float | None = None) -> None:
+        self.refused_at = None
         if any(placed is ticket for _, placed in self.placed):
             self._unplace(ticket)  # placed and done between two reports: it was never counted
         elif ended_at is None:
@@ -139,6 +163,8 @@ class _Replica:
 
     def refresh(self, report: LoadReport, transit_s: float) -> None:
         self.report = report
+        if self.refused_at is not None and report.reported_at > self.refused_at:
+            self.refused_at = None
         # A request the replica took after the report is not in it; one placed just before the
         # report may still be on its way to the engine (until its first output says).
         self.placed = [
@@ -165,7 +191,11 @@ class _Replica:
         self.placed_prefill = sum(self.uncached.values())
         self.placed_cost = sum(t.cost_tokens for _, t in self.placed)
 
-    def headroom(self, ticket: Ticket, config: RouterConfig, uncached: int, reserve: float) -> bool:
+    def headroom(
+        self, ticket: Ticket, config: RouterConfig, uncached: int, reserve: float, arbiter: bool
+    ) -> bool:
+        if self.refused_at is not None:
+            return False
         seats_taken = len(self.placed) - len(self.finished)
         return has_headroom(
             self.report,
@@ -176,6 +206,7 @@ class _Replica:
             placed_prefill=self.placed_prefill,
             prefill=uncached,
             reserve=reserve,
+            engine_arbitrates=arbiter,
         )
 
     def load_tokens(self) -> int:
@@ -197,6 +228,14 @@ class Scheduler:
     # report still count on top of it (briefly counted twice, never missed).
     transit_s: float = 0.0
     late_binding: bool = True
+    # Engines refuse what they have no seat for (and say how they are): placement counts on
+    # that instead of on seats that a report, late and blind to other gateways, says are taken.
+    engine_refuses: bool = False
+    # Gateways placing on the same engines, this one included: each sees only its own
+    # placements between two reports, and assumes the others placed as much (else every
+    # gateway sends the same least loaded replica everything until the next report).
+    gateways: int = 1
+    rng: random.Random = field(default_factory=lambda: random.Random(0))  # two choices
     # Per effort: recent admissions and the mean key offset (key - arrival), to foresee arrivals
     # that will sort ahead of a waiting request.
     _admitted: dict[Effort, SlidingSum] = field(default_factory=dict)
@@ -338,6 +377,12 @@ class Scheduler:
         self.prefix.stored(replica, delta.stored)
         self.prefix.removed(replica, delta.removed)
 
+    def observed(self, replica: Hashable, blocks: tuple[int, ...]) -> None:
+        """Another gateway placed a prompt of these blocks there (what the engine's KV events
+        will say it stored)."""
+        if blocks and (state := self._replicas.get(replica)) is not None:
+            self.prefix.placed(replica, blocks, state.report.kv_capacity_tokens // BLOCK_SIZE)
+
     def drop(self, replica: Hashable) -> None:
         """One replica is leaving (draining before scale-down): place nothing more there."""
         self.forget(r for r in self._replicas if r != replica)
@@ -363,9 +408,7 @@ class Scheduler:
             self.queue.pop(ticket, now)
             state = self._replicas[replica]
             state.place(ticket, now, uncached)
-            if blocks := ticket.request.prefix_blocks:
-                capacity = state.report.kv_capacity_tokens // BLOCK_SIZE
-                self.prefix.placed(replica, blocks, capacity)
+            self.observed(replica, ticket.request.prefix_blocks)
             out.append((ticket, replica))
         # A request that waited took room under contention: what capacity lets through. So did
         # one placed at once ahead of a request that lacks only its effort's reserve: else a
@@ -391,20 +434,58 @@ class Scheduler:
             reserve = (
                 0.0 if ticket.protected else self.config.effort_reserve.get(ticket.effort, 0.0)
             )
+        if self.gateways > 1 and not depth:
+            return self._two_choices(ticket, reserve)
         best, best_cost = None, None
         for replica, state in self._replicas.items():
             cached = min(depth.get(replica, 0) * BLOCK_SIZE, prompt - 1)
             uncached = prompt - max(cached, 0)
-            ahead = state.report.prefill_tokens + state.placed_prefill + uncached if depth else 0
-            cost = (ahead, state.load_tokens())
+            prefill = state.report.prefill_tokens + state.placed_prefill
+            ahead = prefill + uncached if depth else 0
+            cost = (ahead, self._load(state))
             if best_cost is not None and cost >= best_cost:  # cheap test first: most fail it
                 continue
-            if self.late_binding and not state.headroom(ticket, self.config, uncached, reserve):
+            if self.late_binding and not state.headroom(
+                ticket, self.config, uncached, reserve, self.engine_refuses
+            ):
                 continue
             best, best_cost = (replica, uncached), cost
         return best
 
+    def _load(self, state: _Replica) -> int:
+        """Tokens a replica holds: what its report says, plus what was placed there since by
+        this gateway and (as it assumes) as much by each of the others."""
+        return state.report.outstanding_tokens + self.gateways * state.placed_cost
+
+    def _two_choices(self, ticket: Ticket, reserve: float) -> tuple[Hashable, int] | None:
+        """Of two replicas with headroom drawn at random, the less loaded. Several gateways
+        share each report, so the least loaded replica is every gateway's choice until the next
+        one, and they herd there; two random choices are robust to stale load (Mitzenmacher)."""
+        prompt = ticket.prompt_tokens
+        fits = [
+            (replica, state)
+            for replica, state in self._replicas.items()
+            if not self.late_binding
+            or state.headroom(ticket, self.config, prompt, reserve, self.engine_refuses)
+        ]
+        if not fits:
+            return None
+        pair = self.rng.sample(fits, min(2, len(fits)))
+        return min(pair, key=lambda rs: self._load(rs[1]))[0], prompt
+
     # -- feedback --------------------------------------------------------------------------
+
+    def refused(self, ticket: Ticket, replica: Hashable, report: LoadReport, now: float) -> None:
+        """The replica turned `ticket` down, with its fresh `report`: another gateway took the
+        room since the last report. It queues again under its own key (its place in the order),
+        and did not drain."""
+        placed_at = None
+        if (state := self._replicas.get(replica)) is not None:
+            placed_at = state.refuse(ticket, report, self.transit_s)
+        self.queue.push(ticket)
+        if placed_at is not None:
+            self.drain.returned(placed_at, ticket.cost_tokens)
+        self.drain.backlogged(now, waiting=True)
 
     def arrived(self, ticket: Ticket, replica: Hashable, received_at: float) -> None:
         """The replica took `ticket` at `received_at` (its clock): a report from that time on

@@ -156,16 +156,19 @@ class SimFleet:
     _seen: int = 0
 
     def decide(self, now: float, sim: Simulation) -> int:
-        scheduler = sim.policy.scheduler
+        schedulers = [gateway.scheduler for gateway in sim.gateways]
         serving = sum(r.serving(now) for r in sim.replicas)
-        # The gateway's demand signal, combined as the live policy combines every gateway's.
-        demand = scheduler.demand(now, self._attainment(now, sim))
+        running = [r for r in sim.replicas if r.stopped_at is None]
+        # Every gateway's demand signal, combined as the live policy combines them.
+        attainment = self._attainment(now, sim)
+        demands = [scheduler.demand(now, attainment) for scheduler in schedulers]
         o = Observation(
-            ScalingSignal.of([demand], now=now, target=sim.target, serving=serving),
+            ScalingSignal.of(demands, now=now, target=sim.target, serving=serving),
             serving=serving,
-            backlog_tokens=scheduler.backlog_tokens(),
-            ongoing=len(scheduler.queue)
-            + sum(r.model.running + r.model.waiting for r in sim.replicas if r.stopped_at is None),
+            backlog_tokens=sum(scheduler.queued_tokens() for scheduler in schedulers)
+            + sum(r.model.outstanding_tokens for r in running),
+            ongoing=sum(len(scheduler.queue) for scheduler in schedulers)
+            + sum(r.model.running + r.model.waiting for r in running),
         )
         decision = self.autoscaler.decide(o)
         self.trace.append(

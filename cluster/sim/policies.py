@@ -26,6 +26,8 @@ Dispatch = list[tuple[SimRequest, int]]
 
 
 class ReplicaView(Protocol):
+    in_flight: int  # requests this policy placed there that its report does not count yet
+
     def report(self, now: float) -> LoadReport: ...
 
     def serving(self, now: float) -> bool: ...
@@ -36,7 +38,14 @@ class Policy(Protocol):
 
     def arrive(self, request: SimRequest, now: float) -> Dispatch | Rejected: ...
 
-    def tick(self, replica: int, now: float) -> Dispatch: ...
+    def tick(self, replica: int, now: float) -> Dispatch:
+        """The replica's report changed: read it, and place what can run."""
+
+    def release(self, now: float) -> Dispatch:
+        """Place what can run (a seat this policy knows of freed)."""
+
+    def observed(self, request: SimRequest, replica: int) -> None:
+        """Another gateway placed `request` there: the engine's KV events say what it caches."""
 
     def done(self, request: SimRequest, now: float) -> None: ...
 
@@ -62,6 +71,12 @@ class _Push:
     def tick(self, replica: int, now: float) -> Dispatch:
         return []
 
+    def release(self, now: float) -> Dispatch:
+        return []
+
+    def observed(self, request: SimRequest, replica: int) -> None:
+        pass
+
     def done(self, request: SimRequest, now: float) -> None:
         pass
 
@@ -74,8 +89,9 @@ class _Push:
     expected_output = staticmethod(_true_length)
 
     def _ongoing(self, k: int, now: float) -> int:
-        r = self.replicas[k].report(now)
-        return r.running + r.waiting
+        view = self.replicas[k]
+        r = view.report(now)
+        return r.running + r.waiting + view.in_flight
 
 
 @dataclass
@@ -92,7 +108,7 @@ class PowerOfTwo(_Push):
     """Ray Serve's default: two random replicas, the one with fewer ongoing requests (FIFO)."""
 
     name: str = "power_of_two"
-    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    rng: random.Random = field(default_factory=random.Random)  # seeded by `make_policy`
 
     def arrive(self, request: SimRequest, now: float) -> Dispatch:
         pair = self.rng.sample(range(len(self.replicas)), min(2, len(self.replicas)))
@@ -150,9 +166,12 @@ class LlmdLike(_Push):
             return w_prefix * hit + w_queue * queue + w_kv * kv
 
         best = max(range(len(reports)), key=score)
-        capacity = reports[best].kv_capacity_tokens // BLOCK_SIZE
-        self.prefix.placed(best, request.blocks, capacity)
+        self.observed(request, best)
         return [(request, best)]
+
+    def observed(self, request: SimRequest, replica: int) -> None:
+        capacity = self.replicas[replica].report(0.0).kv_capacity_tokens // BLOCK_SIZE
+        self.prefix.placed(replica, request.blocks, capacity)
 
 
 @dataclass
@@ -162,11 +181,20 @@ class EffortAware:
     replicas: list[ReplicaView]
     config: ClusterConfig
     name: str = "effort_aware"
+    engine_refuses: bool = False  # `Topology.engine_refuses`
+    gateways: int = 1  # `Topology.gateways`
+    seed: int = 0
     scheduler: Scheduler = None  # type: ignore[assignment]
     _placed: dict[str, tuple[Ticket, int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.scheduler = Scheduler(self.config.router, self.config.efforts)
+        self.scheduler = Scheduler(
+            self.config.router,
+            self.config.efforts,
+            engine_refuses=self.engine_refuses,
+            gateways=self.gateways,
+            rng=random.Random(self.seed),
+        )
         for k, replica in enumerate(self.replicas):
             if replica.serving(0.0):
                 self.scheduler.report(k, replica.report(0.0))
@@ -192,6 +220,21 @@ class EffortAware:
     def tick(self, replica: int, now: float) -> Dispatch:
         if self.replicas[replica].serving(now):
             self.scheduler.report(replica, self.replicas[replica].report(now))
+        return self._dispatch(now)
+
+    def release(self, now: float) -> Dispatch:
+        return self._dispatch(now)
+
+    def observed(self, request: SimRequest, replica: int) -> None:
+        self.scheduler.observed(replica, request.blocks)
+
+    def refused(
+        self, request: SimRequest, replica: int, report: LoadReport, now: float
+    ) -> Dispatch:
+        """The engine had no room after all (another gateway filled it since its last report):
+        the request queues here again, in its place, and the engine's fresh report counts."""
+        ticket, _ = self._placed.pop(request.request_id)
+        self.scheduler.refused(ticket, replica, report, now)
         return self._dispatch(now)
 
     def leave(self, replica: int) -> None:
@@ -234,6 +277,12 @@ class Oracle:
 
     def tick(self, replica: int, now: float) -> Dispatch:
         return self._dispatch(now)
+
+    def release(self, now: float) -> Dispatch:
+        return self._dispatch(now)
+
+    def observed(self, request: SimRequest, replica: int) -> None:
+        pass
 
     def done(self, request: SimRequest, now: float) -> None:
         pass
@@ -278,9 +327,21 @@ BASELINES = {
 }
 
 
-def make_policy(name: str, replicas: list[ReplicaView], config: ClusterConfig) -> Policy:
+def make_policy(
+    name: str,
+    replicas: list[ReplicaView],
+    config: ClusterConfig,
+    seed: int = 0,
+    engine_refuses: bool = False,
+    gateways: int = 1,
+) -> Policy:
+    """`seed`: each gateway's own, so random choices are not in lockstep across gateways."""
     if name == "effort_aware":
-        return EffortAware(replicas, config)
+        return EffortAware(
+            replicas, config, engine_refuses=engine_refuses, gateways=gateways, seed=seed
+        )
     if name == "oracle":
         return Oracle(replicas, config.router)
+    if name == "power_of_two":
+        return PowerOfTwo(replicas, rng=random.Random(seed))
     return BASELINES[name](replicas)

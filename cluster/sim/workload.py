@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from cluster.blocks import segment_blocks
 from cluster.config import PerfProfile
@@ -97,6 +97,33 @@ class WorkloadSpec(_Spec):
     seed: int = 0
 
 
+class Topology(_Spec):
+    """How the gateways see the engines. Each of `gateways` runs its own scheduler and queue, is
+    handed arrivals by the proxies (uniformly: power of two over equally loaded gateways), and
+    sees every replica's load report every `report_period_s`, `report_delay_s` plus up to
+    `report_jitter_s` late, knowing in between only its own placements and completions. The
+    default is the ideal: one gateway that sees every engine step as it ends.
+
+    `engine_refuses`: the engine takes a request only with room to run it now (the scheduler's
+    headroom rule on its exact state) and hands it back with a fresh report otherwise, so the
+    gateway queues it again in its own order; off, the engine's first-come queue holds whatever
+    several gateways placed on the same free seat between two reports. `reports_in_replies`: a
+    request's last reply carries its engine's load report, so the gateway that placed it sees
+    that engine as it is when a seat frees, not up to a period later."""
+
+    gateways: PositiveInt = 1
+    report_period_s: NonNegativeFloat = 0.0  # 0: a report after every engine step
+    report_delay_s: NonNegativeFloat = 0.0
+    report_jitter_s: NonNegativeFloat = 0.0
+    engine_refuses: bool = False
+    reports_in_replies: bool = False
+    seed: int = 0
+
+    @property
+    def ideal(self) -> bool:
+        return self.gateways == 1 and self.report_period_s == 0
+
+
 class ClusterSpec(_Spec):
     replicas: PositiveInt = 8
     tensor_parallel_size: PositiveInt = 2
@@ -104,6 +131,7 @@ class ClusterSpec(_Spec):
     max_num_batched_tokens: PositiveInt = 8_192
     kv_capacity_tokens: PositiveInt = 1_800_000  # H100 TP2 (docs/engines.md)
     perf: PerfProfile = PerfProfile()
+    topology: Topology = Topology()
 
 
 @dataclass

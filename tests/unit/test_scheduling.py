@@ -10,7 +10,7 @@ from cluster.contracts import Effort, LoadReport, SchedulingRequest
 from cluster.scheduling.cost import CostModel, LengthSketch
 from cluster.scheduling.drain import DrainRate
 from cluster.scheduling.queue import SchedulingQueue, Ticket
-from cluster.scheduling.scheduler import Admitted, Rejected, Scheduler
+from cluster.scheduling.scheduler import Admitted, Rejected, Scheduler, has_headroom
 
 EFFORTS = ClusterConfig().efforts
 
@@ -481,3 +481,50 @@ def test_projected_wait_counts_later_arrivals_that_will_key_ahead():
     low = s.ticket(ask("l", Effort.LOW, "t", 100, 1000), 10.0)
     # The high one waits for the queue plus ~20/s of lows over its ~7 s of extra key.
     assert s.projected_wait_s(high, 10.0) > 10 * s.projected_wait_s(low, 10.0)
+
+
+# -- many gateways ------------------------------------------------------------------------
+
+
+def test_a_refused_request_queues_again_in_its_place_and_its_replica_waits_for_news():
+    s = Scheduler(RouterConfig(), EFFORTS, engine_refuses=True, gateways=4)
+    s.report("a", idle(running=98, seats=100))  # two seats free, as far as this gateway knows
+    first, second = s.ticket(ask("first"), 0.0), s.ticket(ask("second"), 0.0)
+    s.submit(first, 0.0)
+    s.submit(second, 0.0)
+    assert [(t.request_id, r) for t, r in s.dispatch(1.0)] == [("first", "a"), ("second", "a")]
+    # Another gateway took both seats since the report: the engine says so as it refuses.
+    s.refused(first, "a", idle(running=100, seats=100, at=1.01), 1.01)
+    s.refused(second, "a", idle(running=100, seats=100, at=1.01), 1.01)
+    assert s.queue.peek(1.01) is first  # in its place, ahead of anything that came after it
+    s.submit(s.ticket(ask("third"), 1.02), 1.02)
+    assert s.dispatch(1.02) == []  # the refusal stands until a newer report or a freed seat
+    s.report("a", idle(running=99, seats=100, at=1.5))
+    assert [t.request_id for t, _ in s.dispatch(1.5)] == ["first"]
+
+
+def test_gateways_assume_the_others_placed_as_much_and_spread_on_stale_reports():
+    """One report, many gateways: the least loaded replica is everyone's choice until the next
+    report. Two random choices weighted by G x own placements spread a burst over the replicas."""
+    s = Scheduler(RouterConfig(), EFFORTS, engine_refuses=True, gateways=16)
+    for r in "abcd":
+        s.report(r, idle(outstanding=0 if r == "a" else 5_000))
+    for i in range(8):
+        s.submit(s.ticket(ask(f"r{i}"), 0.0), 0.0)
+    placed = [r for _, r in s.dispatch(0.0)]
+    assert len(placed) == 8 and placed.count("a") < 8 and len(set(placed)) >= 3
+
+
+def test_the_engines_own_test_ignores_its_queue_between_steps_but_not_its_seats():
+    router = RouterConfig(engine_queue_limit=0)
+    queued = idle(running=10, waiting=3, seats=100)  # taken since its step began
+    assert not has_headroom(queued, 0, 0, 100, router, prefill=100)  # a gateway: it is full
+    assert has_headroom(queued, 0, 0, 100, router, prefill=100, engine_side=True)
+    full = idle(running=97, waiting=3, seats=100)
+    assert not has_headroom(full, 0, 0, 100, router, engine_side=True)
+    # Prefill drains faster than reports come: where engines refuse, it is theirs to judge.
+    router = RouterConfig(prefill_queue_tokens=1_000)
+    prefilling = replace(idle(running=10, seats=100), prefill_tokens=5_000)
+    assert not has_headroom(prefilling, 0, 0, 100, router, prefill=100)
+    assert has_headroom(prefilling, 0, 0, 100, router, prefill=100, engine_arbitrates=True)
+    assert not has_headroom(full, 0, 0, 100, router, prefill=100, engine_arbitrates=True)

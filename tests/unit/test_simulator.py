@@ -10,11 +10,12 @@ from cluster.cli import app
 from cluster.config import ClusterConfig
 from cluster.contracts import Effort
 from cluster.engine.batching import step_seconds
-from cluster.sim.simulator import simulate
+from cluster.sim.simulator import SimResult, simulate
 from cluster.sim.workload import (
     Agentic,
     ClusterSpec,
     Lognormal,
+    Topology,
     WorkloadSpec,
     at_effort,
     generate,
@@ -224,3 +225,40 @@ def test_bench_sched_rejects_what_it_cannot_measure(tmp_path, monkeypatch, args,
     result = CliRunner().invoke(app, ["bench-sched", *args])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
+
+
+def _gateways(refusing: bool, rate: float) -> SimResult:
+    """Eight gateways on two replicas, Serve's 0.5 s load reports 50-150 ms late."""
+    topology = Topology(
+        gateways=8,
+        report_period_s=0.5,
+        report_delay_s=0.05,
+        report_jitter_s=0.1,
+        engine_refuses=refusing,
+        reports_in_replies=refusing,
+    )
+    workload = WorkloadSpec(rate=rate, duration_s=60)
+    return simulate(workload, ClusterSpec(replicas=2, topology=topology), "effort_aware", CONFIG)
+
+
+def _low_p99(result: SimResult) -> float:
+    return result.summary()["efforts"]["low"]["ttft_p99_s"]
+
+
+@pytest.mark.parametrize("refusing", [False, True])
+def test_many_gateways_end_every_request_served_or_rejected(refusing):
+    """A gateway may hold requests while every engine idles, until a report shows it so."""
+    result = _gateways(refusing, 45)
+    assert all(r.finished is not None or r.rejected for r in result.all_records)
+    assert {r.gateway for r in result.all_records} == set(range(8))
+
+
+def test_engines_that_refuse_keep_the_overflow_of_many_gateways_in_their_queues():
+    """In overload, gateways that each filled the same free seats between two reports leave
+    the overflow in vLLM's first-come queue; engines that refuse send it back to be ordered."""
+    naive, refusing = _gateways(False, 45), _gateways(True, 45)
+    assert naive.engine_queued > 0
+    assert refusing.engine_queued == 0 and refusing.refused > 0
+    assert _low_p99(refusing) < 0.8 * _low_p99(naive)
+    # Below saturation: prefill drains between two reports; the engine judges it, not them.
+    assert _low_p99(_gateways(True, 20)) < 0.8 * _low_p99(_gateways(False, 20))
