@@ -360,6 +360,14 @@ class RouterConfig(_Strict):
     engine_queue_limit: int = Field(
         0, ge=0, description="Requests allowed to wait inside an engine (late binding keeps 0)."
     )
+    engine_refuses: bool = Field(
+        True,
+        description="Engine replicas refuse a request they have no room for now (a seat, KV, "
+        "prefill within prefill_queue_tokens, judged on their exact state) and hand it back "
+        "with their load, so it queues again in the gateway's order instead of in vLLM's "
+        "first-come queue: several gateways fill the same free seat between two reports "
+        "(make bench-sched: gateways).",
+    )
     kv_watermark: float = Field(0.95, gt=0, le=1, description="Place only below this KV use.")
     effort_reserve: dict[Effort, Annotated[float, Field(ge=0, lt=1)]] = Field(
         default_factory=lambda: {Effort.HIGH: 0.02},

@@ -130,7 +130,9 @@ class EngineOutput:
     the replica's, on the clock of its load reports, so a router can tell exactly whether a
     report already counts the request: `received_at` (on the first output) when the replica took
     it, `ended_at` (on the last) when it freed its seat. `cached_tokens` is what clients see as
-    `usage.prompt_tokens_details.cached_tokens`."""
+    `usage.prompt_tokens_details.cached_tokens`. `report`, on a refusal (the only output, no
+    tokens: the replica had no room, `router.engine_refuses`) and on the last output: the
+    replica's load as it is then, fresher than any periodic report."""
 
     token_ids: list[int]
     finish_reason: FinishReason | None = None
@@ -138,6 +140,8 @@ class EngineOutput:
     ended_at: float | None = None
     logprobs: tuple[TokenLogprob, ...] | None = None  # one per token id, when the request asked
     cached_tokens: int | None = None  # on the first output: prompt tokens its prefix cache held
+    refused: bool = False
+    report: LoadReport | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +230,7 @@ class Release:
     first_output_at: float | None = None  # wall time of its first output; None: there was none
     ended_at: float | None = None  # the replica's time of freeing the seat, when it said
     replica_failed: bool = False  # the replica went away under it
+    report: LoadReport | None = None  # the replica's load as the request left, when it said
 
 
 class Overloaded(Exception):

@@ -11,6 +11,8 @@ from cluster.contracts import (
     Admission,
     EngineOutput,
     EngineRequest,
+    LoadReport,
+    Overloaded,
     Release,
     SchedulingRequest,
 )
@@ -25,6 +27,10 @@ class EngineClient(Protocol):
         caller can re-render it at a lower effort."""
 
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]: ...
+
+    async def readmit(self, admission: Admission, report: LoadReport) -> Admission:
+        """The replica refused the request with `report` (it had no room after all): wait for
+        another place, as `admit` does."""
 
     def arrived(self, admission: Admission, received_at: float) -> None:
         """The replica took the request at `received_at` (its clock; from the first output)."""
@@ -44,6 +50,9 @@ class InProcessEngine:
 
     async def admit(self, request: SchedulingRequest, degradable: bool) -> Admission:
         return Admission()
+
+    async def readmit(self, admission: Admission, report: LoadReport) -> Admission:
+        raise Overloaded(1)  # no queue here: a full engine sheds
 
     def arrived(self, admission: Admission, received_at: float) -> None:
         pass

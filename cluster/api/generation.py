@@ -22,6 +22,7 @@ from cluster.contracts import (
     EngineOutput,
     EngineRequest,
     EngineUnavailable,
+    LoadReport,
     Outcome,
     Overloaded,
     Release,
@@ -119,6 +120,7 @@ class Generation:
     _admitted_at: float | None = field(default=None, repr=False)
     _first_at: float | None = field(default=None, repr=False)
     _ended_at: float | None = field(default=None, repr=False)  # the replica's, on the last output
+    _end_report: LoadReport | None = field(default=None, repr=False)  # on the last output too
     _first_answer_at: float | None = field(default=None, repr=False)
     _gaps: list[float] = field(default_factory=list, repr=False)
     _recorded: bool = field(default=False, repr=False)
@@ -163,7 +165,9 @@ class Generation:
         if self._recorded:
             return
         self._recorded = True
-        release = Release(output_tokens, self._first_at, self._ended_at, self._replica_failed)
+        release = Release(
+            output_tokens, self._first_at, self._ended_at, self._replica_failed, self._end_report
+        )
         record = RequestRecord(
             endpoint=self.endpoint,
             effort=self.request.effort,
@@ -249,8 +253,17 @@ class Generation:
         if admission.effort is not None and demand.rerender is not None:
             self.degraded_from = self.degraded_from or self.request.effort  # the asked-for one
             self.request = demand.rerender(admission.effort)
-        outputs = engine.generate(replace(self.request, replica=admission.replica))
-        self._first = await anext(outputs)
+        while True:
+            outputs = engine.generate(replace(self.request, replica=admission.replica))
+            self._first = await anext(outputs)
+            if not self._first.refused:
+                break
+            # Another gateway took the room since the report this one placed by: the request
+            # queues again, in its place (Serve's own retry would be first come, first served).
+            await outputs.aclose()
+            self._admission = None  # the scheduler has it back
+            admission = await engine.readmit(admission, self._first.report)
+            self._admission = admission
         if self._first.received_at is not None:
             engine.arrived(admission, self._first.received_at)
         return outputs
@@ -289,6 +302,7 @@ class Generation:
                 self.completion_tokens += len(output.token_ids)
                 self.finish_reason = output.finish_reason or self.finish_reason
                 self._ended_at = output.ended_at
+                self._end_report = output.report or self._end_report
                 yield output
                 if output.finish_reason is not None or self.stop.stopped:
                     break

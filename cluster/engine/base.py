@@ -22,6 +22,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def load_report(self) -> LoadReport: ...
 
+    def cached_prompt_tokens(self, prompt_token_ids: list[int]) -> int:
+        """Prompt tokens its prefix cache would serve now; 0 where the engine cannot tell."""
+        return 0
+
     def cache_events(self) -> AsyncIterator[CacheDelta] | None:
         """What the engine's prefix cache holds, then what changes, for one gateway; None where
         the engine does not say (the gateway's index then follows its placements alone)."""

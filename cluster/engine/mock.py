@@ -114,6 +114,10 @@ class MockEngine(Engine):
                 self._model.abort(request.request_id)
             del self._streams[request.request_id]
 
+    def cached_prompt_tokens(self, prompt_token_ids: list[int]) -> int:
+        blocks = token_blocks(prompt_token_ids, self._model.block_size)
+        return self._model.cached_tokens(len(prompt_token_ids), blocks)
+
     def load_report(self) -> LoadReport:
         return LoadReport(
             running=self._model.running,

@@ -353,11 +353,12 @@ class Scheduler:
     # -- placement -------------------------------------------------------------------------
 
     def report(self, replica: Hashable, report: LoadReport) -> None:
-        """A fresh load report: what was placed before it is now inside it."""
+        """A fresh load report: what was placed before it is now inside it. One older than the
+        replica's last (a reply carried a newer one) says nothing new."""
         state = self._replicas.get(replica)
         if state is None:
             self._replicas[replica] = _Replica(report)
-        else:
+        elif report.reported_at >= state.report.reported_at:
             state.refresh(report, self.transit_s)
 
     def forget(self, alive: Iterable[Hashable]) -> None:
@@ -390,6 +391,9 @@ class Scheduler:
     @property
     def replicas(self) -> int:
         return len(self._replicas)
+
+    def __contains__(self, replica: Hashable) -> bool:
+        return replica in self._replicas
 
     def withdraw(self, ticket: Ticket, now: float) -> None:
         """The caller left while its request was queued (client disconnect)."""

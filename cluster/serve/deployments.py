@@ -25,6 +25,7 @@ from cluster.contracts import (
     EngineOutput,
     EngineRequest,
     EngineUnavailable,
+    LoadReport,
     Overloaded,
     Release,
     SchedulingRequest,
@@ -114,6 +115,9 @@ class ServeEngineClient:
 
     async def admit(self, request: SchedulingRequest, degradable: bool) -> Admission:
         return await self._dispatcher.admit(request, degradable)
+
+    async def readmit(self, admission: Admission, report: LoadReport) -> Admission:
+        return await self._dispatcher.readmit(admission, report)
 
     def arrived(self, admission: Admission, received_at: float) -> None:
         self._dispatcher.arrived(admission, received_at)

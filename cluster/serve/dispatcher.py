@@ -21,6 +21,7 @@ from cluster.contracts import (
     Admission,
     CacheDelta,
     DemandSignal,
+    Effort,
     LoadReport,
     Overloaded,
     Release,
@@ -84,6 +85,10 @@ class Dispatcher:
             config.efforts,
             transit_s=TRANSIT_S,
             late_binding=config.router.policy == "effort_aware",
+            engine_refuses=config.router.engine_refuses,
+            # The gateways that always run: each assumes the others placed as much as it did
+            # since a report (an autoscaled gateway count above it only adds gateways).
+            gateways=config.gateway.replicas.min_replicas,
         )
         self._metrics = metrics
         self._horizon_s = config.autoscaling.horizon_s
@@ -167,20 +172,35 @@ class Dispatcher:
             raise Overloaded(decision.retry_after_s)
         if self._metrics is not None:
             self._metrics.admitted(decision.ticket.effort, decision.degraded_from)
-        waiter = _Waiter(decision.ticket, self._loop.create_future())
+        effort = decision.ticket.effort if decision.degraded_from else None
+        return await self._wait(decision.ticket, effort)
+
+    async def readmit(self, admission: Admission, report: LoadReport) -> Admission:
+        """The replica refused the request with `report` (another gateway took the room since
+        the report this one placed by): it queues again in its place and waits for a replica."""
+        self._loop = asyncio.get_running_loop()
+        ticket = admission.ticket
+        if ticket is None or admission.replica is None:  # Serve's router placed it: it retries
+            return admission
+        self.scheduler.refused(ticket, admission.replica, report, self._clock())
+        if self.scheduler.replicas == 0:
+            return Admission()
+        return await self._wait(ticket, admission.effort)
+
+    async def _wait(self, ticket: Ticket, effort: Effort | None) -> Admission:
+        waiter = _Waiter(ticket, asyncio.get_running_loop().create_future())
         self._waiting[ticket.request_id] = waiter
         self._release()
         try:
             replica = await waiter.future
         except asyncio.CancelledError:  # the client left while queued
             if self._waiting.pop(ticket.request_id, None) is not None:
-                self.scheduler.withdraw(decision.ticket, self._clock())
+                self.scheduler.withdraw(ticket, self._clock())
             elif not waiter.future.cancelled():  # placed just before it left: free the seat
                 placed = waiter.future.result()
-                self.scheduler.completed(decision.ticket, placed, None, self._clock())
+                self.scheduler.completed(ticket, placed, None, self._clock())
             raise
-        effort = decision.ticket.effort if decision.degraded_from else None
-        return Admission(replica, effort, decision.ticket)
+        return Admission(replica, effort, ticket)
 
     def arrived(self, admission: Admission, received_at: float) -> None:
         """The replica took the request at `received_at`: reports from then on count it."""
@@ -196,6 +216,8 @@ class Dispatcher:
             return
         now = self._clock()
         output_tokens, first_output_at = end.output_tokens, end.first_output_at
+        if end.report is not None and admission.replica in self.scheduler:  # fresher than Serve's
+            self.scheduler.report(admission.replica, end.report)
         self.scheduler.completed(
             ticket, admission.replica, output_tokens, now, ended_at=end.ended_at
         )

@@ -173,3 +173,38 @@ async def test_a_failed_replica_gets_nothing_until_a_newer_report():
     d.publish({"a": report(seats=4, at=101.0), "b": report(seats=4, at=101.0)})
     await admit(d, "s0")  # applies the broadcast
     assert d.scheduler.replicas == 2  # a newer report shows it alive: back in placement
+
+
+async def test_a_refused_request_waits_again_in_its_place_until_the_replica_has_room():
+    d, clock = dispatcher()
+    d.publish({"a": report(seats=2)})
+    first = await admit(d, "r0")
+    later = asyncio.create_task(admit(d, "r1"))
+    await asyncio.sleep(0)
+    second = await asyncio.wait_for(later, 1)
+    assert second.replica == "a"
+    d.arrived(second, clock.now + 0.005)  # r1 runs there: a report from then on counts it
+    clock.now += 0.01
+    # Another gateway took both seats: the engine refuses r0 and says so.
+    again = asyncio.create_task(d.readmit(first, report(seats=2, running=2, at=clock.now)))
+    await asyncio.sleep(0)
+    assert not again.done() and d.scheduler.queue.peek(clock.now) is first.ticket
+    clock.now += 0.5
+    d.publish({"a": report(seats=2, running=1, at=clock.now)})
+    readmitted = await asyncio.wait_for(again, 1)
+    assert readmitted.replica == "a" and readmitted.ticket is first.ticket
+
+
+async def test_the_report_a_last_reply_carries_counts_before_serves_next_one():
+    d, clock = dispatcher()
+    d.publish({"a": report(seats=1)})
+    first = await admit(d, "r0")
+    waiting = asyncio.create_task(admit(d, "r1"))
+    await asyncio.sleep(0)
+    clock.now += 1.0
+    fresh = report(seats=1, running=0, at=clock.now)
+    d.release(first, Release(180, clock.now - 0.5, ended_at=clock.now - 0.01, report=fresh))
+    assert (await asyncio.wait_for(waiting, 1)).replica == "a"
+    assert d.scheduler._replicas["a"].report is fresh
+    d.publish({"a": report(seats=1, running=1, at=clock.now - 0.2)})  # older: nothing new
+    assert d.scheduler._replicas["a"].report is fresh

@@ -9,7 +9,7 @@ import pytest
 from cluster.api.engine_client import InProcessEngine
 from cluster.api.gateway import create_app
 from cluster.api.stops import StopMatcher
-from cluster.contracts import Admission, Effort, Overloaded
+from cluster.contracts import Admission, Effort, EngineOutput, LoadReport, Overloaded
 from cluster.engine.mock import MockEngine
 from cluster.harmony import Turn
 from tests.helpers import fast_config, shared_prefix
@@ -527,3 +527,54 @@ async def test_usage_counts_the_prompt_tokens_the_engines_prefix_cache_held(
     first, second = (r.prompt_token_ids for r in recorder.requests)
     shared = shared_prefix(first, second)
     assert cached == shared // 16 * 16 and shared > 400, (cached, shared, prompt)
+
+
+class RefusedOnce(InProcessEngine):
+    """The first engine call of each request is refused (another gateway took the seat)."""
+
+    def __init__(self, engine: MockEngine) -> None:
+        super().__init__(engine)
+        self.readmitted: list[LoadReport] = []
+        self._refused: set[str] = set()
+
+    def generate(self, request):
+        if request.request_id not in self._refused:
+            self._refused.add(request.request_id)
+            return self._refusal()
+        return super().generate(request)
+
+    async def _refusal(self):
+        yield EngineOutput([], refused=True, report=self.engine.load_report())
+
+    async def readmit(self, admission, report):
+        self.readmitted.append(report)
+        return admission
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_refused_request_runs_once_placed_again_and_the_client_sees_nothing(
+    harmony, engine, stream
+):
+    refusing = RefusedOnce(engine)
+    body = chat(seed=7, stream=stream)
+    async with client_for(create_app(fast_config(), harmony, refusing)) as c:
+        r = await c.post("/v1/chat/completions", json=body)
+    async with client_for(create_app(fast_config(), harmony, InProcessEngine(engine))) as c:
+        want = await c.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200 and len(refusing.readmitted) == 1
+    if stream:
+        text = "".join(
+            ch["choices"][0]["delta"].get("content") or ""
+            for ch in sse_chunks(r.text)
+            if ch["choices"]
+        )
+        assert text == "".join(
+            ch["choices"][0]["delta"].get("content") or ""
+            for ch in sse_chunks(want.text)
+            if ch["choices"]
+        )
+    else:
+        assert r.json()["choices"] == want.json()["choices"]
+        got, plain = r.json()["usage"], want.json()["usage"]  # the second found the cache warm
+        assert got["completion_tokens"] == plain["completion_tokens"]
+        assert got["prompt_tokens"] == plain["prompt_tokens"]

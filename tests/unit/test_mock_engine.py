@@ -4,6 +4,7 @@ import statistics
 import pytest
 
 from cluster.contracts import Effort, EngineRequest, SamplingParams
+from cluster.engine.gatekeeper import Gatekeeper
 from cluster.engine.mock import MockEngine
 from cluster.engine.mock_replies import ReplyWriter
 from cluster.harmony import Turn
@@ -123,3 +124,23 @@ async def test_load_report_counts_outstanding_expected_work(engine, harmony):
     assert report.kv_used_tokens > 0
     for s in streams:
         await s.aclose()
+
+
+async def test_the_gatekeeper_refuses_beyond_its_seats_and_its_last_output_says_its_load(harmony):
+    """Two seats: a third request at once is refused with the engine's load (two taken), and a
+    finished request's last output carries the load with its seat free."""
+    config = fast_config(engine={"mock": {"max_num_seqs": 2}})
+    gate = Gatekeeper(MockEngine(config, harmony), config.router)
+    held = [gate.generate(request(harmony, f"r{i}")) for i in range(2)]
+    firsts = [await anext(stream) for stream in held]
+    assert not any(first.refused for first in firsts)
+    refusal = [out async for out in gate.generate(request(harmony, "r2"))]
+    assert len(refusal) == 1 and refusal[0].refused and refusal[0].token_ids == []
+    report = refusal[0].report
+    assert report.running + report.waiting == 2 and gate.refused == 1
+    await held[0].aclose()  # a client that leaves frees its seat
+    *_, last = [out async for out in held[1]]
+    assert last.finish_reason is not None
+    assert last.report.running + last.report.waiting == 0
+    tokens, finish = await collect(gate, request(harmony, "r3"))
+    assert tokens and finish is not None
