@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import time
+import tracemalloc
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -224,25 +225,30 @@ def plot_goodput(path: Path, title: str, sweep: dict[str, list[tuple[float, floa
     fig.savefig(path, dpi=110)
 
 
-def decisions_per_second(replicas: int = 64, queued: int = 10_000) -> float:
-    """Scheduler core on one core: requests released per second from a deep queue."""
+def core_scale(replicas: int = 256, queued: int = 50_000, gateways: int = 1) -> tuple[float, float]:
+    """Scheduler core on one core: requests released per second from a deep queue onto idle
+    replicas, and the bytes each queued request holds in the scheduler (its request, ticket and
+    queue entry; measured apart from the timing, which tracing would slow)."""
     config = ClusterConfig()
     router = config.router.model_copy(update={"engine_queue_limit": 1_000_000})
-    scheduler = Scheduler(router, config.efforts)
+    scheduler = Scheduler(router, config.efforts, gateways=gateways)
     rng = random.Random(0)
     efforts = list(Effort)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
     for i in range(queued):
         effort, prompt = rng.choice(efforts), rng.randint(100, 2000)
         request = SchedulingRequest(
             f"r{i}", effort, prompt, 8192, tenant=f"t{i % 10}", prefix_key=f"p{i % 50}"
         )
-        t = scheduler.ticket(request, now=i * 1e-4)
-        scheduler.queue.push(t)
+        scheduler.queue.push(scheduler.ticket(request, now=i * 1e-4))
+    per_request = (tracemalloc.get_traced_memory()[0] - before) / queued
+    tracemalloc.stop()
     for k in range(replicas):
         scheduler.report(k, LoadReport(0, 0, 0, 10**9, 0, 10**6, 0.0))
     start = time.perf_counter()
     released = len(scheduler.dispatch(now=2.0))
-    return released / (time.perf_counter() - start)
+    return released / (time.perf_counter() - start), per_request
 
 
 def _regime_worker(name: str, duration: float, steps: int, out_dir: Path, events) -> None:
@@ -278,8 +284,12 @@ def run(
                 _regime(regime, bisection_steps, out_dir, say)
         else:
             _run_parallel(names, duration, bisection_steps, out_dir, workers, bar, tasks, say)
+    rate, per_request = core_scale()
+    spread = core_scale(gateways=8)[0]
     print(
-        f"\nscheduler core: {decisions_per_second():,.0f} decisions/s (64 replicas, 10,000 queued)"
+        f"\nscheduler core, one gateway's, 256 replicas and 50,000 queued: {rate:,.0f} "
+        f"decisions/s, {spread:,.0f} as one of 8 gateways (two choices); "
+        f"{per_request / 1024:.2f} KiB per queued request"
     )
 
 

@@ -35,6 +35,7 @@ from cluster.contracts import (
 )
 from cluster.scheduling.cost import CostModel
 from cluster.scheduling.drain import DrainRate
+from cluster.scheduling.load_order import LoadOrder
 from cluster.scheduling.prefix_index import PrefixIndex
 from cluster.scheduling.queue import SchedulingQueue, Ticket
 from cluster.scheduling.shares import EffortShares
@@ -220,6 +221,7 @@ class Scheduler:
     cost: CostModel = None  # type: ignore[assignment]
     queue: SchedulingQueue = None  # type: ignore[assignment]
     _replicas: dict[Hashable, _Replica] = field(default_factory=dict)
+    _order: LoadOrder = field(default_factory=LoadOrder)  # the replicas, cheapest first
     prefix: PrefixIndex = field(default_factory=PrefixIndex)
     drain: DrainRate = None  # type: ignore[assignment]
     # Tokens (prompt + expected output) of every request offered, admitted or not: demand.
@@ -360,12 +362,14 @@ class Scheduler:
             self._replicas[replica] = _Replica(report)
         elif report.reported_at >= state.report.reported_at:
             state.refresh(report, self.transit_s)
+        self._reorder(replica)
 
     def forget(self, alive: Iterable[Hashable]) -> None:
         """Drop replicas that are gone (died, scaled down): nothing more is placed there."""
         keep = set(alive)
         for replica in [r for r in self._replicas if r not in keep]:
             del self._replicas[replica]
+            self._order.remove(replica)
             self.prefix.forget(replica)
 
     def cache_changed(self, replica: Hashable, delta: CacheDelta) -> None:
@@ -410,8 +414,8 @@ class Scheduler:
                 break
             replica, uncached = placement
             self.queue.pop(ticket, now)
-            state = self._replicas[replica]
-            state.place(ticket, now, uncached)
+            self._replicas[replica].place(ticket, now, uncached)
+            self._reorder(replica)
             self.observed(replica, ticket.request.prefix_blocks)
             out.append((ticket, replica))
         # A request that waited took room under contention: what capacity lets through. So did
@@ -440,21 +444,39 @@ class Scheduler:
             )
         if self.gateways > 1 and not depth:
             return self._two_choices(ticket, reserve)
-        best, best_cost = None, None
-        for replica, state in self._replicas.items():
-            cached = min(depth.get(replica, 0) * BLOCK_SIZE, prompt - 1)
-            uncached = prompt - max(cached, 0)
-            prefill = state.report.prefill_tokens + state.placed_prefill
-            ahead = prefill + uncached if depth else 0
-            cost = (ahead, self._load(state))
-            if best_cost is not None and cost >= best_cost:  # cheap test first: most fail it
-                continue
-            if self.late_binding and not state.headroom(
+
+        def fits(state: _Replica, uncached: int) -> bool:
+            return not self.late_binding or state.headroom(
                 ticket, self.config, uncached, reserve, self.engine_refuses
-            ):
+            )
+
+        cold = prompt - max(min(0, prompt - 1), 0)  # computed where nothing is cached
+        if not depth:
+            return next(
+                ((r, cold) for r in self._order.by_load() if fits(self._replicas[r], cold)), None
+            )
+        best, best_cost = None, None  # cost: (prefill ahead, load, rank)
+        for replica, blocks in depth.items():  # the few that cache part of its prompt
+            if (state := self._replicas.get(replica)) is None:
                 continue
-            best, best_cost = (replica, uncached), cost
+            uncached = prompt - max(min(blocks * BLOCK_SIZE, prompt - 1), 0)
+            prefill = state.report.prefill_tokens + state.placed_prefill
+            cost = (prefill + uncached, self._load(state), self._order.rank(replica))
+            if (best_cost is None or cost < best_cost) and fits(state, uncached):
+                best, best_cost = (replica, uncached), cost
+        for prefill, load, rank, replica in self._order.by_prefill():  # the rest, cold
+            cost = (prefill + cold, load, rank)
+            if best_cost is not None and cost >= best_cost:
+                break  # in order: none after it beats the best
+            if replica not in depth and fits(self._replicas[replica], cold):
+                return replica, cold
         return best
+
+    def _reorder(self, replica: Hashable) -> None:
+        """The replica's place in the order after its report or its placed work changed."""
+        state = self._replicas[replica]
+        prefill = state.report.prefill_tokens + state.placed_prefill
+        self._order.update(replica, prefill, self._load(state))
 
     def _load(self, state: _Replica) -> int:
         """Tokens a replica holds: what its report says, plus what was placed there since by
@@ -466,15 +488,19 @@ class Scheduler:
         share each report, so the least loaded replica is every gateway's choice until the next
         one, and they herd there; two random choices are robust to stale load (Mitzenmacher)."""
         prompt = ticket.prompt_tokens
-        fits = [
-            (replica, state)
-            for replica, state in self._replicas.items()
-            if not self.late_binding
-            or state.headroom(ticket, self.config, prompt, reserve, self.engine_refuses)
-        ]
-        if not fits:
+        replicas, pair = list(self._replicas), []
+        for i in range(len(replicas)):  # a random order, drawn only as far as two fit
+            j = self.rng.randrange(i, len(replicas))
+            replicas[i], replicas[j] = replicas[j], replicas[i]
+            state = self._replicas[replicas[i]]
+            if not self.late_binding or state.headroom(
+                ticket, self.config, prompt, reserve, self.engine_refuses
+            ):
+                pair.append((replicas[i], state))
+                if len(pair) == 2:
+                    break
+        if not pair:
             return None
-        pair = self.rng.sample(fits, min(2, len(fits)))
         return min(pair, key=lambda rs: self._load(rs[1]))[0], prompt
 
     # -- feedback --------------------------------------------------------------------------
@@ -486,6 +512,7 @@ class Scheduler:
         placed_at = None
         if (state := self._replicas.get(replica)) is not None:
             placed_at = state.refuse(ticket, report, self.transit_s)
+            self._reorder(replica)
         self.queue.push(ticket)
         if placed_at is not None:
             self.drain.returned(placed_at, ticket.cost_tokens)
@@ -496,6 +523,7 @@ class Scheduler:
         counts it, an earlier one does not, whatever the transit took."""
         if (state := self._replicas.get(replica)) is not None:
             state.arrived(ticket, received_at)
+            self._reorder(replica)
 
     def completed(
         self,
@@ -510,6 +538,7 @@ class Scheduler:
         `ended_at` (the replica's clock) says exactly which reports already count it free."""
         if (state := self._replicas.get(replica)) is not None:
             state.finish(ticket, now, ended_at)
+            self._reorder(replica)
         if output_tokens is not None:
             self.cost.observe(ticket.request, ticket.expected_output_tokens, output_tokens)
 

@@ -2,6 +2,7 @@
 tokens in user text stay text; requests past their deadline are stopped and free the engine."""
 
 import json
+from contextlib import aclosing
 
 import httpx
 import pytest
@@ -153,11 +154,14 @@ class _Dying(InProcessEngine):
         if self.calls <= self.before:
             raise EngineUnavailable("ActorDiedError")
         n = 0
-        async for output in self.engine.generate(request):
-            if self.after is not None and n >= self.after:
-                raise EngineUnavailable("ActorDiedError")
-            n += 1
-            yield output
+        # Closed before the error propagates, as a dead replica's requests are gone at once
+        # (else the engine's generator ends whenever the loop gets round to finalising it).
+        async with aclosing(self.engine.generate(request)) as outputs:
+            async for output in outputs:
+                if self.after is not None and n >= self.after:
+                    raise EngineUnavailable("ActorDiedError")
+                n += 1
+                yield output
 
 
 async def test_a_replica_lost_before_any_output_is_retried_elsewhere_unseen(harmony, engine):

@@ -1,10 +1,12 @@
 """Every rule of the scheduling core, deterministic with an injected clock."""
 
+import random
+from collections import Counter
 from dataclasses import replace
 
 import pytest
 
-from cluster.blocks import segment_blocks
+from cluster.blocks import BLOCK_SIZE, segment_blocks
 from cluster.config import ClusterConfig, RouterConfig
 from cluster.contracts import Effort, LoadReport, SchedulingRequest
 from cluster.scheduling.cost import CostModel, LengthSketch
@@ -528,3 +530,77 @@ def test_the_engines_own_test_ignores_its_queue_between_steps_but_not_its_seats(
     assert not has_headroom(prefilling, 0, 0, 100, router, prefill=100)
     assert has_headroom(prefilling, 0, 0, 100, router, prefill=100, engine_arbitrates=True)
     assert not has_headroom(full, 0, 0, 100, router, prefill=100, engine_arbitrates=True)
+
+
+# -- placement at scale -------------------------------------------------------------------
+
+
+def _scan(s: Scheduler, t: Ticket) -> tuple[str, int] | None:
+    """The placement rule as a scan of every replica: the least (prefill ahead, load) with
+    headroom, ties to the replica reported first."""
+    prompt, depth = t.prompt_tokens, s.prefix.matches(t.request.prefix_blocks)
+    reserve = s.config.effort_reserve.get(t.effort, 0.0)
+    best, best_cost = None, None
+    for replica, state in s._replicas.items():
+        uncached = prompt - max(min(depth.get(replica, 0) * BLOCK_SIZE, prompt - 1), 0)
+        ahead = state.report.prefill_tokens + state.placed_prefill + uncached if depth else 0
+        cost = (ahead, state.report.outstanding_tokens + state.placed_cost)
+        fits = state.headroom(t, s.config, uncached, reserve, s.engine_refuses)
+        if fits and (best_cost is None or cost < best_cost):
+            best, best_cost = (replica, uncached), cost
+    return best
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_placement_reads_replicas_cheapest_first_yet_picks_what_a_scan_of_all_picks(seed):
+    """Replicas are kept in order as reports, placements, refusals and finishes change their
+    load, so a decision stops at the first fit; the choice is the full scan's, ties included."""
+    rng = random.Random(seed)
+    s = Scheduler(RouterConfig(prefill_queue_tokens=8_000), EFFORTS)
+    shared = [rng.randint(64, 4_096) for _ in range(4)]
+    now, placed = 0.0, []
+    for step in range(400):
+        now += 0.01
+        replica = f"e{rng.randrange(24)}"
+        event = rng.random()
+        if event < 0.25 or replica not in s:
+            report = LoadReport(
+                running=rng.randrange(8),
+                waiting=rng.randrange(2),
+                kv_used_tokens=rng.randrange(50_000),
+                kv_capacity_tokens=60_000,
+                outstanding_tokens=rng.choice((0, 1_000, rng.randrange(20_000))),  # ties
+                max_num_seqs=8,
+                reported_at=now,
+                prefill_tokens=rng.choice((0, rng.randrange(6_000))),
+            )
+            s.report(replica, report)
+        elif event < 0.3 and placed:
+            t, where = placed.pop(rng.randrange(len(placed)))
+            s.refused(t, where, s._replicas[where].report, now)
+            s.queue.remove(t)
+        elif event < 0.45 and placed:
+            t, where = placed.pop(rng.randrange(len(placed)))
+            s.completed(t, where, None, now, ended_at=now)
+        elif event < 0.5:
+            s.forget(r for r in list(s._replicas) if r != replica)
+            s.report(replica, idle(at=now))
+        head = rng.choice(shared)
+        request = with_prefix(f"q{step}", head, rng.randint(1, 2_000))
+        if rng.random() < 0.3:
+            request = replace(request, prefix_blocks=())  # nothing cached to look up
+        t = s.ticket(replace(request, effort=rng.choice(list(Effort))), now)
+        assert s._place(t) == _scan(s, t), step
+        s.submit(t, now)
+        placed += [(t, r) for t, r in s.dispatch(now)]
+
+
+def test_two_choices_among_many_replicas_stay_uniform_over_those_with_room():
+    """With many gateways each draws two replicas with room, in a random order it draws only
+    as far as it needs: every replica with room is drawn alike, a full one never."""
+    s = Scheduler(RouterConfig(), EFFORTS, gateways=8)
+    for k in range(256):
+        s.report(k, idle(running=100 if k % 4 else 0, seats=100))  # 64 of them have room
+    picks = Counter(s._place(ticket(f"r{i}"))[0] for i in range(6_400))
+    assert set(picks) <= set(range(0, 256, 4)) and len(picks) == 64
+    assert max(picks.values()) < 3 * min(picks.values())
