@@ -109,6 +109,11 @@ def vllm_engine_args(config: ClusterConfig) -> dict[str, Any]:
         "skip_tokenizer_init": False,
         "disable_log_stats": False,  # load reports come from the scheduler stats
         "stream_interval": config.engine.stream_interval,
+        # Whatever does wait inside an engine (a replica that just took a request another
+        # gateway also sent, a push policy) waits in effort order: each request carries its
+        # effort rank as its priority. Under KV pressure vLLM then preempts the newest
+        # high-effort request, not the newest of any effort.
+        "scheduling_policy": "priority",
     }
     if world_size(config) > 1:
         args["distributed_executor_backend"] = "ray"

@@ -12,14 +12,10 @@ CACHE = Path(__file__).resolve().parents[2] / ".cache"
 MODEL = TINY_SERVED_NAME
 
 
-def vllm_cpu_config(model_path: str, port: int):
-    # Priority scheduling: each request carries its effort rank as vLLM priority. The in-process
-    # engine core starts faster.
+def vllm_cpu_config(model_path: str, port: int, engine_args: dict | None = None):
+    # The in-process engine core starts faster.
     return tiny_vllm_config(
-        model_path,
-        port,
-        engine_args={"scheduling_policy": "priority"},
-        env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
+        model_path, port, engine_args=engine_args, env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     )
 
 
