@@ -343,7 +343,7 @@ def max_rates(regime: Regime, sat: float, steps: int) -> str:
 def topology_lines(regime: Regime, knee: float, sat: float) -> list[str]:
     """Ours with G gateways, per design, against G = 1 of the same design: at power-of-two's
     knee (low-effort p99 TTFT, attainment of the worst class) and at 1.5x saturation (SLO
-    goodput); with the share of placements that found their engine's seats all taken (they wait
+    goodput, the share shed and its Retry-After: admission must not depend on G); with the share of placements that found their engine's seats all taken (they wait
     in its first-come queue) and the share the engines refused."""
     ideal = regime.at(knee, "effort_aware").summary()["efforts"]["low"]["ttft_p99_s"]
     late = REPORTS["report_delay_s"], REPORTS["report_delay_s"] + REPORTS["report_jitter_s"]
@@ -358,8 +358,9 @@ def topology_lines(regime: Regime, knee: float, sat: float) -> list[str]:
         for g in GATEWAYS:
             top = spread.model_copy(update={"gateways": g})
             at_knee = regime.at(knee, "effort_aware", topology=top)
-            over = regime.at(1.5 * sat, "effort_aware", topology=top).summary()
-            s = at_knee.summary()
+            overloaded = regime.at(1.5 * sat, "effort_aware", topology=top)
+            over, s = overloaded.summary(), at_knee.summary()
+            retry = sorted(r.retry_after_s for r in overloaded.records if r.rejected) or [0]
             low, att, goodput = (
                 s["efforts"]["low"]["ttft_p99_s"],
                 _attainment(at_knee),
@@ -370,7 +371,9 @@ def topology_lines(regime: Regime, knee: float, sat: float) -> list[str]:
             lines.append(
                 f"  {design:<9} G={g:<3} low p99 TTFT {low:.2f}s ({low / base[0]:.2f}x G=1)  "
                 f"worst-class attainment {att:.1%} ({(att - base[1]) * 100:+.1f} pts)  overload "
-                f"goodput {goodput:.1f} req/s ({goodput / base[2]:.2f}x)  engine-queued "
+                f"goodput {goodput:.1f} req/s ({goodput / base[2]:.2f}x), shed "
+                f"{over['rejected'] / over['offered']:.1%} (Retry-After p50 "
+                f"{retry[len(retry) // 2]} s)  engine-queued "
                 f"{s['engine_queued'] / placed:.1%}  refused {s['refused'] / placed:.1%}"
             )
     return lines
