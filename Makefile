@@ -17,7 +17,7 @@ IMAGE_BASE ?=
 # `make bundle`: the images it builds and carries (the others go in as a recipe).
 BUNDLE_VARIANTS ?= cpu
 
-.PHONY: serve test test-fast chart chart-check lock lock-check image image-gpu bundle bench bench-engine bench-cache bench-gateway bench-sched bench-live bench-autoscale bench-overload loadtest lint render clean
+.PHONY: serve test test-fast chart chart-check lock lock-check image image-gpu bundle bench bench-engine bench-cache bench-gateway bench-sched bench-datacenter bench-live bench-autoscale bench-overload loadtest lint render clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -131,6 +131,10 @@ bench-gateway: $(STAMP)
 ## Effort-aware scheduling vs the peers' policies (simulator; three regimes)
 bench-sched: $(STAMP)
 	$(VENV)/bin/gpt-oss-cluster bench-sched
+
+## A data-center day, up to 64 replicas behind 8 gateways: ours vs Serve's routing and autoscaling
+bench-datacenter: $(STAMP)
+	$(VENV)/bin/gpt-oss-cluster bench-datacenter
 
 ## Backlog autoscaling vs Ray Serve's ongoing-requests policy (simulator: a step and a day)
 bench-autoscale: $(STAMP)

@@ -219,6 +219,18 @@ def bench_sched(
         raise typer.BadParameter(str(e), param_hint="--duration") from e
 
 
+@app.command("bench-datacenter")
+def bench_datacenter(
+    window: Annotated[
+        float, typer.Option(min=20.0, help="Simulated seconds of each window of the day.")
+    ] = 180.0,
+) -> None:
+    """A data-center day, 64 replicas behind 8 gateways: ours vs Serve's routing and autoscaling."""
+    from cluster.bench.datacenter import run
+
+    run(window)
+
+
 @app.command("bench-autoscale")
 def bench_autoscale() -> None:
     """Backlog autoscaling vs Ray Serve's ongoing-requests policy: a load step and a day."""

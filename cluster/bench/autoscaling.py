@@ -18,7 +18,6 @@ half its step misses at that cost.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -28,7 +27,7 @@ from cluster.config import ClusterConfig
 from cluster.sim.fleets import Autoscaler, Backlog, OngoingRequests, SimFleet
 from cluster.sim.fluid import DayResult, run_day
 from cluster.sim.simulator import Simulation, meets_slo
-from cluster.sim.workload import ClusterSpec, WorkloadSpec
+from cluster.sim.workload import ClusterSpec, WorkloadSpec, diurnal
 
 START_S = 120.0
 BOUNDS = (1, 16)
@@ -68,10 +67,7 @@ def step(autoscaler: Autoscaler, config: ClusterConfig) -> tuple[int, int, float
 
 
 def day(autoscaler: Autoscaler, config: ClusterConfig) -> DayResult:
-    profile = [
-        (h * 3600.0, 0.625 - 0.375 * math.cos(2 * math.pi * (h - 4) / 24)) for h in range(25)
-    ]
-    workload = WorkloadSpec(rate=0.9 * SATURATION_RPS, duration_s=86_400, rate_profile=profile)
+    workload = WorkloadSpec(rate=0.9 * SATURATION_RPS, duration_s=86_400, rate_profile=diurnal())
     return run_day(autoscaler, workload, ClusterSpec(), config, START_S, initial_replicas=8)
 
 

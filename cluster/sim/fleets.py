@@ -27,6 +27,7 @@ from cluster.scheduling.autoscaling import (
     Hysteresis,
     ScalingSignal,
 )
+from cluster.sim.policies import EffortAware
 from cluster.sim.simulator import Simulation, meets_slo
 
 
@@ -156,7 +157,9 @@ class SimFleet:
     _seen: int = 0
 
     def decide(self, now: float, sim: Simulation) -> int:
-        schedulers = [gateway.scheduler for gateway in sim.gateways]
+        # Push policies keep no queue and no demand signal: Serve's own autoscaler counts
+        # the requests in the engines.
+        schedulers = [g.scheduler for g in sim.gateways if isinstance(g, EffortAware)]
         serving = sum(r.serving(now) for r in sim.replicas)
         running = [r for r in sim.replicas if r.stopped_at is None]
         # Every gateway's demand signal, combined as the live policy combines them.

@@ -105,14 +105,21 @@ class RoundRobin(_Push):
 
 @dataclass
 class PowerOfTwo(_Push):
-    """Ray Serve's default: two random replicas, the one with fewer ongoing requests (FIFO)."""
+    """Ray Serve's default: two random replicas, the one with fewer ongoing requests (FIFO).
+    Under an autoscaler it draws among the replicas serving, as Serve's router does."""
 
     name: str = "power_of_two"
     rng: random.Random = field(default_factory=random.Random)  # seeded by `make_policy`
+    _gone: set[int] = field(default_factory=set)  # scaled down: draining, then stopped
 
     def arrive(self, request: SimRequest, now: float) -> Dispatch:
-        pair = self.rng.sample(range(len(self.replicas)), min(2, len(self.replicas)))
+        kept = [k for k in range(len(self.replicas)) if k not in self._gone]
+        serving = [k for k in kept if self.replicas[k].serving(now)] or kept
+        pair = self.rng.sample(serving, min(2, len(serving)))
         return [(request, min(pair, key=lambda k: self._ongoing(k, now)))]
+
+    def leave(self, replica: int) -> None:
+        self._gone.add(replica)
 
 
 @dataclass

@@ -154,6 +154,15 @@ class SimRequest:
     segments: tuple[tuple[object, int], ...] = ()
 
 
+def diurnal(trough_hour: int = 4) -> list[tuple[float, float]]:
+    """A day's `rate_profile`, hour by hour: 25% of the peak at `trough_hour`, the peak 12 hours
+    later, a cosine between."""
+    return [
+        (h * 3600.0, 0.625 - 0.375 * math.cos(2 * math.pi * (h - trough_hour) / 24))
+        for h in range(25)
+    ]
+
+
 def rate_factor(profile: list[tuple[float, float]], t: float) -> float:
     """The profile's multiplier at time t (linear between points, flat beyond the ends)."""
     if t <= profile[0][0]:

@@ -6,7 +6,7 @@ from cluster.config import ClusterConfig
 from cluster.sim.fleets import Backlog, OngoingRequests, SimFleet
 from cluster.sim.fluid import run_day
 from cluster.sim.simulator import Simulation
-from cluster.sim.workload import ClusterSpec, WorkloadSpec
+from cluster.sim.workload import ClusterSpec, Topology, WorkloadSpec
 
 CONFIG = ClusterConfig(autoscaling={"upscale_delay_s": 5, "downscale_delay_s": 30})
 STEP = [(0, 0.2), (60, 0.2), (60, 1.0), (180, 1.0)]  # x rate: a step up at 60 s
@@ -37,3 +37,25 @@ def test_the_fluid_day_charges_every_kept_replica_and_is_deterministic():
     assert kept[-1] > kept[0]  # the ramp raised the fleet
     serve = run_day(OngoingRequests(CONFIG, 1, 16, 64), workload, ClusterSpec(), CONFIG, 120.0, 2)
     assert serve.gpu_hours > 0 and serve.offered == days[0].offered
+
+
+def test_serves_default_routing_follows_its_own_autoscaler_up_and_down():
+    """Power of two choices under Serve's ongoing-requests autoscaler, two gateways on late
+    reports: it draws among replicas serving, none still starting or scaled down."""
+    config = CONFIG.model_copy(
+        update={"autoscaling": CONFIG.autoscaling.model_copy(update={"downscale_delay_s": 20})}
+    )
+    workload = WorkloadSpec(
+        rate=12, duration_s=240, warmup_share=0, rate_profile=[(0, 1.0), (120, 1.0), (120, 0.1)]
+    )
+    fleet = SimFleet(OngoingRequests(config, 1, 4, target_ongoing_requests=8), start_s=20)
+    top = Topology(gateways=2, report_period_s=0.5, report_delay_s=0.05)
+    cluster = ClusterSpec(replicas=1, topology=top)
+    sim = Simulation(workload, cluster, "power_of_two", config, fleet)
+    result = sim.run()
+    targets = [s.target for s in fleet.trace]
+    assert max(targets) > 1 and targets[-1] < max(targets)  # up under load, down after it
+    assert any(r.draining for r in sim.replicas)
+    for r in result.all_records:  # nothing lost, nothing placed where it could not run
+        assert r.generated == r.request.output_tokens
+        assert r.first_token >= 0
