@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cluster.bench.autoscaling import SATURATION_RPS
+from cluster.bench.scheduling import REPORTS
 from cluster.config import ClusterConfig
 from cluster.sim.fleets import Autoscaler, Backlog, OngoingRequests, SimFleet
 from cluster.sim.fluid import run_day
@@ -28,11 +30,9 @@ from cluster.sim.workload import ClusterSpec, Topology, WorkloadSpec, diurnal, r
 REPLICAS = (1, 64)
 GATEWAYS = 8
 START_S = 120.0  # a GPU replica's cold start (ANCHORS.md)
-REPLICA_RPS = 51.8 / 8  # one H100 TP2 replica's saturation on the reference mix (bench-sched)
-PEAK_RPS = 0.9 * REPLICAS[1] * REPLICA_RPS
+PEAK_RPS = 0.9 * REPLICAS[1] * SATURATION_RPS / 8  # 8 replicas' saturation, 64 replicas' peak
 SERVE_TARGET = 64  # ongoing requests per replica: KubeRay's LLM sample
 HOURS = (4, 10, 16, 20)  # trough, rising, peak, falling
-REPORTS = {"report_period_s": 0.5, "report_delay_s": 0.05, "report_jitter_s": 0.1}
 # (name, placement policy, topology, autoscaler)
 PLANS: dict[str, tuple[str, Topology, Callable[[ClusterConfig], Autoscaler]]] = {
     "ours": (
