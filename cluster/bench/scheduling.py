@@ -343,8 +343,9 @@ def max_rates(regime: Regime, sat: float, steps: int) -> str:
 def topology_lines(regime: Regime, knee: float, sat: float) -> list[str]:
     """Ours with G gateways, per design, against G = 1 of the same design: at power-of-two's
     knee (low-effort p99 TTFT, attainment of the worst class) and at 1.5x saturation (SLO
-    goodput, the share shed and its Retry-After: admission must not depend on G); with the share of placements that found their engine's seats all taken (they wait
-    in its first-come queue) and the share the engines refused."""
+    goodput, the share shed and its Retry-After: admission must not depend on G); with the share
+    of placements that found their engine's seats all taken (they wait in its first-come queue)
+    and the share the engines refused."""
     ideal = regime.at(knee, "effort_aware").summary()["efforts"]["low"]["ttft_p99_s"]
     late = REPORTS["report_delay_s"], REPORTS["report_delay_s"] + REPORTS["report_jitter_s"]
     head = (

@@ -23,9 +23,6 @@ class LoadOrder:
         self._keys: dict[Hashable, tuple[int, int, int]] = {}  # replica: (prefill, load, rank)
         self._ranks = count()
 
-    def __len__(self) -> int:
-        return len(self._keys)
-
     def update(self, replica: Hashable, prefill: int, load: int) -> None:
         """The replica's prefill still to compute and its load (tokens) are now these."""
         old = self._keys.get(replica)
@@ -33,16 +30,16 @@ class LoadOrder:
             return
         rank = next(self._ranks) if old is None else old[2]
         if old is not None:
-            self._drop(replica, old)
+            self._drop(old)
         self._keys[replica] = (prefill, load, rank)
         insort(self._by_load, (load, rank, replica))
         insort(self._by_prefill, (prefill, load, rank, replica))
 
     def remove(self, replica: Hashable) -> None:
         if (old := self._keys.pop(replica, None)) is not None:
-            self._drop(replica, old)
+            self._drop(old)
 
-    def _drop(self, replica: Hashable, key: tuple[int, int, int]) -> None:
+    def _drop(self, key: tuple[int, int, int]) -> None:
         prefill, load, rank = key
         del self._by_load[bisect_left(self._by_load, (load, rank))]
         del self._by_prefill[bisect_left(self._by_prefill, (prefill, load, rank))]

@@ -110,16 +110,15 @@ class PowerOfTwo(_Push):
 
     name: str = "power_of_two"
     rng: random.Random = field(default_factory=random.Random)  # seeded by `make_policy`
-    _gone: set[int] = field(default_factory=set)  # scaled down: draining, then stopped
 
     def arrive(self, request: SimRequest, now: float) -> Dispatch:
-        kept = [k for k in range(len(self.replicas)) if k not in self._gone]
-        serving = [k for k in kept if self.replicas[k].serving(now)] or kept
+        everyone = range(len(self.replicas))
+        serving = [k for k in everyone if self.replicas[k].serving(now)] or everyone
         pair = self.rng.sample(serving, min(2, len(serving)))
         return [(request, min(pair, key=lambda k: self._ongoing(k, now)))]
 
     def leave(self, replica: int) -> None:
-        self._gone.add(replica)
+        """Nothing to forget: a replica that leaves drains, and `serving` says so."""
 
 
 @dataclass
