@@ -14,16 +14,17 @@ import os
 import random
 import time
 import tracemalloc
+from array import array
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 from matplotlib.figure import Figure  # the object API: no pyplot state, no GUI backend
-from rich.progress import MofNCompleteColumn, Progress, TaskID
+from rich.progress import MofNCompleteColumn, Progress
 
 from cluster.bench.fairness import FLOOR_GOAL, floor_cost_bound
+from cluster.bench.pool import UrgentPool
 from cluster.config import ClusterConfig, RouterConfig
 from cluster.contracts import Effort, LoadReport, SchedulingRequest
 from cluster.scheduling.scheduler import Scheduler
@@ -97,7 +98,7 @@ REGIMES = {
 }
 
 
-LOAD_SWEEP = (0.5, 0.75, 0.9, 1.0, 1.25, 1.5, 2.0)  # offered load, fractions of saturation
+LOAD_SWEEP = (0.5, 0.9, 1.0, 1.5, 2.0)  # offered load, fractions of saturation
 
 # Many gateways (issue 18): each its own scheduler and queue, on Serve's 0.5 s load reports that
 # reach it 50-150 ms late. Today's design ("naive") against engines that refuse what they have no
@@ -113,17 +114,70 @@ DEGRADE = ClusterConfig(router=RouterConfig(degrade_effort=True))
 NO_FLOOR = ClusterConfig(router=RouterConfig(min_effort_share=0.0))  # SLO alone sheds
 
 
-class Regime:
-    """One cluster and arrival process: every simulation run once (memoised without its prompts, so
-    every regime fits in one process), each run announced to `on_run` (a progress bar)."""
+@dataclass(frozen=True)
+class Run:
+    """What the bench reads of one simulation, taken in the process that ran it (the records
+    of a few hundred runs would not fit in one)."""
 
-    def __init__(self, name: str, duration: float, on_run: Callable[[], None]) -> None:
+    summary: dict
+    cpu_s: float  # the simulation's own
+    within_slo: int  # requests served within both SLOs
+    retry_after_p50_s: int  # of the rejected ones (0: none)
+    ttfts: dict[Effort, array]  # each effort's served requests, sorted
+
+    @classmethod
+    def of(cls, result: SimResult, cpu_s: float) -> Run:
+        retry = sorted(r.retry_after_s for r in result.records if r.rejected) or [0]
+        served = result.served()
+        return cls(
+            result.summary(),
+            cpu_s,
+            sum(result.meets_slo(r) for r in served),
+            retry[len(retry) // 2],
+            {
+                e: array("d", sorted(r.ttft for r in served if r.request.effort is e))
+                for e in Effort
+            },
+        )
+
+
+def _simulate(
+    workload: WorkloadSpec, cluster: ClusterSpec, policy: str, config: ClusterConfig
+) -> Run:
+    start = time.process_time()
+    result = simulate(workload, cluster, policy, config)
+    return Run.of(result, time.process_time() - start)
+
+
+class Regime:
+    """One cluster and arrival process; its simulations run on the bench's pool, each once."""
+
+    def __init__(self, name: str, duration: float, pool: UrgentPool) -> None:
         self.name = name
         self.spec = REGIMES[name]
         self.cluster, self.workload = self.spec.cluster, self.spec.workload
         self.duration = duration * self.spec.duration_factor
-        self._on_run = on_run
-        self._runs: dict[tuple, SimResult] = {}
+        self._pool = pool
+
+    def submit(
+        self,
+        rate: float,
+        policy: str,
+        config: ClusterConfig | None = None,
+        topology: Topology | None = None,
+        urgent: bool = True,
+    ) -> Future[Run]:
+        config = config or ClusterConfig()
+        cluster = self.cluster.model_copy(update={"topology": topology or Topology()})
+        workload = self.workload.model_copy(update={"rate": rate, "duration_s": self.duration})
+        key = (
+            self.name,
+            round(rate, 6),
+            policy,
+            config.model_dump_json(),
+            cluster.model_dump_json(),
+        )
+        return self._pool.submit(key, _simulate, workload, cluster, policy, config, urgent=urgent)
 
     def at(
         self,
@@ -131,19 +185,12 @@ class Regime:
         policy: str,
         config: ClusterConfig | None = None,
         topology: Topology | None = None,
-    ) -> SimResult:
-        config = config or ClusterConfig()
-        cluster = self.cluster.model_copy(update={"topology": topology or Topology()})
-        key = (round(rate, 6), policy, config.model_dump_json(), cluster.model_dump_json())
-        if key not in self._runs:
-            workload = self.workload.model_copy(update={"rate": rate, "duration_s": self.duration})
-            self._runs[key] = simulate(workload, cluster, policy, config).without_prompts()
-            self._on_run()
-        return self._runs[key]
+    ) -> Run:
+        return self.submit(rate, policy, config, topology).result()
 
     def saturation(self) -> float:
         """Completed requests per second under far more load than the cluster can serve."""
-        sat = self.at(self.spec.probe_rate, "power_of_two").summary()["throughput_rps"]
+        sat = self.at(self.spec.probe_rate, "power_of_two").summary["throughput_rps"]
         if sat <= 0:  # every rate of the bench is a fraction of it
             raise ValueError(
                 f"{self.name}: no request completed in {self.duration:g} s of simulated traffic; "
@@ -161,28 +208,22 @@ class Regime:
         return low
 
 
-def _attainment(result: SimResult) -> float:
-    efforts = result.summary()["efforts"]
-    return min((v["slo_attainment"] for v in efforts.values()), default=0.0)
+def _attainment(run: Run) -> float:
+    return min((v["slo_attainment"] for v in run.summary["efforts"].values()), default=0.0)
 
 
-def _efforts_line(result: SimResult) -> str:
-    s = result.summary()["efforts"]
+def _efforts_line(run: Run) -> str:
     return "  ".join(
         f"{e}: p50 {v['ttft_p50_s']:.2f}s p99 {v['ttft_p99_s']:.2f}s att {v['slo_attainment']:.0%}"
-        for e, v in s.items()
+        for e, v in run.summary["efforts"].items()
     )
 
 
-def _within_slo(result: SimResult) -> int:
-    return sum(result.meets_slo(r) for r in result.served())
-
-
-def _shares_line(result: SimResult) -> str:
+def _shares_line(run: Run) -> str:
     """Each effort's share of its offered requests served within SLO, against the overall share
     (the fairness floor's goal: none under half of it)."""
-    overall = _within_slo(result) / max(len(result.records), 1)
-    shares = {e: v["slo_attainment"] for e, v in result.summary()["efforts"].items()}
+    overall = run.within_slo / max(run.summary["offered"], 1)
+    shares = {e: v["slo_attainment"] for e, v in run.summary["efforts"].items()}
     lowest = min(shares.values(), default=0.0) / overall if overall else 0.0
     return (
         "served within SLO "
@@ -191,14 +232,13 @@ def _shares_line(result: SimResult) -> str:
     )
 
 
-def plot_ttft_cdfs(path: Path, title: str, results: dict[str, SimResult]) -> None:
+def plot_ttft_cdfs(path: Path, title: str, runs: dict[str, Run]) -> None:
     """TTFT CDF per effort class, one line per policy."""
     fig = Figure(figsize=(15, 4.2))
     axes = fig.subplots(1, len(Effort), sharey=True)
     for ax, effort in zip(axes, Effort, strict=True):
-        for policy, result in results.items():
-            ttfts = sorted(r.ttft for r in result.served() if r.request.effort is effort)
-            if ttfts:
+        for policy, run in runs.items():
+            if ttfts := run.ttfts[effort]:
                 ax.plot(ttfts, [(i + 1) / len(ttfts) for i in range(len(ttfts))], label=policy)
         slo = ClusterConfig().efforts[effort].ttft_slo_s
         ax.axvline(slo, color="grey", linestyle=":", label="TTFT SLO")
@@ -251,93 +291,90 @@ def core_scale(replicas: int = 256, queued: int = 50_000, gateways: int = 1) -> 
     return released / (time.perf_counter() - start), per_request
 
 
-def _regime_worker(name: str, duration: float, steps: int, out_dir: Path, events) -> None:
-    """One regime in a process of its own: its runs and lines go back to the parent on `events`."""
-    regime = Regime(name, duration, lambda: events.put((name, None)))
-    _regime(regime, steps, out_dir, lambda line: events.put((name, line)))
-
-
 def run(
     duration: float = 180.0,
     bisection_steps: int = 5,
     regimes: list[str] | None = None,
     out_dir: Path = Path("bench-results"),
 ) -> None:
-    """Each regime in its own process, up to one per core (the simulator is single-threaded), the
-    longest first; a regime's lines are printed together once it is done."""
+    """Every regime at once, each in a thread that waits on its simulations; they run on one
+    process per core (the simulator is single-threaded), searches first. A regime's lines are
+    printed together once it is done."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names = sorted(regimes or REGIMES, key=lambda n: -REGIMES[n].duration_factor)
-    workers = min(len(names), os.cpu_count() or 1)
+    workers = os.cpu_count() or 1
     print(
         f"scheduling benchmark: {duration:.0f} s of simulated traffic per run; policies: "
         f"{', '.join(POLICIES)}; {workers} process{'es' if workers > 1 else ''}"
     )
+    start = time.monotonic()
     with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), transient=True) as bar:
-
-        def say(line: str) -> None:  # above the bar, unwrapped, no markup
-            bar.console.print(line, soft_wrap=True, markup=False, highlight=False)
-
         tasks = {name: bar.add_task(name, total=None) for name in names}
-        if workers == 1:
-            for name in names:
-                regime = Regime(name, duration, lambda n=name: bar.advance(tasks[n]))
-                _regime(regime, bisection_steps, out_dir, say)
-        else:
-            _run_parallel(names, duration, bisection_steps, out_dir, workers, bar, tasks, say)
+        with (
+            UrgentPool(workers, on_done=lambda key: bar.advance(tasks[key[0]])) as pool,
+            ThreadPoolExecutor(len(names)) as threads,
+        ):
+            pending = {
+                threads.submit(_regime, Regime(n, duration, pool), bisection_steps, out_dir): n
+                for n in names
+            }
+            try:
+                for done in as_completed(pending):
+                    for line in done.result():  # a regime's failure stops the bench
+                        bar.console.print(line, soft_wrap=True, markup=False, highlight=False)
+            finally:
+                pool.shutdown()  # a failure leaves the other regimes nothing to wait on
     rate, per_request = core_scale()
     spread = core_scale(gateways=8)[0]
     print(
         f"\nscheduler core, one gateway's, 256 replicas and 50,000 queued: {rate:,.0f} "
         f"decisions/s, {spread:,.0f} as one of 8 gateways (two choices); "
-        f"{per_request / 1024:.2f} KiB per queued request"
+        f"{per_request / 1024:.2f} KiB per queued request\n"
+        f"bench time {(time.monotonic() - start) / 60:.0f} min"
     )
 
 
-def _run_parallel(
-    names: list[str],
-    duration: float,
-    steps: int,
-    out_dir: Path,
-    workers: int,
-    bar: Progress,
-    tasks: dict[str, TaskID],
-    say: Callable[[str], None],
-) -> None:
-    context = get_context("spawn")  # a fresh interpreter: no inherited matplotlib or rich state
-    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
-        events = manager.Queue()  # (regime, line), or (regime, None) for each run done
-        pending = {
-            pool.submit(_regime_worker, n, duration, steps, out_dir, events): n for n in names
-        }
-        lines: dict[str, list[str]] = {n: [] for n in names}
-        while pending:
-            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            while not events.empty():  # a finished regime's events are all in by now
-                name, line = events.get()
-                if line is None:
-                    bar.advance(tasks[name])
-                else:
-                    lines[name].append(line)
-            for future in done:
-                future.result()  # a regime's failure stops the bench
-                for line in lines[pending.pop(future)]:
-                    say(line)
+MAX_RATE_PEERS = ("power_of_two", "least_outstanding", "prefix_affinity", "llm_d")
 
 
-def max_rates(regime: Regime, sat: float, steps: int) -> str:
-    """Each policy's highest rate with >= 90% attainment in every class, searched up to twice
-    saturation: the probe measures power of two's saturation, and a policy that caches or orders
-    better serves more than that within SLO."""
-    peers = ("power_of_two", "least_outstanding", "prefix_affinity", "llm_d")
-    best = {p: regime.knee(p, 0.3 * sat, 2.0 * sat, steps) for p in (*peers, "effort_aware")}
-    top = max(peers, key=best.__getitem__)
-    ours = best["effort_aware"]
-    return (
-        "max rate at 90% attainment in every class: "
-        + "  ".join(f"{p}: {v:.1f} ({v / sat:.0%})" for p, v in best.items())
-        + f"; ours {ours / best['power_of_two']:.2f}x power of two, {ours / best[top]:.2f}x the "
-        f"best peer ({top})"
-    )
+def max_rate(regime: Regime, policy: str, sat: float, steps: int) -> float:
+    """A policy's highest rate with >= 90% attainment in every class, up to twice saturation
+    (the probe measures power of two's saturation; a policy that caches or orders better serves
+    more than that within SLO): bisection between the last load of the goodput sweep that kept
+    it and the next (those runs are the sweep's own)."""
+    loads = [0.3, *LOAD_SWEEP]
+    for load in LOAD_SWEEP:
+        regime.submit(load * sat, policy)
+    kept = 0
+    while kept + 1 < len(loads) and _attainment(regime.at(loads[kept + 1] * sat, policy)) >= 0.9:
+        kept += 1
+    if kept + 1 == len(loads):
+        return loads[-1] * sat
+    return regime.knee(policy, loads[kept] * sat, loads[kept + 1] * sat, steps)
+
+
+def max_rates(regime: Regime, sat: float, steps: int) -> Callable[[], str]:
+    """`max_rate` of ours and the peers: the searches start now, each in a thread, and the line
+    returned waits for them."""
+    threads = ThreadPoolExecutor(len(MAX_RATE_PEERS) + 1)
+    searches = {
+        p: threads.submit(max_rate, regime, p, sat, steps)
+        for p in (*MAX_RATE_PEERS, "effort_aware")
+    }
+    threads.shutdown(wait=False)
+
+    def line() -> str:
+        best = {p: search.result() for p, search in searches.items()}
+        top = max(MAX_RATE_PEERS, key=best.__getitem__)
+        ours = best["effort_aware"]
+        return (
+            "max rate at 90% attainment in every class: "
+            + "  ".join(f"{p}: {v:.1f} ({v / sat:.0%})" for p, v in best.items())
+            + f"; ours {ours / best['power_of_two']:.2f}x power of two, "
+            f"{ours / best[top]:.2f}x the best peer ({top})"
+        )
+
+    return line
 
 
 def topology_lines(regime: Regime, knee: float, sat: float) -> list[str]:
@@ -346,7 +383,7 @@ def topology_lines(regime: Regime, knee: float, sat: float) -> list[str]:
     goodput, the share shed and its Retry-After: admission must not depend on G); with the share
     of placements that found their engine's seats all taken (they wait in its first-come queue)
     and the share the engines refused."""
-    ideal = regime.at(knee, "effort_aware").summary()["efforts"]["low"]["ttft_p99_s"]
+    ideal = regime.at(knee, "effort_aware").summary["efforts"]["low"]["ttft_p99_s"]
     late = REPORTS["report_delay_s"], REPORTS["report_delay_s"] + REPORTS["report_jitter_s"]
     head = (
         f"gateways: {REPORTS['report_period_s']:g} s load reports, {late[0]:g}-{late[1]:g} s "
@@ -360,8 +397,7 @@ def topology_lines(regime: Regime, knee: float, sat: float) -> list[str]:
             top = spread.model_copy(update={"gateways": g})
             at_knee = regime.at(knee, "effort_aware", topology=top)
             overloaded = regime.at(1.5 * sat, "effort_aware", topology=top)
-            over, s = overloaded.summary(), at_knee.summary()
-            retry = sorted(r.retry_after_s for r in overloaded.records if r.rejected) or [0]
+            over, s = overloaded.summary, at_knee.summary
             low, att, goodput = (
                 s["efforts"]["low"]["ttft_p99_s"],
                 _attainment(at_knee),
@@ -374,14 +410,43 @@ def topology_lines(regime: Regime, knee: float, sat: float) -> list[str]:
                 f"worst-class attainment {att:.1%} ({(att - base[1]) * 100:+.1f} pts)  overload "
                 f"goodput {goodput:.1f} req/s ({goodput / base[2]:.2f}x), shed "
                 f"{over['rejected'] / over['offered']:.1%} (Retry-After p50 "
-                f"{retry[len(retry) // 2]} s)  engine-queued "
+                f"{overloaded.retry_after_p50_s} s)  engine-queued "
                 f"{s['engine_queued'] / placed:.1%}  refused {s['refused'] / placed:.1%}"
             )
     return lines
 
 
-def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None]) -> None:
+SWEEP = [*((p, p, None) for p in POLICIES), ("effort_aware+degrade", "effort_aware", DEGRADE)]
+
+
+def _prefetch(regime: Regime, sat: float) -> None:
+    """Queue the runs whose rates do not depend on the knee, behind the searches."""
+    runs = [(share * sat, p, None, None) for share in (0.5, 0.9) for p in PUSH_POLICIES]
+    runs += [(share * sat, "effort_aware", None, None) for share in (0.5, 0.9)]
+    for load in (1.5, 2.0):
+        runs += [(load * sat, policy, config, None) for _, policy, config in SWEEP]
+        runs.append((load * sat, "effort_aware", NO_FLOOR, None))
+    if regime.name in TOPOLOGY_REGIMES:
+        runs += [
+            (1.5 * sat, "effort_aware", None, spread.model_copy(update={"gateways": g}))
+            for spread in DESIGNS.values()
+            for g in GATEWAYS
+        ]
+    runs += [
+        (load * sat, policy, config, None) for _, policy, config in SWEEP for load in LOAD_SWEEP
+    ]
+    for rate, policy, config, topology in runs:
+        regime.submit(rate, policy, config, topology, urgent=False)
+
+
+def _regime(regime: Regime, steps: int, out_dir: Path) -> list[str]:
+    """The regime's lines: saturation first, then power-of-two's knee, which most rates are
+    relative to, while the max-rate searches and the runs that need no knee go on beside."""
+    lines: list[str] = []
+    say = lines.append
     cluster, sat = regime.cluster, regime.saturation()
+    max_rate_line = max_rates(regime, sat, steps)
+    _prefetch(regime, sat)
     say(
         f"\n== {regime.name}: {cluster.replicas} replicas, TP{cluster.tensor_parallel_size}, "
         f"KV {cluster.kv_capacity_tokens:,} tokens/replica, {regime.workload.arrivals.kind} arrivals"
@@ -390,21 +455,23 @@ def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None
     )
     knee = regime.knee("power_of_two", 0.3 * sat, sat, steps)
     say(f"power-of-two knee: {knee:.1f} req/s ({knee / sat:.0%} of saturation)")
-    pow2 = regime.at(knee, "power_of_two").summary()["efforts"]
+    pow2 = regime.at(knee, "power_of_two").summary["efforts"]
+    for policy in POLICIES:
+        regime.submit(knee, policy)
     at_knee = {policy: regime.at(knee, policy) for policy in POLICIES}
     for policy, result in at_knee.items():
-        summary = result.summary()
+        summary = result.summary
         efforts = summary["efforts"]
         low_ratio = efforts["low"]["ttft_p99_s"] / pow2["low"]["ttft_p99_s"]
         say(
             f"  {policy:<18} {_efforts_line(result)}  | high queue-wait p99 "
             f"{efforts.get('high', {}).get('queue_wait_p99_s', 0):.2f}s | low p99 TTFT "
-            f"{low_ratio:.2f}x pow2 | prefix cache hits {result.prefix_hit_rate:.0%} | shed "
+            f"{low_ratio:.2f}x pow2 | prefix cache hits {summary['prefix_hit_rate']:.0%} | shed "
             f"{summary['rejected'] / max(summary['offered'], 1):.2%}"
         )
     for share in (0.5, 0.9):
-        ours = regime.at(share * sat, "effort_aware").summary()["efforts"]
-        push = {p: regime.at(share * sat, p).summary()["efforts"] for p in PUSH_POLICIES}
+        ours = regime.at(share * sat, "effort_aware").summary["efforts"]
+        push = {p: regime.at(share * sat, p).summary["efforts"] for p in PUSH_POLICIES}
         best = {
             e: min(((p, v[e]["ttft_p99_s"]) for p, v in push.items()), key=lambda pv: pv[1])
             for e in ours
@@ -433,12 +500,12 @@ def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None
             f"share costs at least {bound:.0%} of the most any schedule serves"
         )
         for label, result in rows:
-            s = result.summary()
+            s = result.summary
             say(
                 f"overload {load:.1f}x ({rate:.1f} req/s) {label:<22} goodput "
                 f"{s['goodput_rps']:.1f} req/s ({s['goodput_rps'] / sat:.2f}x saturation), "
-                f"completed within SLO {_within_slo(result)} "
-                f"({_within_slo(result) / max(_within_slo(shed), 1):.2f}x shedding alone), "
+                f"completed within SLO {result.within_slo} "
+                f"({result.within_slo / max(shed.within_slo, 1):.2f}x shedding alone), "
                 f"rejected {s['rejected'] / s['offered']:.0%}, "
                 f"degraded {s['degraded'] / s['offered']:.0%}; {_shares_line(result)}; admitted "
                 "p99 TTFT "
@@ -447,16 +514,13 @@ def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None
     if regime.name in TOPOLOGY_REGIMES:
         for line in topology_lines(regime, knee, sat):
             say(line)
-    say(max_rates(regime, sat, steps + 1))
+    say(max_rate_line())
     sweep = {
         label: [
-            (load, regime.at(load * sat, policy, config).summary()["goodput_rps"] / sat)
+            (load, regime.at(load * sat, policy, config).summary["goodput_rps"] / sat)
             for load in LOAD_SWEEP
         ]
-        for label, policy, config in [
-            *((p, p, None) for p in POLICIES),
-            ("effort_aware+degrade", "effort_aware", DEGRADE),
-        ]
+        for label, policy, config in SWEEP
     }
     for label, points in sweep.items():
         say(f"  goodput sweep {label:<22} " + "  ".join(f"{x:g}x: {y:.2f}" for x, y in points))
@@ -467,3 +531,4 @@ def _regime(regime: Regime, steps: int, out_dir: Path, say: Callable[[str], None
     goodput_png = out_dir / f"sched-{regime.name}-goodput.png"
     plot_goodput(goodput_png, f"{regime.name}: SLO goodput through overload", sweep)
     say(f"plots: {cdf_png}, {goodput_png}")
+    return lines
