@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     SecretStr,
@@ -420,6 +421,13 @@ class GatewayConfig(_Strict):
     )
     max_tool_schema_bytes: PositiveInt = Field(
         64 * 1024, description="JSON size of all tool definitions of one request."
+    )
+    migration_limit: NonNegativeInt = Field(
+        2,
+        description="Times a request whose engine replica fails mid-reply moves to another "
+        "(its prompt and reply so far as the new prompt, queued ahead of new arrivals) before "
+        "the client gets `engine_unavailable`; 0: never. Constrained replies (structured "
+        "outputs, forced tool calls) do not move.",
     )
 
 

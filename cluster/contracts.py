@@ -112,6 +112,9 @@ class EngineRequest:
     # router pick, as before the first load report arrives.
     replica: str | None = None
     constraint: OutputConstraint | None = None  # None: the model writes freely
+    # A request that moved from a failed replica mid-reply: the last `resumed_tokens` of the
+    # prompt are its reply so far, which the engine continues (`max_tokens`: what is left).
+    resumed_tokens: int = 0
 
     @property
     def priority(self) -> int:

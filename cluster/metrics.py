@@ -111,6 +111,9 @@ REJECTED = Spec("gpt_oss_router_rejected_total", "counter", "Requests shed with 
 DEGRADED = Spec("gpt_oss_router_degraded_total", "counter",
                 "Requests run at a lower reasoning effort instead of being shed.",
                 ("from_effort", "to_effort"))  # fmt: skip
+MIGRATIONS = Spec("gpt_oss_migrations_total", "counter",
+                  "Running requests moved to another engine replica mid-reply, by cause "
+                  "(failure: their replica failed).", ("cause",))  # fmt: skip
 QUEUE_DEPTH = Spec("gpt_oss_router_queue_depth", "gauge", "Requests waiting for a replica.", E)
 QUEUED_TOKENS = Spec("gpt_oss_router_queued_tokens", "gauge",
                      "Expected tokens (prompt + output) of the requests waiting.")  # fmt: skip
@@ -141,7 +144,7 @@ REASON = Spec("gpt_oss_autoscaler_decision", "gauge",
 
 SPECS = (TTFT, TTFA, ITL, DURATION, QUEUE_WAIT, REQUESTS, SLO, TOKENS, COST_RATIO,
          KEY_REQUESTS, KEY_TOKENS,
-         ADMITTED, REJECTED, DEGRADED, QUEUE_DEPTH, QUEUED_TOKENS, OFFERED, BACKLOG,
+         ADMITTED, REJECTED, DEGRADED, MIGRATIONS, QUEUE_DEPTH, QUEUED_TOKENS, OFFERED, BACKLOG,
          RUNNING, WAITING, KV_USAGE, SEATS,
          DESIRED, CURRENT, MAX_REPLICAS, DEMAND, REASON)  # fmt: skip
 
@@ -196,8 +199,9 @@ class RouterMetrics:
     """Admission decisions and the queue of one gateway's scheduler."""
 
     def __init__(self, factory: Factory = Spec.create) -> None:
-        self._m = {s.name: factory(s) for s in (ADMITTED, REJECTED, DEGRADED, QUEUE_DEPTH,
-                                                QUEUED_TOKENS, OFFERED, BACKLOG)}  # fmt: skip
+        self._m = {s.name: factory(s) for s in (ADMITTED, REJECTED, DEGRADED, MIGRATIONS,
+                                                QUEUE_DEPTH, QUEUED_TOKENS, OFFERED,
+                                                BACKLOG)}  # fmt: skip
 
     def admitted(self, effort: Effort, degraded_from: Effort | None) -> None:
         self._m[ADMITTED.name].inc(1, {"effort": effort.value})
@@ -207,6 +211,9 @@ class RouterMetrics:
 
     def rejected(self, effort: Effort) -> None:
         self._m[REJECTED.name].inc(1, {"effort": effort.value})
+
+    def migrated(self, cause: str) -> None:
+        self._m[MIGRATIONS.name].inc(1, {"cause": cause})
 
     def queue(self, scheduler: Scheduler, now: float, horizon_s: float) -> None:
         for effort, n in scheduler.queue.depth_by_effort().items():

@@ -202,6 +202,7 @@ class ChatService(Service):
                 endpoint="chat",
                 caller=caller,
                 deadline_s=self._config.efforts[effort].deadline_s,
+                migration_limit=self._config.gateway.migration_limit,
                 parser=self._harmony.parser(),
             )
 

@@ -59,6 +59,7 @@ class CompletionService(Service):
                 endpoint="completions",
                 caller=caller,
                 deadline_s=deadline,
+                migration_limit=self._config.gateway.migration_limit,
             )
             for i in range(body.n)
         ]

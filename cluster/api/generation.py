@@ -109,6 +109,7 @@ class Generation:
     endpoint: str = "chat"
     caller: Caller = Caller()
     deadline_s: float | None = None  # from arrival; past it, the engine work is aborted (504)
+    migration_limit: int = 0  # moves to another replica when its own fails mid-reply
     completion_tokens: int = 0
     finish_reason: str | None = None
     degraded_from: Effort | None = None
@@ -125,6 +126,9 @@ class Generation:
     _gaps: list[float] = field(default_factory=list, repr=False)
     _recorded: bool = field(default=False, repr=False)
     _replica_failed: bool = field(default=False, repr=False)
+    _generated: list[int] = field(default_factory=list, repr=False)  # the reply's token ids
+    _migrations: int = field(default=0, repr=False)
+    _moving: Admission | None = field(default=None, repr=False)  # the failed replica's
     _deadline_at: float | None = field(default=None, repr=False)  # event-loop time
 
     @property
@@ -142,15 +146,18 @@ class Generation:
 
     @property
     def scheduling_request(self) -> SchedulingRequest:
+        return self._scheduling(self.request)
+
+    def _scheduling(self, request: EngineRequest) -> SchedulingRequest:
         return SchedulingRequest(
-            request_id=self.request.request_id,
-            effort=self.request.effort,
-            prompt_tokens=self.prompt_tokens,
-            max_tokens=self.request.sampling.max_tokens,
+            request_id=request.request_id,
+            effort=request.effort,
+            prompt_tokens=len(request.prompt_token_ids),
+            max_tokens=request.sampling.max_tokens,
             tenant=self.demand.tenant,
             prefix_key=self.demand.prefix_key,
             tools=self.demand.tools,
-            prefix_blocks=token_blocks(self.request.prompt_token_ids),
+            prefix_blocks=token_blocks(request.prompt_token_ids),
         )
 
     def answer_started(self) -> None:
@@ -253,20 +260,28 @@ class Generation:
         if admission.effort is not None and demand.rerender is not None:
             self.degraded_from = self.degraded_from or self.request.effort  # the asked-for one
             self.request = demand.rerender(admission.effort)
+        outputs, self._first = await self._place(engine, self.request, admission)
+        return outputs
+
+    async def _place(
+        self, engine: EngineClient, request: EngineRequest, admission: Admission
+    ) -> tuple[AsyncIterator[EngineOutput], EngineOutput]:
+        """Send `request` to the replica `admission` names, again wherever it queues next while
+        replicas refuse it; the stream and its first output."""
         while True:
-            outputs = engine.generate(replace(self.request, replica=admission.replica))
-            self._first = await anext(outputs)
-            if not self._first.refused:
+            outputs = engine.generate(replace(request, replica=admission.replica))
+            first = await anext(outputs)
+            if not first.refused:
                 break
             # Another gateway took the room since the report this one placed by: the request
             # queues again, in its place (Serve's own retry would be first come, first served).
             await outputs.aclose()
             self._admission = None  # the scheduler has it back
-            admission = await engine.readmit(admission, self._first.report)
+            admission = await engine.readmit(admission, first.report)
             self._admission = admission
-        if self._first.received_at is not None:
-            engine.arrived(admission, self._first.received_at)
-        return outputs
+        if first.received_at is not None:
+            engine.arrived(admission, first.received_at)
+        return outputs, first
 
     async def close(self) -> None:
         """Abort whatever is left (idempotent: after a finished stream it does nothing)."""
@@ -292,6 +307,42 @@ class Generation:
             self._engine.release(self._admission, Release(replica_failed=True))
             self._admission = None
 
+    async def _next_output(self) -> EngineOutput | None:
+        """The stream's next output. A replica that fails under the request hands it on: the
+        request moves to another (up to `migration_limit` times), which continues the reply."""
+        while True:
+            try:
+                if self._rest is None:
+                    return await self._migrate()
+                return await anext(self._rest, None)
+            except EngineUnavailable:
+                movable = self.request.constraint is None and self._engine is not None
+                if self._migrations >= self.migration_limit or not movable:
+                    raise
+                self._migrations += 1
+                if self._rest is not None:
+                    rest, self._rest = self._rest, None
+                    await rest.aclose()
+                self._moving = self._admission
+                self._failed_attempt()  # the seat is freed; the replica gets nothing more
+
+    async def _migrate(self) -> EngineOutput:
+        """Queue the reply's continuation (the prompt and the reply so far, the budget left)
+        ahead of new arrivals, send it where the scheduler places it; its first output."""
+        assert self._engine is not None
+        done, sampling = len(self._generated), self.request.sampling
+        continuation = replace(
+            self.request,
+            prompt_token_ids=[*self.request.prompt_token_ids, *self._generated],
+            sampling=replace(sampling, max_tokens=sampling.max_tokens - done),
+            expected_output_tokens=max(self.request.expected_output_tokens - done, 1),
+            resumed_tokens=done,
+        )
+        admission = await self._engine.resume(self._moving, self._scheduling(continuation))
+        self._admission = admission
+        self._rest, first = await self._place(self._engine, continuation, admission)
+        return first
+
     async def token_batches(self) -> AsyncIterator[EngineOutput]:
         """Engine outputs as they arrive; stopping early (or a stop string) aborts the engine
         work."""
@@ -300,6 +351,7 @@ class Generation:
         try:
             while output is not None:
                 self.completion_tokens += len(output.token_ids)
+                self._generated += output.token_ids
                 self.finish_reason = output.finish_reason or self.finish_reason
                 self._ended_at = output.ended_at
                 self._end_report = output.report or self._end_report
@@ -307,7 +359,7 @@ class Generation:
                 if output.finish_reason is not None or self.stop.stopped:
                     break
                 async with asyncio.timeout_at(self._deadline_at):
-                    output = await anext(self._rest, None)
+                    output = await self._next_output()
                 if output is not None and output.token_ids and last_at is not None:
                     now = time.time()
                     self._gaps.append((now - last_at) / len(output.token_ids))
@@ -327,7 +379,8 @@ class Generation:
             failed = Outcome.FAILED
             raise
         finally:
-            await self._rest.aclose()
+            if self._rest is not None:
+                await self._rest.aclose()
             ran_to_end = self.finish_reason in ("stop", "length") and not self.stop.stopped
             if self.stop.stopped:
                 self.finish_reason = "stop"

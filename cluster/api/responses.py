@@ -193,6 +193,7 @@ class ResponsesService(Service):
             endpoint="responses",
             caller=caller,
             deadline_s=self._config.efforts[effort].deadline_s,
+            migration_limit=self._config.gateway.migration_limit,
             parser=self._harmony.parser(),
         )
         await run.start(self._engine)

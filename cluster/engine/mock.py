@@ -62,18 +62,22 @@ class MockEngine(Engine):
             raise ValueError(f"duplicate request id {request.request_id}")
         if self._loop_task is None:
             self._loop_task = asyncio.create_task(self._run(), name="mock-engine-loop")
-        script = self._writer.write(
-            request.prompt_token_ids, request.sampling.seed, request.request_id, request.constraint
-        )
-        stops = set(request.sampling.stop_token_ids)
-        cut = next((i + 1 for i, t in enumerate(script) if t in stops), len(script))
-        finish = "stop" if cut <= request.sampling.max_tokens else "length"
-        script = script[: min(cut, request.sampling.max_tokens)]
-        stream = _Stream(script)
+        # A resumed reply is the one its prompt began, from where it stopped: the script is
+        # written from the prompt before it, seeded the same, and its first tokens skipped.
+        resumed = request.resumed_tokens
+        prompt = request.prompt_token_ids[: len(request.prompt_token_ids) - resumed]
         s = request.sampling
+        script = self._writer.write(prompt, s.seed, request.request_id, request.constraint)
+        stops = set(s.stop_token_ids)
+        cut = next((i + 1 for i, t in enumerate(script) if t in stops), len(script))
+        finish = "stop" if cut <= resumed + s.max_tokens else "length"
+        script = script[: min(cut, resumed + s.max_tokens)]
         logprobs = None
         if s.logprobs is not None:
             logprobs = self._writer.logprobs(script, s.logprobs, s.seed, request.request_id)
+            logprobs = logprobs[resumed:]
+        script = script[resumed:]
+        stream = _Stream(script)
         received_at = time.time()
         self._streams[request.request_id] = stream
         self._model.add(

@@ -518,6 +518,12 @@ class Scheduler:
             self.drain.returned(placed_at, ticket.cost_tokens)
         self.drain.backlogged(now, waiting=True)
 
+    def resumed(self, ticket: Ticket, now: float) -> None:
+        """A running request whose replica failed queues again as its continuation, admitted
+        already (no shedding: its client is mid-reply)."""
+        self.queue.push(ticket)
+        self.drain.backlogged(now, waiting=True)
+
     def arrived(self, ticket: Ticket, replica: Hashable, received_at: float) -> None:
         """The replica took `ticket` at `received_at` (its clock): a report from that time on
         counts it, an earlier one does not, whatever the transit took."""

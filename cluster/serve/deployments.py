@@ -119,6 +119,9 @@ class ServeEngineClient:
     async def readmit(self, admission: Admission, report: LoadReport) -> Admission:
         return await self._dispatcher.readmit(admission, report)
 
+    async def resume(self, failed: Admission | None, request: SchedulingRequest) -> Admission:
+        return await self._dispatcher.resume(failed, request)
+
     def arrived(self, admission: Admission, received_at: float) -> None:
         self._dispatcher.arrived(admission, received_at)
 

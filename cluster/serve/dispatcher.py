@@ -14,7 +14,7 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cluster.config import ClusterConfig
 from cluster.contracts import (
@@ -186,6 +186,29 @@ class Dispatcher:
         if self.scheduler.replicas == 0:
             return Admission()
         return await self._wait(ticket, admission.effort)
+
+    async def resume(self, failed: Admission | None, request: SchedulingRequest) -> Admission:
+        """The replica under a running request failed: its continuation `request` (the prompt
+        and the reply so far) queues ahead of later arrivals and is never shed (its client is
+        mid-reply)."""
+        self._loop = asyncio.get_running_loop()
+        if self._metrics is not None:
+            self._metrics.migrated("failure")
+        ticket = failed.ticket if failed is not None else None
+        if ticket is None or self.scheduler.replicas == 0:  # Serve's router places it
+            return Admission()
+        done = ticket.request.prompt_tokens - request.prompt_tokens  # negative: tokens written
+        expected = max(ticket.expected_output_tokens + done, 1)
+        # Keyed by its arrival, without cost: ahead of everything that arrived after it.
+        resumed = replace(
+            ticket,
+            request=request,
+            expected_output_tokens=expected,
+            protected=True,
+            deadline=ticket.arrival,
+        )
+        self.scheduler.resumed(resumed, self._clock())
+        return await self._wait(resumed, failed.effort)
 
     async def _wait(self, ticket: Ticket, effort: Effort | None) -> Admission:
         waiter = _Waiter(ticket, asyncio.get_running_loop().create_future())

@@ -208,3 +208,26 @@ async def test_the_report_a_last_reply_carries_counts_before_serves_next_one():
     assert d.scheduler._replicas["a"].report is fresh
     d.publish({"a": report(seats=1, running=1, at=clock.now - 0.2)})  # older: nothing new
     assert d.scheduler._replicas["a"].report is fresh
+
+
+async def test_a_reply_whose_replica_failed_resumes_ahead_of_later_arrivals_and_is_never_shed():
+    d, clock = dispatcher(max_queued_requests=2)
+    d.publish({"a": report(seats=1), "b": report(seats=1)})
+    first, other = await admit(d, "r0"), await admit(d, "r1")
+    later = [asyncio.create_task(admit(d, f"r{i}")) for i in (2, 3)]
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded):  # the queue is full: new arrivals are shed
+        await admit(d, "r4")
+    clock.now += 1.0
+    d.release(first, Release(replica_failed=True))
+    continuation = SchedulingRequest("r0", Effort.LOW, 50 + 120, 380, "t", "p")
+    resumed = asyncio.create_task(d.resume(first, continuation))
+    await asyncio.sleep(0)
+    assert d.scheduler.queue.peek(clock.now).request is continuation  # ahead of r2, r3
+    d.release(other, Release(200, first_output_at=clock.now - 0.5))  # b's seat frees
+    placed = await asyncio.wait_for(resumed, 1)
+    assert placed.replica == other.replica and placed.ticket.request is continuation
+    assert placed.ticket.expected_output_tokens == max(first.ticket.expected_output_tokens - 120, 1)
+    assert not any(task.done() for task in later)
+    for task in later:
+        task.cancel()

@@ -137,13 +137,18 @@ async def test_a_request_past_its_deadline_is_stopped_and_frees_the_engine(harmo
 
 class _Dying(InProcessEngine):
     """Its replica goes away: before the first output for the first `before` calls, or after
-    `after` outputs."""
+    `after` outputs for the first `times` calls."""
 
-    def __init__(self, engine, before=0, after=None):
+    def __init__(self, engine, before=0, after=None, times=1_000):
         super().__init__(engine)
-        self.before, self.after, self.calls, self.failed = before, after, 0, []
+        self.before, self.after, self.times = before, after, times
+        self.calls, self.failed, self.requests = 0, [], []
 
     async def admit(self, request, degradable):
+        return Admission(replica=f"r-{self.calls}")
+
+    async def resume(self, failed, request):
+        self.requests.append(request)
         return Admission(replica=f"r-{self.calls}")
 
     def release(self, admission, end):
@@ -153,12 +158,12 @@ class _Dying(InProcessEngine):
         self.calls += 1
         if self.calls <= self.before:
             raise EngineUnavailable("ActorDiedError")
-        n = 0
+        n, dies = 0, self.after is not None and self.calls <= self.times
         # Closed before the error propagates, as a dead replica's requests are gone at once
         # (else the engine's generator ends whenever the loop gets round to finalising it).
         async with aclosing(self.engine.generate(request)) as outputs:
             async for output in outputs:
-                if self.after is not None and n >= self.after:
+                if dies and n >= self.after:
                     raise EngineUnavailable("ActorDiedError")
                 n += 1
                 yield output
@@ -178,12 +183,65 @@ async def test_a_replica_lost_before_any_output_is_retried_elsewhere_unseen(harm
         assert error["code"] == "engine_unavailable" and never.calls == 2
 
 
-async def test_a_replica_lost_mid_stream_ends_the_stream_with_an_error_event(harmony, engine):
-    app = create_app(fast_config(), harmony, _Dying(engine, after=3))
+def _sse_data(text: str) -> list[str]:
+    return [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+
+
+def _joined(data: list[str]) -> tuple[dict, list, dict]:
+    """A streamed chat reply as text per delta field, the finish reasons and the usage: the
+    same reply may arrive cut into other chunks."""
+    text: dict[str, str] = {}
+    finish, usage = [], None
+    for chunk in map(json.loads, data[:-1]):
+        usage = chunk.get("usage") or usage
+        for choice in chunk["choices"]:
+            for key, value in choice["delta"].items():
+                if isinstance(value, str):
+                    text[key] = text.get(key, "") + value
+            finish += [choice["finish_reason"]] if choice.get("finish_reason") else []
+    return text, finish, usage
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_a_reply_whose_replica_fails_moves_on_and_reads_as_if_nothing_happened(
+    harmony, stream
+):
+    """Two replicas die under the request, 3 outputs into their part: the continuation (the prompt
+    and the reply so far) runs elsewhere, and the client gets the undisturbed run's reply and
+    usage, no error."""
+    body = chat(stream=stream, reasoning_effort="medium", max_tokens=300, seed=7)
+    body |= {"stream_options": {"include_usage": True}} if stream else {}
+    replies = {}
+    config = fast_config(0.1)  # an output every few tokens
+    dying = _Dying(MockEngine(config, harmony), after=3, times=2)
+    calm = InProcessEngine(MockEngine(config, harmony))  # the same seed, a cold cache
+    for name, client in (("calm", calm), ("dying", dying)):
+        app = create_app(config, harmony, client)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            r = await c.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        replies[name] = r.text if stream else r.json()
+    if stream:
+        calm, moved = (_sse_data(replies[k]) for k in ("calm", "dying"))
+        assert moved[-1] == "[DONE]" and "error" not in replies["dying"]
+        assert _joined(moved) == _joined(calm)
+    else:
+        assert replies["dying"]["choices"] == replies["calm"]["choices"]
+        assert replies["dying"]["usage"] == replies["calm"]["usage"]
+    assert [f for f in dying.failed if f[1]] == [("r-0", True), ("r-1", True)]
+    assert dying.requests[1].prompt_tokens > dying.requests[0].prompt_tokens
+    assert dying.engine.load_report().running == 0
+
+
+async def test_past_the_migration_limit_the_stream_ends_with_an_error_event(harmony):
+    config = fast_config(0.1, gateway={"migration_limit": 1})
+    engine = MockEngine(config, harmony)
+    app = create_app(config, harmony, _Dying(engine, after=3))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
         body = chat(stream=True, reasoning_effort="medium", max_tokens=200)
         r = await c.post("/v1/chat/completions", json=body)
-    data = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
+    data = _sse_data(r.text)
     assert data[-1] == "[DONE]"
     assert json.loads(data[-2])["error"]["code"] == "engine_unavailable"
     assert engine.load_report().running == 0

@@ -1,5 +1,6 @@
 import asyncio
 import statistics
+from dataclasses import replace
 
 import pytest
 
@@ -55,6 +56,23 @@ async def test_same_seed_same_reply(engine, harmony):
     a, _ = await collect(engine, request(harmony, "a", seed=3))
     b, _ = await collect(engine, request(harmony, "b", seed=3))
     assert a == b
+
+
+@pytest.mark.parametrize("max_tokens", [100_000, 150])
+async def test_a_resumed_reply_continues_where_it_stopped(engine, harmony, max_tokens):
+    """A continuation (the prompt and the reply's first tokens, the budget left) writes the rest
+    of the same reply, ending as the whole one would."""
+    whole = request(harmony, "a", seed=5, max_tokens=max_tokens)
+    tokens, finish = await collect(engine, whole)
+    done = 40
+    rest = replace(
+        whole,
+        request_id="b",
+        prompt_token_ids=[*whole.prompt_token_ids, *tokens[:done]],
+        sampling=replace(whole.sampling, max_tokens=max_tokens - done),
+        resumed_tokens=done,
+    )
+    assert await collect(engine, rest) == (tokens[done:], finish)
 
 
 async def test_max_tokens_truncates_with_length(engine, harmony):
