@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -220,6 +221,13 @@ class EngineConfig(_Strict):
         600.0,
         description="On scale-down or redeploy, in-flight requests get this long to finish (a "
         "high-effort answer can run for minutes; what is still running after it is aborted).",
+    )
+    drain_grace_s: NonNegativeFloat = Field(
+        10.0,
+        description="On scale-down or redeploy, requests still running on the leaving replica "
+        "after this long move to others (as on a failure, within `gateway.migration_limit`), "
+        "so its GPUs are free in seconds instead of `drain_timeout_s`. Needs "
+        "`gateway.multiplex_outputs`.",
     )
     mock: MockEngineConfig = MockEngineConfig()
 

@@ -145,6 +145,9 @@ class EngineOutput:
     cached_tokens: int | None = None  # on the first output: prompt tokens its prefix cache held
     refused: bool = False
     report: LoadReport | None = None
+    # Not from the engine: the gateway's word that the replica is leaving (scale-down, rollout)
+    # and the request outlived `engine.drain_grace_s` there (no tokens): it may move.
+    draining: bool = False
 
 
 @dataclass(frozen=True)

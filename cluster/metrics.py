@@ -113,7 +113,7 @@ DEGRADED = Spec("gpt_oss_router_degraded_total", "counter",
                 ("from_effort", "to_effort"))  # fmt: skip
 MIGRATIONS = Spec("gpt_oss_migrations_total", "counter",
                   "Running requests moved to another engine replica mid-reply, by cause "
-                  "(failure: their replica failed).", ("cause",))  # fmt: skip
+                  "(failure: their replica failed; drain: it is leaving).", ("cause",))  # fmt: skip
 QUEUE_DEPTH = Spec("gpt_oss_router_queue_depth", "gauge", "Requests waiting for a replica.", E)
 QUEUED_TOKENS = Spec("gpt_oss_router_queued_tokens", "gauge",
                      "Expected tokens (prompt + output) of the requests waiting.")  # fmt: skip

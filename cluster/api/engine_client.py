@@ -32,9 +32,12 @@ class EngineClient(Protocol):
         """The replica refused the request with `report` (it had no room after all): wait for
         another place, as `admit` does."""
 
-    async def resume(self, failed: Admission | None, request: SchedulingRequest) -> Admission:
-        """The replica under a running request failed (`failed` was released already): wait for
-        a place for its continuation `request`, ahead of new arrivals; never shed."""
+    async def resume(
+        self, moved: Admission | None, request: SchedulingRequest, cause: str
+    ) -> Admission:
+        """A running request leaves its replica (`moved`, released already) because it failed
+        or drains (`cause`): wait for a place for its continuation `request`, ahead of new
+        arrivals; never shed."""
 
     def arrived(self, admission: Admission, received_at: float) -> None:
         """The replica took the request at `received_at` (its clock; from the first output)."""
@@ -58,7 +61,9 @@ class InProcessEngine:
     async def readmit(self, admission: Admission, report: LoadReport) -> Admission:
         raise Overloaded(1)  # no queue here: a full engine sheds
 
-    async def resume(self, failed: Admission | None, request: SchedulingRequest) -> Admission:
+    async def resume(
+        self, moved: Admission | None, request: SchedulingRequest, cause: str
+    ) -> Admission:
         return Admission()
 
     def arrived(self, admission: Admission, received_at: float) -> None:

@@ -128,7 +128,8 @@ class Generation:
     _replica_failed: bool = field(default=False, repr=False)
     _generated: list[int] = field(default_factory=list, repr=False)  # the reply's token ids
     _migrations: int = field(default=0, repr=False)
-    _moving: Admission | None = field(default=None, repr=False)  # the failed replica's
+    _moving: Admission | None = field(default=None, repr=False)  # the replica it leaves
+    _moving_cause: str = field(default="failure", repr=False)
     _deadline_at: float | None = field(default=None, repr=False)  # event-loop time
 
     @property
@@ -308,23 +309,46 @@ class Generation:
             self._admission = None
 
     async def _next_output(self) -> EngineOutput | None:
-        """The stream's next output. A replica that fails under the request hands it on: the
-        request moves to another (up to `migration_limit` times), which continues the reply."""
+        """The stream's next output. A replica that fails under the request, or leaves with it
+        still running (`EngineOutput.draining`), hands it on: the request moves to another (up
+        to `migration_limit` times), which continues the reply."""
         while True:
             try:
                 if self._rest is None:
                     return await self._migrate()
-                return await anext(self._rest, None)
+                output = await anext(self._rest, None)
             except EngineUnavailable:
-                movable = self.request.constraint is None and self._engine is not None
-                if self._migrations >= self.migration_limit or not movable:
+                if not self._movable:
                     raise
-                self._migrations += 1
-                if self._rest is not None:
-                    rest, self._rest = self._rest, None
-                    await rest.aclose()
-                self._moving = self._admission
-                self._failed_attempt()  # the seat is freed; the replica gets nothing more
+                await self._leave("failure")
+                continue
+            if output is None or not output.draining:
+                return output
+            if self._movable:  # else it runs to its end there, within `drain_timeout_s`
+                await self._leave("drain")
+
+    @property
+    def _movable(self) -> bool:
+        return (
+            self._migrations < self.migration_limit
+            and self.request.constraint is None
+            and self._engine is not None
+        )
+
+    async def _leave(self, cause: str) -> None:
+        """Leave the replica: close the stream (which aborts the request there) and free the
+        seat; a failed replica gets nothing more from the scheduler."""
+        self._migrations += 1
+        self._moving_cause = cause
+        if self._rest is not None:
+            rest, self._rest = self._rest, None
+            await rest.aclose()
+        self._moving = self._admission
+        if cause == "failure":
+            self._failed_attempt()
+        elif self._engine is not None and self._admission is not None:
+            self._engine.release(self._admission, Release())
+            self._admission = None
 
     async def _migrate(self) -> EngineOutput:
         """Queue the reply's continuation (the prompt and the reply so far, the budget left)
@@ -338,7 +362,9 @@ class Generation:
             expected_output_tokens=max(self.request.expected_output_tokens - done, 1),
             resumed_tokens=done,
         )
-        admission = await self._engine.resume(self._moving, self._scheduling(continuation))
+        admission = await self._engine.resume(
+            self._moving, self._scheduling(continuation), self._moving_cause
+        )
         self._admission = admission
         self._rest, first = await self._place(self._engine, continuation, admission)
         return first

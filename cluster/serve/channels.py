@@ -113,10 +113,15 @@ class Channels:
     `attach(replica)` opens a channel to one replica (an async iterator of batches). A reader
     stays open while its replica is in the set, and after it leaves the set (draining) for as
     long as a request may still have outputs there, so a draining replica's ongoing requests drop
-    to zero and Serve can stop it."""
+    to zero and Serve can stop it. Requests still there `drain_grace_s` after it left are told
+    they may move (`EngineOutput.draining`)."""
 
-    def __init__(self, attach: Callable[[str], AsyncIterator[Batch]]) -> None:
+    def __init__(
+        self, attach: Callable[[str], AsyncIterator[Batch]], drain_grace_s: float | None = None
+    ) -> None:
         self._attach = attach
+        self._grace_s = drain_grace_s
+        self._leaving: dict[str, asyncio.TimerHandle] = {}  # replica -> its grace's end
         self._inboxes: dict[str, _Inbox] = {}
         self._readers: dict[str, asyncio.Task] = {}
         self._replicas: frozenset[str] = frozenset()
@@ -137,7 +142,21 @@ class Channels:
         self._applied = replicas = self._replicas
         for replica in replicas - self._readers.keys():
             self._readers[replica] = asyncio.create_task(self._read(replica))
+        for replica in replicas & self._leaving.keys():  # back in the set
+            self._leaving.pop(replica).cancel()
+        if self._grace_s is not None:
+            loop = asyncio.get_running_loop()
+            for replica in self._readers.keys() - replicas - self._leaving.keys():
+                self._leaving[replica] = loop.call_later(self._grace_s, self._drain, replica)
         self._close_idle()
+
+    def _drain(self, replica: str) -> None:
+        """The replica left the set a grace period ago: each request still running there hears
+        it may move (an output with no tokens, `draining`)."""
+        self._leaving.pop(replica, None)
+        for inbox in self._inboxes.values():
+            if inbox.likely == replica:
+                inbox.queue.put_nowait(EngineOutput([], draining=True))
 
     def _close_idle(self) -> None:
         leaving = self._readers.keys() - self._replicas
@@ -155,6 +174,9 @@ class Channels:
 
     async def close(self) -> None:
         """Close every channel (the gateway is shutting down)."""
+        for timer in self._leaving.values():
+            timer.cancel()
+        self._leaving.clear()
         readers, self._readers = list(self._readers.values()), {}
         for reader in readers:
             reader.cancel()

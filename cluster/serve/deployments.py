@@ -110,7 +110,9 @@ class ServeEngineClient:
         subscribe_load_reports(handle.app_name, handle.deployment_name, self._dispatcher.publish)
         self._channels: Channels | None = None
         if config.gateway.multiplex_outputs:
-            self._channels = Channels(partial(self._pinned, self._attach))
+            self._channels = Channels(
+                partial(self._pinned, self._attach), config.engine.drain_grace_s
+            )
             subscribe_replicas(handle.app_name, handle.deployment_name, self._channels.replicas)
 
     async def admit(self, request: SchedulingRequest, degradable: bool) -> Admission:
@@ -119,8 +121,10 @@ class ServeEngineClient:
     async def readmit(self, admission: Admission, report: LoadReport) -> Admission:
         return await self._dispatcher.readmit(admission, report)
 
-    async def resume(self, failed: Admission | None, request: SchedulingRequest) -> Admission:
-        return await self._dispatcher.resume(failed, request)
+    async def resume(
+        self, moved: Admission | None, request: SchedulingRequest, cause: str
+    ) -> Admission:
+        return await self._dispatcher.resume(moved, request, cause)
 
     def arrived(self, admission: Admission, received_at: float) -> None:
         self._dispatcher.arrived(admission, received_at)

@@ -187,14 +187,16 @@ class Dispatcher:
             return Admission()
         return await self._wait(ticket, admission.effort)
 
-    async def resume(self, failed: Admission | None, request: SchedulingRequest) -> Admission:
-        """The replica under a running request failed: its continuation `request` (the prompt
-        and the reply so far) queues ahead of later arrivals and is never shed (its client is
-        mid-reply)."""
+    async def resume(
+        self, moved: Admission | None, request: SchedulingRequest, cause: str = "failure"
+    ) -> Admission:
+        """A running request leaves its replica (it failed, or drains: `cause`): its
+        continuation `request` (the prompt and the reply so far) queues ahead of later arrivals
+        and is never shed (its client is mid-reply)."""
         self._loop = asyncio.get_running_loop()
         if self._metrics is not None:
-            self._metrics.migrated("failure")
-        ticket = failed.ticket if failed is not None else None
+            self._metrics.migrated(cause)
+        ticket = moved.ticket if moved is not None else None
         if ticket is None or self.scheduler.replicas == 0:  # Serve's router places it
             return Admission()
         done = ticket.request.prompt_tokens - request.prompt_tokens  # negative: tokens written
@@ -208,7 +210,7 @@ class Dispatcher:
             deadline=ticket.arrival,
         )
         self.scheduler.resumed(resumed, self._clock())
-        return await self._wait(resumed, failed.effort)
+        return await self._wait(resumed, moved.effort)
 
     async def _wait(self, ticket: Ticket, effort: Effort | None) -> Admission:
         waiter = _Waiter(ticket, asyncio.get_running_loop().create_future())

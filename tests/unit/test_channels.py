@@ -51,9 +51,9 @@ class Replica:
 
 
 class Cluster:
-    def __init__(self, *names: str) -> None:
+    def __init__(self, *names: str, grace_s: float | None = None) -> None:
         self.replicas = {n: Replica(n) for n in names}
-        self.channels = Channels(lambda name: self.replicas[name].attach())
+        self.channels = Channels(lambda name: self.replicas[name].attach(), grace_s)
         self.channels.replicas(names)
 
     def stream(self, request_id: str, replica: str, n: int, step=None, error=None):
@@ -65,8 +65,8 @@ class Cluster:
 async def cluster_of():
     made: list[Cluster] = []
 
-    def make(*names: str) -> Cluster:
-        made.append(Cluster(*names))
+    def make(*names: str, grace_s: float | None = None) -> Cluster:
+        made.append(Cluster(*names, grace_s=grace_s))
         return made[-1]
 
     yield make
@@ -144,6 +144,29 @@ async def test_a_replica_that_leaves_keeps_its_channel_until_its_requests_end(cl
         step.release()
     assert len(await running) == 10
     await until(lambda: not cluster.replicas["a"].outboxes._by_gateway)  # channel closed
+
+
+async def test_requests_on_a_leaving_replica_hear_after_the_grace_that_they_may_move(cluster_of):
+    cluster = cluster_of("a", "b", grace_s=0.05)
+    steps = asyncio.Semaphore(1), asyncio.Semaphore(1)  # one output each, then one per release
+    long = cluster.stream("long", "a", 10, steps[0])
+    back = cluster.stream("back", "b", 10, steps[1])
+    firsts = await asyncio.gather(anext(long), anext(back))  # each inbox opens with its stream
+    assert [o.token_ids for o in firsts] == [[0], [0]]
+    cluster.channels.replicas(["b"])  # a drains
+    await asyncio.sleep(0)
+    cluster.channels.replicas(["a", "b"])  # and comes back: its grace is called off
+    await asyncio.sleep(0)
+    cluster.channels.replicas(["b"])  # a drains for good
+    started = asyncio.get_running_loop().time()
+    told = await anext(long)
+    assert told.draining and not told.token_ids
+    assert asyncio.get_running_loop().time() - started >= 0.05
+    await long.aclose()  # it moves: its run there is cancelled
+    await until(lambda: "long" in cluster.replicas["a"].aborted)
+    for _ in range(9):
+        steps[1].release()
+    assert not any(o.draining for o in await collect(back))  # b never left
 
 
 async def test_a_leaving_replica_keeps_its_channel_for_a_request_not_heard_from_yet(cluster_of):

@@ -9,9 +9,10 @@ import pytest
 
 from cluster.api.engine_client import InProcessEngine
 from cluster.api.gateway import create_app
-from cluster.contracts import Admission, EngineUnavailable
+from cluster.contracts import Admission, EngineOutput, EngineUnavailable
 from cluster.engine.mock import MockEngine
 from tests.helpers import fast_config
+from tests.structured_cases import SCHEMAS, json_schema_format
 
 MODEL = "gpt-oss-120b"
 
@@ -137,18 +138,19 @@ async def test_a_request_past_its_deadline_is_stopped_and_frees_the_engine(harmo
 
 class _Dying(InProcessEngine):
     """Its replica goes away: before the first output for the first `before` calls, or after
-    `after` outputs for the first `times` calls."""
+    `after` outputs for the first `times` calls (`drains`: it leaves instead, and says so)."""
 
-    def __init__(self, engine, before=0, after=None, times=1_000):
+    def __init__(self, engine, before=0, after=None, times=1_000, drains=False):
         super().__init__(engine)
-        self.before, self.after, self.times = before, after, times
-        self.calls, self.failed, self.requests = 0, [], []
+        self.before, self.after, self.times, self.drains = before, after, times, drains
+        self.calls, self.failed, self.requests, self.causes = 0, [], [], []
 
     async def admit(self, request, degradable):
         return Admission(replica=f"r-{self.calls}")
 
-    async def resume(self, failed, request):
+    async def resume(self, moved, request, cause):
         self.requests.append(request)
+        self.causes.append(cause)
         return Admission(replica=f"r-{self.calls}")
 
     def release(self, admission, end):
@@ -163,7 +165,9 @@ class _Dying(InProcessEngine):
         # (else the engine's generator ends whenever the loop gets round to finalising it).
         async with aclosing(self.engine.generate(request)) as outputs:
             async for output in outputs:
-                if dies and n >= self.after:
+                if dies and n == self.after and self.drains:  # it leaves; outputs go on
+                    yield EngineOutput([], draining=True)
+                elif dies and n >= self.after and not self.drains:
                     raise EngineUnavailable("ActorDiedError")
                 n += 1
                 yield output
@@ -202,18 +206,18 @@ def _joined(data: list[str]) -> tuple[dict, list, dict]:
     return text, finish, usage
 
 
-@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize(("stream", "drains"), [(True, False), (False, False), (True, True)])
 async def test_a_reply_whose_replica_fails_moves_on_and_reads_as_if_nothing_happened(
-    harmony, stream
+    harmony, stream, drains
 ):
-    """Two replicas die under the request, 3 outputs into their part: the continuation (the prompt
+    """Two replicas die (or leave) under the request, 3 outputs into their part: the continuation (the prompt
     and the reply so far) runs elsewhere, and the client gets the undisturbed run's reply and
     usage, no error."""
     body = chat(stream=stream, reasoning_effort="medium", max_tokens=300, seed=7)
     body |= {"stream_options": {"include_usage": True}} if stream else {}
     replies = {}
     config = fast_config(0.1)  # an output every few tokens
-    dying = _Dying(MockEngine(config, harmony), after=3, times=2)
+    dying = _Dying(MockEngine(config, harmony), after=3, times=2, drains=drains)
     calm = InProcessEngine(MockEngine(config, harmony))  # the same seed, a cold cache
     for name, client in (("calm", calm), ("dying", dying)):
         app = create_app(config, harmony, client)
@@ -229,7 +233,8 @@ async def test_a_reply_whose_replica_fails_moves_on_and_reads_as_if_nothing_happ
     else:
         assert replies["dying"]["choices"] == replies["calm"]["choices"]
         assert replies["dying"]["usage"] == replies["calm"]["usage"]
-    assert [f for f in dying.failed if f[1]] == [("r-0", True), ("r-1", True)]
+    left = [("r-0", not drains), ("r-1", not drains)]  # a failed replica gets no more work
+    assert dying.failed[:2] == left and dying.causes == ["drain" if drains else "failure"] * 2
     assert dying.requests[1].prompt_tokens > dying.requests[0].prompt_tokens
     assert dying.engine.load_report().running == 0
 
@@ -245,3 +250,16 @@ async def test_past_the_migration_limit_the_stream_ends_with_an_error_event(harm
     assert data[-1] == "[DONE]"
     assert json.loads(data[-2])["error"]["code"] == "engine_unavailable"
     assert engine.load_report().running == 0
+
+
+async def test_a_constrained_reply_on_a_leaving_replica_stays_and_runs_to_its_end(harmony):
+    """Its grammar would start over in a continuation: it does not move, it finishes there."""
+    config = fast_config(0.1)
+    leaving = _Dying(MockEngine(config, harmony), after=3, drains=True)
+    app = create_app(config, harmony, leaving)
+    body = chat(max_tokens=2_000, response_format=json_schema_format(next(iter(SCHEMAS))))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        r = await c.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["finish_reason"] == "stop"
+    assert leaving.calls == 1 and leaving.causes == []
