@@ -12,7 +12,8 @@ import pytest
 import ray
 from ray import serve
 
-from cluster.serve.local import APP_NAME
+from cluster.serve.local import APP_NAME, deploy
+from tests.faults.conftest import GRACE_S
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -129,6 +130,31 @@ def test_replicas_killed_under_20_streams_lose_none(cluster):
     tokens = {o.seed: o.completion_tokens for o in calm}
     assert {o.seed: o.completion_tokens for o in outcomes} == tokens
     assert all(o.kind == "done" for o in calm)
+
+
+def test_a_scale_down_moves_the_leaving_replicas_streams_and_it_stops_soon(cluster):
+    """2 -> 1 engine replicas under 20 long streams: the leaving replica's streams move after
+    the grace, so it stops within grace + 10 s (not `drain_timeout_s`), and every stream
+    completes with a calm run's tokens (`test_replicas_killed_under_20_streams_lose_none`)."""
+    assert running_engine_replicas() == 2
+    config = cluster.config
+    one = config.engine_replicas.model_copy(update={"min_replicas": 1, "max_replicas": 1})
+    outcomes: list[Outcome] = []
+    threads = streams(cluster.url, range(20), outcomes)
+    wait_for(running_at_least(cluster, 16), 60, "both engines running 8 streams each")
+    started = time.monotonic()
+    scaling = threading.Thread(
+        target=deploy, args=(config.model_copy(update={"engine_replicas": one}),)
+    )
+    scaling.start()
+    wait_for(lambda: len(engine_actor_names()) == 1, GRACE_S + 30, "the leaving replica to stop")
+    stopped_s = time.monotonic() - started
+    join(threads)
+    scaling.join(timeout=60)
+    assert sorted(o.kind for o in outcomes) == ["done"] * 20, outcomes
+    assert stopped_s < GRACE_S + 10, stopped_s
+    deploy(config)  # back to two for the tests after this one
+    wait_for(lambda: running_engine_replicas() == 2, 60, "the second replica to come back")
 
 
 def test_50_clients_leaving_mid_stream_free_the_engines(cluster):
