@@ -17,7 +17,7 @@ IMAGE_BASE ?=
 # `make bundle`: the images it builds and carries (the others go in as a recipe).
 BUNDLE_VARIANTS ?= cpu
 
-.PHONY: serve test test-fast chart chart-check lock lock-check image image-gpu bundle bench bench-engine bench-cache bench-gateway bench-sched bench-datacenter bench-live bench-autoscale bench-overload loadtest lint render clean
+.PHONY: serve test test-fast chart chart-check lock lock-check image image-gpu bundle bench bench-engine bench-cache bench-gateway bench-sched bench-datacenter bench-live bench-autoscale bench-overload bench-faults loadtest lint render clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -143,6 +143,10 @@ bench-autoscale: $(STAMP)
 ## 3x the local cluster's capacity for 60 s: admitted goodput, 429 share, p99 vs SLO, RSS, recovery
 bench-overload: $(STAMP)
 	$(VENV)/bin/gpt-oss-cluster bench-overload
+
+## An engine replica killed every 30 s for 3 minutes under steady load, live on a local cluster
+bench-faults: $(STAMP)
+	$(VENV)/bin/gpt-oss-cluster bench-faults
 
 ## The scheduler hosted in Ray Serve vs Serve's push routing, live on a local cluster
 bench-live: $(STAMP)

@@ -260,6 +260,20 @@ def bench_overload(
     run(admission_slack, min_effort_share, rate)
 
 
+@app.command("bench-faults")
+def bench_faults(
+    phase: Annotated[float, typer.Option(min=30.0, help="Seconds of each phase.")] = 180.0,
+    kill_every: Annotated[
+        float, typer.Option(min=5.0, help="Seconds between engine replica kills.")
+    ] = 30.0,
+) -> None:
+    """An engine replica killed every 30 s under steady load: client-visible errors (goal 0),
+    moves, goodput against a calm phase."""
+    from cluster.bench.faults import run
+
+    run(phase, kill_every)
+
+
 @app.command("bench-live")
 def bench_live(
     rate: Annotated[float, typer.Option(help="Offered requests per second.")] = 14.0,
