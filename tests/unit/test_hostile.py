@@ -216,7 +216,7 @@ async def test_a_reply_whose_replica_fails_moves_on_and_reads_as_if_nothing_happ
     body = chat(stream=stream, reasoning_effort="medium", max_tokens=300, seed=7)
     body |= {"stream_options": {"include_usage": True}} if stream else {}
     replies = {}
-    config = fast_config(0.1)  # an output every few tokens
+    config = fast_config(0.1, gateway={"migration_limit": 2})  # an output every few tokens
     dying = _Dying(MockEngine(config, harmony), after=3, times=2, drains=drains)
     calm = InProcessEngine(MockEngine(config, harmony))  # the same seed, a cold cache
     for name, client in (("calm", calm), ("dying", dying)):
@@ -254,7 +254,7 @@ async def test_past_the_migration_limit_the_stream_ends_with_an_error_event(harm
 
 async def test_a_constrained_reply_on_a_leaving_replica_stays_and_runs_to_its_end(harmony):
     """Its grammar would start over in a continuation: it does not move, it finishes there."""
-    config = fast_config(0.1)
+    config = fast_config(0.1, gateway={"migration_limit": 2})
     leaving = _Dying(MockEngine(config, harmony), after=3, drains=True)
     app = create_app(config, harmony, leaving)
     body = chat(max_tokens=2_000, response_format=json_schema_format(next(iter(SCHEMAS))))
