@@ -47,11 +47,16 @@ class TokenAwareRequestRouter(FIFOMixin, RequestRouter):
         candidate_replicas: list[RunningReplica],
         pending_request: PendingRequest | None = None,
     ) -> list[list[RunningReplica]]:
-        if not candidate_replicas:
-            return []
         rest = {r.replica_id.unique_id: r for r in candidate_replicas}
-        if (channel := _arg(pending_request, Channel)) is not None:
-            return [[rest[channel.replica]]] if channel.replica in rest else []
+        channel = _arg(pending_request, Channel)
+        if not rest or (channel is not None and channel.replica not in rest):
+            # Nothing to choose now (a channel's replica is gone, or not in the set yet): Serve
+            # retries, and without this at once, a loop that holds the gateway's event loop.
+            if pending_request is not None:
+                pending_request.routing_context.should_backoff = True
+            return []
+        if channel is not None:
+            return [[rest[channel.replica]]]
         request = _arg(pending_request, EngineRequest)
         chosen = request.replica if request else None
         first = [[rest.pop(chosen)]] if chosen in rest else []

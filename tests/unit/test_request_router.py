@@ -63,7 +63,10 @@ async def test_an_output_channel_goes_to_its_replica_or_waits_for_it():
     meta = RequestMetadata("x", "x")
     attach = PendingRequest(args=[Channel("gw", "b")], kwargs={}, metadata=meta)
     assert await router.choose_replicas([a, b], attach) == [[b]]
+    assert not attach.routing_context.should_backoff
     assert await router.choose_replicas([a], attach) == []  # not there (yet): never elsewhere
+    # and Serve waits before it asks again: retried at once, the call held the gateway's loop
+    assert attach.routing_context.should_backoff
 
 
 async def test_without_a_choice_the_less_loaded_of_two_leads():
