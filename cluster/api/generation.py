@@ -128,8 +128,6 @@ class Generation:
     _replica_failed: bool = field(default=False, repr=False)
     _generated: list[int] = field(default_factory=list, repr=False)  # the reply's token ids
     _migrations: int = field(default=0, repr=False)
-    _moving: Admission | None = field(default=None, repr=False)  # the replica it leaves
-    _moving_cause: str = field(default="failure", repr=False)
     _deadline_at: float | None = field(default=None, repr=False)  # event-loop time
 
     @property
@@ -312,20 +310,22 @@ class Generation:
         """The stream's next output. A replica that fails under the request, or leaves with it
         still running (`EngineOutput.draining`), hands it on: the request moves to another (up
         to `migration_limit` times), which continues the reply."""
+        left: tuple[Admission | None, str] | None = None  # the placement it left, and why
         while True:
             try:
-                if self._rest is None:
-                    return await self._migrate()
+                if left is not None:
+                    return await self._migrate(*left)
+                assert self._rest is not None
                 output = await anext(self._rest, None)
             except EngineUnavailable:
                 if not self._movable:
                     raise
-                await self._leave("failure")
+                left = await self._leave("failure")
                 continue
             if output is None or not output.draining:
                 return output
             if self._movable:  # else it runs to its end there, within `drain_timeout_s`
-                await self._leave("drain")
+                left = await self._leave("drain")
 
     @property
     def _movable(self) -> bool:
@@ -335,22 +335,19 @@ class Generation:
             and self._engine is not None
         )
 
-    async def _leave(self, cause: str) -> None:
+    async def _leave(self, cause: str) -> tuple[Admission | None, str]:
         """Leave the replica: close the stream (which aborts the request there) and free the
         seat; a failed replica gets nothing more from the scheduler."""
         self._migrations += 1
-        self._moving_cause = cause
         if self._rest is not None:
             rest, self._rest = self._rest, None
             await rest.aclose()
-        self._moving = self._admission
-        if cause == "failure":
-            self._failed_attempt()
-        elif self._engine is not None and self._admission is not None:
-            self._engine.release(self._admission, Release())
-            self._admission = None
+        admission, self._admission = self._admission, None
+        if self._engine is not None and admission is not None:
+            self._engine.release(admission, Release(replica_failed=cause == "failure"))
+        return admission, cause
 
-    async def _migrate(self) -> EngineOutput:
+    async def _migrate(self, left: Admission | None, cause: str) -> EngineOutput:
         """Queue the reply's continuation (the prompt and the reply so far, the budget left)
         ahead of new arrivals, send it where the scheduler places it; its first output."""
         assert self._engine is not None
@@ -362,11 +359,8 @@ class Generation:
             expected_output_tokens=max(self.request.expected_output_tokens - done, 1),
             resumed_tokens=done,
         )
-        admission = await self._engine.resume(
-            self._moving, self._scheduling(continuation), self._moving_cause
-        )
-        self._admission = admission
-        self._rest, first = await self._place(self._engine, continuation, admission)
+        self._admission = await self._engine.resume(left, self._scheduling(continuation), cause)
+        self._rest, first = await self._place(self._engine, continuation, self._admission)
         return first
 
     async def token_batches(self) -> AsyncIterator[EngineOutput]:

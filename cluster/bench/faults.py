@@ -16,10 +16,11 @@ import json
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import httpx
 
-from cluster.bench.live import MODEL, mock_config, user
+from cluster.bench.live import MODEL, beside, mock_config, user
 from cluster.contracts import Effort
 from cluster.serve.local import free_port, local_cluster
 
@@ -89,7 +90,7 @@ async def _load(url: str, seconds: float) -> Phase:
     return phase
 
 
-def _kill_every(seconds: float, stop: threading.Event, killed: list[str]) -> None:
+def _kill_every(seconds: float, killed: list[str], stop: threading.Event) -> None:
     import ray
 
     while not stop.wait(seconds):
@@ -119,14 +120,9 @@ def run(phase_s: float = PHASE_S, kill_every_s: float = KILL_EVERY_S) -> None:
     config = mock_config("effort_aware", time_scale=2)
     with local_cluster(config, metrics_port=free_port()) as cluster:
         calm = asyncio.run(_load(cluster.url, phase_s))
-        stop, killed = threading.Event(), []
-        killer = threading.Thread(target=_kill_every, args=(kill_every_s, stop, killed))
-        killer.start()
-        try:
+        killed: list[str] = []
+        with beside(partial(_kill_every, kill_every_s, killed)):
             faulty = asyncio.run(_load(cluster.url, phase_s))
-        finally:
-            stop.set()
-            killer.join()
         moves = _moves(cluster.metrics_url) if cluster.metrics_url else float("nan")
     print(
         f"faults: {CLIENTS} clients back to back, {phase_s:g} s calm, then {phase_s:g} s with an "

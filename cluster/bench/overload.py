@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from functools import partial
 
 import httpx
 
 from cluster.bench.fairness import FLOOR_GOAL, floor_cost_bound
-from cluster.bench.live import Reply, chat_once, drive, mock_config, quantile, user
+from cluster.bench.live import Reply, beside, chat_once, drive, mock_config, quantile, user
 from cluster.config import ClusterConfig
 from cluster.contracts import Effort
 from cluster.serve.local import local_cluster
@@ -103,14 +104,9 @@ def run(
         workload = WorkloadSpec(
             rate=rate, duration_s=DURATION_S, prompt_tokens=Lognormal(median=60, sigma=0.5), seed=11
         )
-        peak, stop = [cluster.rss_bytes()], threading.Event()
-        sampler = threading.Thread(target=_sample_rss, args=(cluster, peak, stop))
-        sampler.start()
-        try:
+        peak = [cluster.rss_bytes()]
+        with beside(partial(_sample_rss, cluster, peak)):
             outcomes = asyncio.run(drive(cluster.url, workload))
-        finally:
-            stop.set()
-            sampler.join()
         after = _after(cluster.url)
     _report(outcomes, after, config, peak[0], rate / capacity)
 

@@ -120,18 +120,16 @@ class Run:
     of a few hundred runs would not fit in one)."""
 
     summary: dict
-    cpu_s: float  # the simulation's own
     within_slo: int  # requests served within both SLOs
     retry_after_p50_s: int  # of the rejected ones (0: none)
     ttfts: dict[Effort, array]  # each effort's served requests, sorted
 
     @classmethod
-    def of(cls, result: SimResult, cpu_s: float) -> Run:
+    def of(cls, result: SimResult) -> Run:
         retry = sorted(r.retry_after_s for r in result.records if r.rejected) or [0]
         served = result.served()
         return cls(
             result.summary(),
-            cpu_s,
             sum(result.meets_slo(r) for r in served),
             retry[len(retry) // 2],
             {
@@ -144,9 +142,7 @@ class Run:
 def _simulate(
     workload: WorkloadSpec, cluster: ClusterSpec, policy: str, config: ClusterConfig
 ) -> Run:
-    start = time.process_time()
-    result = simulate(workload, cluster, policy, config)
-    return Run.of(result, time.process_time() - start)
+    return Run.of(simulate(workload, cluster, policy, config))
 
 
 class Regime:

@@ -199,8 +199,8 @@ class Dispatcher:
         ticket = moved.ticket if moved is not None else None
         if ticket is None or self.scheduler.replicas == 0:  # Serve's router places it
             return Admission()
-        done = ticket.request.prompt_tokens - request.prompt_tokens  # negative: tokens written
-        expected = max(ticket.expected_output_tokens + done, 1)
+        written = request.prompt_tokens - ticket.request.prompt_tokens  # the reply so far
+        expected = max(ticket.expected_output_tokens - written, 1)
         # Keyed by its arrival, without cost: ahead of everything that arrived after it.
         resumed = replace(
             ticket,
