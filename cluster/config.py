@@ -431,12 +431,11 @@ class GatewayConfig(_Strict):
         64 * 1024, description="JSON size of all tool definitions of one request."
     )
     migration_limit: NonNegativeInt = Field(
-        0,
-        description="Times a request whose engine replica fails or leaves mid-reply moves to "
-        "another (its prompt and reply so far as the new prompt, queued ahead of new arrivals) "
-        "before the client gets `engine_unavailable`; 0: never. Constrained replies (structured "
-        "outputs, forced tool calls) do not move. Off by default until the local-cluster fault "
-        "tier passes with it on (issue 19: the streams hung there).",
+        2,
+        description="Times a request whose engine replica fails mid-reply moves to another "
+        "(its prompt and reply so far as the new prompt, queued ahead of new arrivals) before "
+        "the client gets `engine_unavailable`; 0: never. Constrained replies (structured "
+        "outputs, forced tool calls) do not move.",
     )
 
 

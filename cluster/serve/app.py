@@ -65,7 +65,11 @@ def _gateway_options(config: ClusterConfig) -> dict[str, Any]:
 
 
 def build(config: ClusterConfig) -> Application:
+    # The replicas get the config less the engine replica bounds, which only the deployment
+    # options and the autoscaling policy read: a change of bounds scales the engines instead of
+    # restarting every replica (Serve restarts a deployment whose arguments changed).
     args = config.to_args()
+    del args["engine_replicas"]
     engine_options = _engine_options(config)
     if config.engine.kind is EngineKind.VLLM:
         engine_options |= engine_placement(config)

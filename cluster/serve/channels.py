@@ -18,20 +18,58 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from cluster.contracts import EngineOutput, EngineUnavailable
 
 # One channel item: (request id, output), None as the output when the request's run has ended
 # (after its last output, or on an error or a cancellation).
 Batch = list[tuple[str, EngineOutput | None]]
+CALLER_CHECK_S = 5.0  # an engine replica asks whether a stream's caller lives this often
+T = TypeVar("T")
+_END: Any = object()
 
 
 @dataclass(frozen=True)
 class Channel:
-    """The argument of an `attach` call: the request router pins it to `replica`."""
+    """The argument of an `attach` call: the request router pins it to `replica`. `caller`: the
+    gateway replica's actor handle, which the engine replica pings (`while_caller_lives`)."""
 
     gateway: str
     replica: str
+    caller: Any = field(default=None, compare=False)
+
+
+async def while_caller_lives(
+    items: AsyncIterator[T], alive: Callable[[], Awaitable[bool]], every_s: float = CALLER_CHECK_S
+) -> AsyncIterator[T]:
+    """`items` until they end, or until `alive()`, asked every `every_s`, says the caller is
+    gone. Ray does not stop a stream whose caller died (idle or sending): it would stay an
+    ongoing request on its replica, and a leaving replica waits for those to end, up to
+    `engine.drain_timeout_s`."""
+    watch = asyncio.ensure_future(_until_gone(alive, every_s))
+    pending: asyncio.Future | None = None
+    try:
+        while True:
+            pending = pending or asyncio.ensure_future(anext(items, _END))
+            await asyncio.wait({pending, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if not pending.done():  # the caller is gone
+                return
+            item, pending = pending.result(), None
+            if item is _END:
+                return
+            yield item
+    finally:
+        watch.cancel()
+        if pending is not None:
+            pending.cancel()
+
+
+async def _until_gone(alive: Callable[[], Awaitable[bool]], every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        if not await alive():
+            return
 
 
 class Outbox:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from functools import partial
 from typing import Any
 
+import ray
 from ray import serve
+from ray.actor import ActorHandle
 from ray.exceptions import RayActorError, RayError
+from ray.serve import context as serve_context
+from ray.serve._private.utils import generate_request_id
 from ray.serve.exceptions import BackPressureError, RayServeException, RequestCancelledError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
@@ -33,11 +39,40 @@ from cluster.contracts import (
 from cluster.engine.factory import build_engine
 from cluster.harmony import Harmony
 from cluster.metrics import EngineMetrics, GatewayMetrics, RouterMetrics
-from cluster.serve.channels import Batch, Channel, Channels, Outboxes
+from cluster.serve.channels import Batch, Channel, Channels, Outboxes, while_caller_lives
 from cluster.serve.dispatcher import Dispatcher, subscribe_load_reports, subscribe_replicas
 from cluster.serve.quota_ledger import sync_forever
 
 READY_TIMEOUT_S = 2.0
+CALLER_PING_S = 10.0
+
+
+def _own_call(method: DeploymentHandle, *args: Any) -> Any:
+    """`method.remote(*args)` as a Serve request of its own. Serve names a call after the request
+    it is made in (every engine call of one HTTP request, and a channel opened while serving it,
+    would share that id), and its router hands the replica it finds to the waiting call of that
+    id: calls sharing one took each other's replicas, or waited for ever."""
+
+    def call() -> Any:
+        current = serve_context._get_serve_request_context()
+        own = dataclasses.replace(current, _internal_request_id=generate_request_id())
+        serve_context._serve_request_context.set(own)
+        return method.remote(*args)
+
+    return contextvars.copy_context().run(call)
+
+
+async def _alive(caller: ActorHandle | None) -> bool:
+    """Whether the actor that opened a stream still lives (a busy one counts as alive)."""
+    if caller is None:
+        return True
+    try:
+        await asyncio.wait_for(caller.__ray_ready__.remote(), CALLER_PING_S)
+    except RayActorError:
+        return False
+    except TimeoutError:
+        pass
+    return True
 
 
 class EngineServer:
@@ -65,18 +100,21 @@ class EngineServer:
 
     async def cache_events(self, channel: Channel) -> AsyncIterator[CacheDelta]:
         """This engine's prefix cache, then its changes, for `channel.gateway` (pinned here by
-        the request router); ends at once where the engine does not relay them."""
+        the request router) while it lives; ends at once where the engine does not relay them."""
         events = self._engine.cache_events()
         if events is None:
             return
-        async with aclosing(events):
-            async for delta in events:
+        async with aclosing(while_caller_lives(events, partial(_alive, channel.caller))) as deltas:
+            async for delta in deltas:
                 yield delta
 
     async def attach(self, channel: Channel) -> AsyncIterator[Batch]:
-        """`channel.gateway`'s output channel (the request router pins it to this replica)."""
-        async for batch in self._outboxes.attach(channel.gateway):
-            yield batch
+        """`channel.gateway`'s output channel (the request router pins it to this replica),
+        while that gateway lives."""
+        batches = self._outboxes.attach(channel.gateway)
+        async with aclosing(while_caller_lives(batches, partial(_alive, channel.caller))) as live:
+            async for batch in live:
+                yield batch
 
     def record_routing_stats(self) -> dict[str, float]:
         report = self._engine.load_report()
@@ -104,6 +142,7 @@ class ServeEngineClient:
         self._retry_after_s = config.router.retry_after_s
         # Unique per gateway process, so an engine replica never mixes two lives' outputs.
         self._id = f"{serve.get_replica_context().replica_id.unique_id}:{uuid.uuid4().hex}"
+        self._actor = ray.get_runtime_context().current_actor  # pinged by idle streams
         self._dispatcher = Dispatcher(
             config, metrics=RouterMetrics(), cache_events=partial(self._pinned, self._cache_events)
         )
@@ -138,13 +177,13 @@ class ServeEngineClient:
     def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         if self._channels is None:
             return self._streamed(request)
-        response = self._run.remote(request, self._id)
+        response = _own_call(self._run, request, self._id)
         return self._channels.stream(
             request.request_id, self._ran(response), response.cancel, request.replica
         )
 
     async def _streamed(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
-        responses = self._stream.remote(request)
+        responses = _own_call(self._stream, request)
         try:
             async for output in responses:
                 yield output
@@ -166,7 +205,7 @@ class ServeEngineClient:
     async def _pinned(self, call: DeploymentHandle, replica: str) -> AsyncIterator[Any]:
         """A long-lived stream from one engine replica (the request router pins the `Channel`):
         output batches (`attach`) or prefix-cache changes (`cache_events`)."""
-        responses = call.remote(Channel(self._id, replica))
+        responses = _own_call(call, Channel(self._id, replica, self._actor))
         try:
             async for item in responses:
                 yield item
@@ -179,7 +218,7 @@ class ServeEngineClient:
         """An engine replica answers and its load has reached this gateway
         (the call itself starts the router that carries the load reports)."""
         try:
-            answered = await asyncio.wait_for(self._ready.remote(), READY_TIMEOUT_S)
+            answered = await asyncio.wait_for(_own_call(self._ready), READY_TIMEOUT_S)
         except (TimeoutError, RayError, RayServeException):
             return False
         return answered and self._dispatcher.has_reports

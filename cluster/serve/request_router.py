@@ -9,7 +9,9 @@ reports arrive here as Serve routing stats (`record_routing_stats` on the engine
 router passes each broadcast on to the dispatcher that subscribed for the deployment in this
 process. (Serve pickles this module by value, so that registry lives in `cluster.serve.dispatcher`.)
 An output channel's `attach` call (`cluster.serve.channels`) goes to the replica it names or waits
-for it: never elsewhere.
+for it: never elsewhere. So the replica found for a call goes to that call (Serve's default
+matching by request id), never to the oldest one waiting (`FIFOMixin`): that handed a channel
+another replica's stream, and a request then ran where its gateway had no channel and hung.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import random
 from typing import TypeVar
 
-from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
+from ray.serve.request_router import PendingRequest, RequestRouter, RunningReplica
 
 from cluster.contracts import EngineRequest, LoadReport
 from cluster.scheduling.placement import ReplicaEstimate, power_of_two
@@ -38,7 +40,7 @@ def _report(replica: RunningReplica) -> LoadReport | None:
     return LoadReport.from_dict(stats) if stats else None
 
 
-class TokenAwareRequestRouter(FIFOMixin, RequestRouter):
+class TokenAwareRequestRouter(RequestRouter):
     def initialize_state(self, **kwargs) -> None:
         self._rng = random.Random()
 

@@ -26,16 +26,18 @@ def running_replicas() -> int:
 
 
 @contextmanager
-def loading(url: str, rate: float, statuses: list[int]) -> Iterator[None]:
-    """Open-loop requests at `rate` per second for the duration; every status is recorded."""
+def loading(url: str, rate: float, statuses: list[int | str]) -> Iterator[None]:
+    """Open-loop requests at `rate` per second for the duration; every status is recorded (a
+    transport error as its name and when it came)."""
     stop = threading.Event()
 
     def one() -> None:
+        sent = time.monotonic()
         try:
             response = httpx.post(f"{url}/v1/chat/completions", json=BODY, timeout=60)
             statuses.append(response.status_code)
-        except httpx.HTTPError:
-            statuses.append(-1)
+        except httpx.HTTPError as err:
+            statuses.append(f"{type(err).__name__} after {time.monotonic() - sent:.1f} s")
 
     def drive() -> None:
         threads = []
@@ -77,7 +79,7 @@ def wait_for(condition, timeout_s: float) -> bool:
 
 def test_load_scales_replicas_up_and_back_down_without_losing_a_request(cluster):
     assert running_replicas() == 1
-    statuses: list[int] = []
+    statuses: list[int | str] = []
     # Deadlines, not timings: here three replicas run ~27 s into the load, but this is the suite's
     # first test and on a fresh CI machine every replica start reads a cold disk.
     with loading(cluster.url, 4.0, statuses):
@@ -94,4 +96,4 @@ def test_load_scales_replicas_up_and_back_down_without_losing_a_request(cluster)
     with loading(cluster.url, 0.25, statuses):
         back_to_one = wait_for(lambda: running_replicas() == 1, 180)
     assert back_to_one
-    assert statuses and all(s == 200 for s in statuses), sorted(set(statuses))
+    assert statuses and all(s == 200 for s in statuses), sorted(set(map(str, statuses)))

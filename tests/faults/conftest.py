@@ -5,6 +5,8 @@ import pytest
 from cluster.serve.local import free_port, local_cluster
 from tests.helpers import fast_config
 
+GRACE_S = 3.0  # a leaving replica's requests move after this (engine.drain_grace_s)
+
 
 @pytest.fixture(scope="package")
 def cluster():
@@ -17,7 +19,7 @@ def cluster():
         # Faults are under test, not shedding: every request is admitted however slow the box.
         router={"admission_slack": 100.0},
         efforts={"high": high},
-        engine={"mock": {"max_num_seqs": 8}},
+        engine={"mock": {"max_num_seqs": 8}, "drain_grace_s": GRACE_S},
         engine_replicas={"min_replicas": 2, "max_replicas": 2},
     )
     os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")

@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from cluster.contracts import EngineOutput, EngineUnavailable
-from cluster.serve.channels import Channels, Outboxes
+from cluster.serve.channels import Channels, Outboxes, while_caller_lives
 
 GATEWAY = "gw"
 
@@ -219,3 +219,69 @@ async def test_a_new_gateways_first_request_hears_its_outputs_once_the_replica_s
         step.release()
     assert len(await collect(outputs)) == 2
     await channels.close()
+
+
+async def test_a_stream_whose_caller_died_ends_and_frees_the_gateways_runs():
+    """Ray keeps an engine's stream to a dead gateway open; it asks whether the gateway lives,
+    and when not, ends: the outbox goes and its runs are cancelled."""
+    outboxes, answers = Outboxes(), []
+
+    async def alive() -> bool:
+        answers.append(len(answers) < 2)  # alive twice, then gone
+        return answers[-1]
+
+    async def forever():
+        await asyncio.Event().wait()
+        yield EngineOutput([1])
+
+    run = asyncio.create_task(outboxes.run(GATEWAY, "r1", forever()))
+    await asyncio.sleep(0)  # the run is there before the channel
+    channel = while_caller_lives(outboxes.attach(GATEWAY), alive, every_s=0.01)
+    batches = [batch async for batch in channel]
+    assert answers == [True, True, False]
+    assert batches == []  # nothing came; the stream ended on the third check
+    await asyncio.wait_for(asyncio.gather(run, return_exceptions=True), 1)
+    assert run.cancelled()
+
+
+async def test_a_stream_whose_caller_lives_goes_on_through_idle_spells_and_checks():
+    source = asyncio.Queue()
+
+    async def items():
+        while (item := await source.get()) is not None:
+            yield item
+
+    async def alive() -> bool:
+        checks.append(1)
+        return True
+
+    checks: list[int] = []
+    got = []
+
+    async def read():
+        async for item in while_caller_lives(items(), alive, every_s=0.01):
+            got.append(item)
+
+    reader = asyncio.create_task(read())
+    await source.put("a")
+    while len(checks) < 3:  # it asks, and waits on
+        await asyncio.sleep(0.01)
+    await source.put("b")
+    await source.put(None)
+    await asyncio.wait_for(reader, 1)
+    assert got == ["a", "b"]
+
+
+async def test_a_busy_stream_to_a_dead_caller_ends_too():
+    """Outputs still flowing (its requests run on) do not keep a dead gateway's stream open."""
+
+    async def busy():
+        while True:
+            await asyncio.sleep(0.001)
+            yield "batch"
+
+    async def gone() -> bool:
+        return False
+
+    got = [item async for item in while_caller_lives(busy(), gone, every_s=0.05)]
+    assert got and set(got) == {"batch"}

@@ -116,6 +116,23 @@ def test_replica_bounds_map_to_serve_options():
     assert _gateway_options(serve_default)["num_replicas"] == 1
 
 
+def test_new_engine_replica_bounds_scale_the_engines_without_restarting_a_replica():
+    """Serve restarts a deployment whose arguments changed: the bounds stay out of them."""
+    from cluster.serve.app import build
+
+    def deployments(config):
+        gateway = build(config)._bound_deployment
+        engine = gateway.init_args[1]._bound_deployment
+        return gateway, engine
+
+    two, four = (
+        validate_config({"engine_replicas": {"min_replicas": 1, "max_replicas": n}}) for n in (2, 4)
+    )
+    for before, after in zip(deployments(two), deployments(four), strict=True):
+        assert before.init_args[0] == after.init_args[0]
+    assert deployments(four)[1]._deployment_config.autoscaling_config.max_replicas == 4
+
+
 def test_partial_effort_overrides_keep_the_other_defaults():
     cfg = validate_config({"efforts": {"high": {"ttft_slo_s": 9}}})
     assert cfg.efforts[Effort.HIGH].ttft_slo_s == 9

@@ -1,6 +1,7 @@
 """Hostile and oversized input gets a clear OpenAI-style 4xx, never a 500 or a hang; harmony special
 tokens in user text stay text; requests past their deadline are stopped and free the engine."""
 
+import asyncio
 import json
 from contextlib import aclosing
 
@@ -216,7 +217,7 @@ async def test_a_reply_whose_replica_fails_moves_on_and_reads_as_if_nothing_happ
     body = chat(stream=stream, reasoning_effort="medium", max_tokens=300, seed=7)
     body |= {"stream_options": {"include_usage": True}} if stream else {}
     replies = {}
-    config = fast_config(0.1, gateway={"migration_limit": 2})  # an output every few tokens
+    config = fast_config(0.1)  # an output every few tokens
     dying = _Dying(MockEngine(config, harmony), after=3, times=2, drains=drains)
     calm = InProcessEngine(MockEngine(config, harmony))  # the same seed, a cold cache
     for name, client in (("calm", calm), ("dying", dying)):
@@ -254,7 +255,7 @@ async def test_past_the_migration_limit_the_stream_ends_with_an_error_event(harm
 
 async def test_a_constrained_reply_on_a_leaving_replica_stays_and_runs_to_its_end(harmony):
     """Its grammar would start over in a continuation: it does not move, it finishes there."""
-    config = fast_config(0.1, gateway={"migration_limit": 2})
+    config = fast_config(0.1)
     leaving = _Dying(MockEngine(config, harmony), after=3, drains=True)
     app = create_app(config, harmony, leaving)
     body = chat(max_tokens=2_000, response_format=json_schema_format(next(iter(SCHEMAS))))
@@ -263,3 +264,41 @@ async def test_a_constrained_reply_on_a_leaving_replica_stays_and_runs_to_its_en
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["finish_reason"] == "stop"
     assert leaving.calls == 1 and leaving.causes == []
+
+
+async def test_a_reply_whose_client_left_never_moves(harmony):
+    """The client leaves two chunks in; its replica leaves (drains) later. Leaving closed the
+    whole chain at once, so the engine aborted the request and nothing moved: no work for
+    nobody."""
+    config = fast_config(0.1)
+    engine = MockEngine(config, harmony)
+    leaving = _Dying(engine, after=40, drains=True)
+    app = create_app(config, harmony, leaving)
+    body = json.dumps(chat(stream=True, reasoning_effort="medium", max_tokens=2_000)).encode()
+    chunks: list[bytes] = []
+    left = asyncio.Event()
+    requested = False
+
+    async def receive():
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await left.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if message["type"] == "http.response.body" and message.get("body"):
+            chunks.append(message["body"])
+            if len(chunks) == 2:
+                left.set()
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "query_string": b"", "root_path": "", "server": ("gw", 80), "client": ("c", 1),
+             "headers": [(b"host", b"gw"), (b"content-type", b"application/json")]}  # fmt: skip
+    await asyncio.wait_for(app(scope, receive, send), 10)
+    assert left.is_set() and leaving.calls == 1 and leaving.causes == []
+    async with asyncio.timeout(5):
+        while engine.load_report().running:
+            await asyncio.sleep(0.01)

@@ -81,3 +81,41 @@ async def test_calls_without_an_engine_request_still_route():
     router = await make_router([a])
     probe = PendingRequest(args=[], kwargs={}, metadata=RequestMetadata("x", "x"))
     assert await router.choose_replicas([a], probe) == [[a]]
+
+
+async def test_the_replica_found_for_a_call_goes_to_that_call_not_the_oldest_waiting():
+    a, b = replica("a", 0), replica("b", 0)
+    router = await make_router([a, b])
+    # The oldest call waits for its replica (a channel to one not in the set yet) ...
+    waiting = PendingRequest(
+        args=[Channel("gw", "c")], kwargs={}, metadata=RequestMetadata("w", "w")
+    )
+    placed = pending("r1", chosen="a")
+    for call in (waiting, placed):
+        router._pending_requests_to_fulfill.append(call)
+        router._add_pending_request_to_indices(call)
+    chosen = await router.choose_replicas([a, b], placed)
+    router._fulfill_next_pending_request(chosen[0][0], placed.metadata)
+    # ... and the replica chosen for the newer one is the newer one's: a channel that took it
+    # would read another replica's outputs, and the request would run where none reads them.
+    assert placed.future.done() and placed.future.result() is a
+    assert not waiting.future.done()
+
+
+def test_each_engine_call_is_a_serve_request_of_its_own():
+    """Serve names a call after the request it is made in; the router matches the replica it
+    finds to the waiting call by that name, so the gateway's engine calls each get their own."""
+    from ray.serve import context as serve_context
+
+    from cluster.serve.deployments import _own_call
+
+    handle = SimpleNamespace(
+        remote=lambda *args: (serve_context._get_serve_request_context(), args)
+    )
+    serve_context._set_request_context(request_id="http-1", _internal_request_id="in-1")
+    (first, args), (second, _) = _own_call(handle, "a", 1), _own_call(handle, "b")
+    assert args == ("a", 1)
+    assert len({first._internal_request_id, second._internal_request_id, "in-1"}) == 3
+    assert first.request_id == second.request_id == "http-1"  # logs still name the HTTP request
+    assert serve_context._get_serve_request_context()._internal_request_id == "in-1"
+    serve_context._unset_request_context()
