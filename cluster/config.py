@@ -432,7 +432,7 @@ class GatewayConfig(_Strict):
     )
     migration_limit: NonNegativeInt = Field(
         2,
-        description="Times a request whose engine replica fails mid-reply moves to another "
+        description="Times a request whose engine replica fails or leaves mid-reply moves to another "
         "(its prompt and reply so far as the new prompt, queued ahead of new arrivals) before "
         "the client gets `engine_unavailable`; 0: never. Constrained replies (structured "
         "outputs, forced tool calls) do not move.",
