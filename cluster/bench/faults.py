@@ -6,7 +6,10 @@ thread kills one engine replica every 30 s (Serve starts a new one each time). R
 replica dies move to the other (`gateway.migration_limit`), so the goal is no client-visible error:
 no non-200 status, no error event, no stream that ends without a finish reason. Printed for both
 phases: requests completed and completion tokens per second, client-visible errors, the moves the
-gateway counted, and the goodput the kills cost (tokens per second, faulty over calm).
+gateway counted, and the goodput the kills cost (tokens per second, faulty over calm). While a
+replica is down the cluster has half its seats and sheds with 429: the clients wait out the
+Retry-After and try again, up to twice, as the openai SDK does by default, and a request counts as
+an error only when its last try fails; the 429s retried are printed beside.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from cluster.contracts import Effort
 from cluster.serve.local import free_port, local_cluster
 
 CLIENTS, PHASE_S, KILL_EVERY_S = 12, 180.0, 30.0
+MAX_RETRIES = 2  # the openai SDK's default
 MIX = [Effort.LOW] * 10 + [Effort.MEDIUM] * 7 + [Effort.HIGH] * 3
 
 
@@ -34,10 +38,13 @@ class Phase:
     tokens: int = 0
     errors: int = 0
     kinds: tuple[str, ...] = ()
+    retried: int = 0  # 429s waited out and tried again
 
 
-async def _stream(client: httpx.AsyncClient, effort: Effort, seed: int) -> tuple[str, int]:
-    """One streamed chat: ('done' | what went wrong, completion tokens)."""
+async def _stream(
+    client: httpx.AsyncClient, effort: Effort, seed: int
+) -> tuple[str, int, float | None]:
+    """One streamed chat: ('done' | what went wrong, completion tokens, a 429's Retry-After)."""
     body = {
         "model": MODEL,
         "messages": user("Why is the sky blue? " + "word " * 60),
@@ -50,20 +57,21 @@ async def _stream(client: httpx.AsyncClient, effort: Effort, seed: int) -> tuple
         async with client.stream("POST", "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
                 await response.aread()
-                return f"http {response.status_code}", 0
+                retry = response.headers.get("retry-after")
+                return f"http {response.status_code}", 0, float(retry) if retry else None
             finish, tokens = None, 0
             async for line in response.aiter_lines():
                 if not line.startswith("data: {"):
                     continue
                 chunk = json.loads(line[6:])
                 if "error" in chunk:
-                    return f"error event {chunk['error'].get('code')}", 0
+                    return f"error event {chunk['error'].get('code')}", 0, None
                 tokens = (chunk.get("usage") or {}).get("completion_tokens", tokens)
                 for choice in chunk.get("choices", ()):
                     finish = choice.get("finish_reason") or finish
-            return ("done", tokens) if finish else ("no finish reason", 0)
+            return ("done", tokens, None) if finish else ("no finish reason", 0, None)
     except httpx.HTTPError as err:
-        return f"transport {type(err).__name__}", 0
+        return f"transport {type(err).__name__}", 0, None
 
 
 async def _load(url: str, seconds: float) -> Phase:
@@ -77,7 +85,12 @@ async def _load(url: str, seconds: float) -> Phase:
         async def worker(i: int) -> None:
             n = i
             while time.perf_counter() < stop:
-                kind, tokens = await _stream(client, MIX[n % len(MIX)], n)
+                for attempt in range(MAX_RETRIES + 1):
+                    kind, tokens, retry_after = await _stream(client, MIX[n % len(MIX)], n)
+                    if retry_after is None or attempt == MAX_RETRIES:
+                        break
+                    phase.retried += 1
+                    await asyncio.sleep(retry_after)
                 if kind == "done":
                     phase.completed += 1
                     phase.tokens += tokens
@@ -133,7 +146,7 @@ def run(phase_s: float = PHASE_S, kill_every_s: float = KILL_EVERY_S) -> None:
         print(
             f"  {name:<6} completed {phase.completed:4} ({phase.completed / phase_s:.2f} req/s), "
             f"{phase.tokens / phase_s:7.1f} completion tokens/s, client-visible errors "
-            f"{phase.errors} {list(phase.kinds)}"
+            f"{phase.errors} {list(phase.kinds)}, 429s retried {phase.retried}"
         )
     print(
         f"  moves counted by the gateways: {moves:.0f}; goodput under kills "

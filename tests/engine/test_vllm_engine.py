@@ -5,10 +5,12 @@ The weights are random, so the text is gibberish; these tests hold the engine to
 the mock and recorded token sequences in the unit tests.
 """
 
+import json
 import time
 
 import httpx
 import pytest
+import ray
 from ray import serve
 
 from cluster.contracts import LoadReport
@@ -89,3 +91,28 @@ def test_start_up_fails_clearly_on_a_bad_weights_path(vllm_cluster, tmp_path):
     with pytest.raises(DeploymentFailed, match="holds no model on this node"):
         deploy(bad, "bad-path", "/bad")
     undeploy("bad-path")
+
+
+def test_a_reply_whose_vllm_replica_is_killed_moves_and_completes(vllm_cluster):
+    """Killed mid-reply, the only replica comes back (Serve starts another) and vLLM continues the
+    reply from its prompt and tokens so far (the continuation waits for it, ahead of new
+    arrivals): the client reads one unbroken stream, usage counting each token once."""
+    body = {"model": MODEL, "messages": HI, "max_tokens": 2_000, "stream": True, "seed": 1,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    with (
+        httpx.Client(base_url=vllm_cluster.url, timeout=300) as http,
+        http.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        lines = response.iter_lines()
+        before = [next(lines) for _ in range(5)]
+        (victim,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                     if "#engine#" in a["name"]]  # fmt: skip
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        after = [line for line in lines if line]
+    events = [json.loads(line[6:]) for line in before + after if line.startswith("data: {")]
+    assert after[-1] == "data: [DONE]" and not any("error" in e for e in events), after[-3:]
+    finish = [c["finish_reason"] for e in events for c in e["choices"] if c.get("finish_reason")]
+    assert finish in (["length"], ["stop"]), finish
+    usage = events[-1]["usage"]
+    assert 0 < usage["completion_tokens"] <= 2_000
+    assert len(after) > 5  # it went on past the kill
