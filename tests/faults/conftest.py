@@ -10,9 +10,9 @@ GRACE_S = 3.0  # a leaving replica's requests move after this (engine.drain_grac
 
 @pytest.fixture(scope="package")
 def cluster():
-    """Two engine replicas of eight seats, high effort long and steady (~10 s a request at 20x an
-    H100), so streams are mid-flight when a replica dies or their clients leave."""
-    high = {"output_tokens": {"median_tokens": 12_000, "sigma": 0.3}, "deadline_s": 90}
+    """Two engine replicas of eight seats, high effort long and steady (~20 s a request at 20x an
+    H100), so streams are mid-flight when a replica dies, leaves, or their clients leave."""
+    high = {"output_tokens": {"median_tokens": 24_000, "sigma": 0.2}, "deadline_s": 120}
     config = fast_config(
         0.05,
         gateway={"port": free_port()},

@@ -127,7 +127,7 @@ def test_replicas_killed_under_20_streams_lose_none(cluster):
     join(threads)
     assert sorted(o.kind for o in outcomes) == ["done"] * 20, outcomes
     assert all(o.finish_reason in ("stop", "length") for o in outcomes), outcomes
-    assert all(o.seconds < 90 for o in outcomes)  # within the high-effort deadline
+    assert all(o.seconds < 120 for o in outcomes)  # within the high-effort deadline
     # The same seeds, undisturbed, once Serve has replaced the second victim too.
     wait_for(lambda: running_engine_replicas() == 2 and survivor not in engine_actor_names(), 60,
              "Serve to replace the second replica")  # fmt: skip
@@ -161,8 +161,8 @@ def test_a_scale_down_moves_the_leaving_replicas_streams_and_it_stops_soon(clust
         scaling.join(timeout=60)
         assert sorted(o.kind for o in outcomes) == ["done"] * 20, outcomes
         # It stopped while the streams still ran (its own moved), within seconds of the grace.
-        assert ended_by_then < 20, ended_by_then
-        assert stopped_s < GRACE_S + 10, stopped_s
+        ran = sorted(round(o.seconds) for o in outcomes)
+        assert ended_by_then < 20 and stopped_s < GRACE_S + 10, (ended_by_then, stopped_s, ran)
         wait_for(lambda: moves(cluster, "drain") >= 1, 30, "the drain's moves in the metrics")
     finally:
         join(threads)
