@@ -26,7 +26,9 @@ def tiny_model() -> Path:
 
 @pytest.fixture(scope="package")
 def vllm_cluster(tiny_model):
-    with local_cluster(vllm_cpu_config(str(tiny_model), free_port())) as running:
+    with local_cluster(
+        vllm_cpu_config(str(tiny_model), free_port()), metrics_port=free_port()
+    ) as running:
         yield running
 
 
