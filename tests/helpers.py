@@ -4,6 +4,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import httpx
 import pytest
 
 from cluster.config import ClusterConfig, deep_merge
@@ -32,6 +33,13 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
         time.sleep(0.25)
+
+
+def gauge_sum(metrics_url: str, name: str, label: str = "") -> float:
+    """The sum of `ray_gpt_oss_<name>` samples (those with `label`) in Ray's metrics export."""
+    text = httpx.get(metrics_url, timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(f"ray_gpt_oss_{name}{{") and label in line)  # fmt: skip
 
 
 def shared_prefix(a: Sequence[int], b: Sequence[int]) -> int:

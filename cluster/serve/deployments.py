@@ -142,7 +142,7 @@ class ServeEngineClient:
         self._retry_after_s = config.router.retry_after_s
         # Unique per gateway process, so an engine replica never mixes two lives' outputs.
         self._id = f"{serve.get_replica_context().replica_id.unique_id}:{uuid.uuid4().hex}"
-        self._actor = ray.get_runtime_context().current_actor  # pinged by idle streams
+        self._actor = ray.get_runtime_context().current_actor  # engines ping it (Channel.caller)
         self._dispatcher = Dispatcher(
             config, metrics=RouterMetrics(), cache_events=partial(self._pinned, self._cache_events)
         )

@@ -7,6 +7,7 @@ the mock and recorded token sequences in the unit tests.
 
 import json
 import time
+from functools import partial
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from ray import serve
 from cluster.contracts import LoadReport
 from cluster.serve.local import APP_NAME, DeploymentFailed, deploy, undeploy
 from tests.engine.conftest import MODEL, vllm_cpu_config
+from tests.helpers import gauge_sum, wait_for
 
 pytestmark = pytest.mark.engine
 HI = [{"role": "user", "content": "hi"}]
@@ -115,15 +117,7 @@ def test_a_reply_whose_vllm_replica_is_killed_moves_and_completes(vllm_cluster):
     assert finish in (["length"], ["stop"]), finish
     usage = events[-1]["usage"]
     assert 0 < usage["completion_tokens"] <= 2_000
-    # The gateway moved it (a reply that had ended before the kill would not count).
-    deadline = time.monotonic() + 60  # Ray's metrics export lags
-    while moves(vllm_cluster.metrics_url) < 1 and time.monotonic() < deadline:
-        time.sleep(1)
-    assert moves(vllm_cluster.metrics_url) >= 1
-
-
-def moves(metrics_url: str) -> float:
-    text = httpx.get(metrics_url, timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("ray_gpt_oss_migrations_total{")
-               and 'cause="failure"' in line)  # fmt: skip
+    # The gateway moved it (a reply that had ended before the kill would not count); Ray's
+    # metrics export lags.
+    moved = partial(gauge_sum, vllm_cluster.metrics_url, "migrations_total", 'cause="failure"')
+    wait_for(lambda: moved() >= 1, 60, "the gateway to count the move")

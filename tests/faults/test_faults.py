@@ -14,7 +14,7 @@ from ray import serve
 
 from cluster.serve.local import APP_NAME, deploy
 from tests.faults.conftest import GRACE_S
-from tests.helpers import wait_for
+from tests.helpers import gauge_sum, wait_for
 
 pytestmark = pytest.mark.integration
 BODY = {"model": "gpt-oss-120b", "reasoning_effort": "high", "stream": True,
@@ -29,12 +29,6 @@ def running_engine_replicas() -> int:
 def engine_actor_names() -> list[str]:
     return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
             if "#engine#" in a["name"]]  # fmt: skip
-
-
-def gauge_sum(metrics_url: str, name: str) -> float:
-    text = httpx.get(metrics_url, timeout=10).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(f"ray_gpt_oss_{name}{{"))  # fmt: skip
 
 
 def running_at_least(cluster, n: int):
@@ -149,22 +143,16 @@ def test_a_scale_down_moves_the_leaving_replicas_streams_and_it_stops_soon(clust
         left = time.monotonic()
         wait_for(lambda: len(engine_actor_names()) == 1, GRACE_S + 30, "it to stop")
         stopped_s, ended_by_then = time.monotonic() - left, len(outcomes)
-        join(threads)
-        scaling.join(timeout=60)
-        # No stream lost through the scale-down. How soon the leaving replica stops (the goal is
-        # the grace + 10 s, its streams moved) is a timing: alone it stops in seconds, but once in
-        # the full suite it took 22 s with 15 of 20 streams ended by then (issue 19), so it is
-        # measured, not asserted, here.
-        assert sorted(o.kind for o in outcomes) == ["done"] * 20, (
-            outcomes,
-            stopped_s,
-            ended_by_then,
-        )
     finally:
         join(threads)
         scaling.join(timeout=60)
         deploy(config)  # back to two for the tests after this one
         wait_for(lambda: running_engine_replicas() == 2, 60, "the second replica to come back")
+    # No stream lost through the scale-down. How soon the leaving replica stops (the goal is the
+    # grace + 10 s, its streams moved) is a timing: alone it stops in seconds, but once in the
+    # full suite it took 22 s with 15 of 20 streams ended by then (issue 19), so it is measured,
+    # not asserted, here.
+    assert sorted(o.kind for o in outcomes) == ["done"] * 20, (outcomes, stopped_s, ended_by_then)
 
 
 def test_50_clients_leaving_mid_stream_free_the_engines(cluster):
